@@ -1,0 +1,282 @@
+//! The manifest, from YAML to a resolved [`VmConfig`].
+//!
+//! [`documents::load`] reads every document of a manifest file, decodes the VirtualMachine and
+//! its companions strictly ([`schema`]), fills in Virtink's defaults ([`defaults`]) and checks
+//! every rule at once ([`validate`]). [`VmConfig::from_manifest`] then turns the valid,
+//! defaulted manifest into the plain values the rest of `vmm` works with.
+
+pub mod defaults;
+pub mod documents;
+pub mod field;
+pub mod quantity;
+pub mod schema;
+pub mod validate;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+pub use documents::{Manifest, ManifestError, load};
+use net::MacAddr;
+
+/// What to do when the guest stops (`spec.runPolicy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunPolicy {
+    /// Boot again after every stop.
+    Always,
+    /// Boot again after a failure (exit code 3), not after a power-off.
+    RerunOnFailure,
+    /// Run once, then exit.
+    Once,
+    /// As `Once`: there is no controller to start the VM again.
+    Manual,
+    /// Refuse to start.
+    Halted,
+}
+
+impl RunPolicy {
+    fn parse(s: &str) -> Self {
+        match s {
+            "Always" => Self::Always,
+            "RerunOnFailure" => Self::RerunOnFailure,
+            "Manual" => Self::Manual,
+            "Halted" => Self::Halted,
+            _ => Self::Once,
+        }
+    }
+}
+
+/// The guest's CPU topology.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuTopology {
+    /// Sockets (packages).
+    pub sockets: u32,
+    /// Cores in each socket; each core has one thread.
+    pub cores_per_socket: u32,
+}
+
+impl CpuTopology {
+    /// The number of vCPUs.
+    pub fn vcpus(&self) -> u32 {
+        self.sockets.saturating_mul(self.cores_per_socket)
+    }
+}
+
+/// `kernel.image` and `kernel.cmdline`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelConfig {
+    /// A kernel file or a directory holding one, resolved against the manifest's directory.
+    pub image: PathBuf,
+    /// The kernel command line.
+    pub cmdline: String,
+}
+
+/// How an interface is connected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Binding {
+    /// Layer 2 through a Linux bridge and a TAP.
+    Bridge,
+    /// In-process NAT on the given IPv4 subnet.
+    Masquerade {
+        /// The subnet's base address.
+        network: Ipv4Addr,
+        /// Its prefix length.
+        prefix: u8,
+        /// Inbound ports to forward; `None` forwards all.
+        ports: Option<Vec<(u16, Protocol)>>,
+    },
+    /// VFIO passthrough of an SR-IOV VF.
+    Sriov,
+}
+
+/// A forwarded port's protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// Where an interface's network comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetworkSource {
+    /// The pod's own network (`eth0`).
+    Pod,
+    /// A Multus network; `network_name` names a NetworkAttachmentDefinition.
+    Multus {
+        /// `[namespace/]name` of the NetworkAttachmentDefinition.
+        network_name: String,
+    },
+}
+
+/// One guest network interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InterfaceConfig {
+    /// The interface (and network) name.
+    pub name: String,
+    /// The guest MAC.
+    pub mac: MacAddr,
+    /// How it is connected.
+    pub binding: Binding,
+    /// Its network.
+    pub network: NetworkSource,
+    /// The network's index in `spec.networks`, which names the pod link (`net<i>`).
+    pub network_index: usize,
+}
+
+impl InterfaceConfig {
+    /// The pod link this interface takes over: `eth0` for the pod network, `net<i>` for the
+    /// multus network at index `i`, as Virtink names them.
+    pub fn pod_link(&self) -> String {
+        match self.network {
+            NetworkSource::Pod => "eth0".to_string(),
+            NetworkSource::Multus { .. } => format!("net{}", self.network_index),
+        }
+    }
+}
+
+/// One disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// The disk (and volume) name.
+    pub name: String,
+    /// Read-only to the guest.
+    pub read_only: bool,
+}
+
+/// Everything `vmm` needs to build and run the VM, resolved from a valid manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmConfig {
+    /// `metadata.name`: the guest's host name.
+    pub name: String,
+    /// vCPU topology.
+    pub topology: CpuTopology,
+    /// Pin each vCPU thread to one CPU of the process's affinity mask.
+    pub dedicated_cpus: bool,
+    /// Guest RAM in bytes.
+    pub memory_bytes: u64,
+    /// Back guest RAM with hugepages of this size.
+    pub hugepage_bytes: Option<u64>,
+    /// Direct kernel boot, or `None` to boot the first disk.
+    pub kernel: Option<KernelConfig>,
+    /// The run policy.
+    pub run_policy: RunPolicy,
+    /// Disks in `instance.disks` order.
+    pub disks: Vec<DiskConfig>,
+    /// Interfaces in `instance.interfaces` order.
+    pub interfaces: Vec<InterfaceConfig>,
+}
+
+impl VmConfig {
+    /// Resolves a loaded (so defaulted and valid) manifest.
+    pub fn from_manifest(manifest: &Manifest) -> Self {
+        let vm = &manifest.vm;
+        let spec = vm.spec.clone().unwrap_or_default();
+        let instance = spec.instance.clone().unwrap_or_default();
+        let size = instance.memory.size.as_ref().map_or(0, |q| q.value());
+        let hugepage_bytes = instance.memory.hugepages.as_ref().and_then(|h| {
+            quantity::Quantity::parse(&h.page_size)
+                .ok()
+                .and_then(|q| u64::try_from(q.value()).ok())
+        });
+        let kernel = instance.kernel.as_ref().map(|k| KernelConfig {
+            image: manifest.base_dir.join(&k.image),
+            cmdline: k.cmdline.clone(),
+        });
+        let disks = instance
+            .disks
+            .iter()
+            .map(|d| DiskConfig {
+                name: d.name.clone(),
+                read_only: d.read_only.unwrap_or(false),
+            })
+            .collect();
+        let interfaces = instance
+            .interfaces
+            .iter()
+            .filter_map(|iface| interface_config(iface, &spec.networks))
+            .collect();
+        Self {
+            name: vm.metadata.name.clone(),
+            topology: CpuTopology {
+                sockets: instance.cpu.sockets,
+                cores_per_socket: instance.cpu.cores_per_socket,
+            },
+            dedicated_cpus: instance.cpu.dedicated_cpu_placement,
+            memory_bytes: u64::try_from(size).unwrap_or(0),
+            hugepage_bytes,
+            kernel,
+            run_policy: RunPolicy::parse(&spec.run_policy),
+            disks,
+            interfaces,
+        }
+    }
+}
+
+/// The resolved interface, or `None` for one validation would have refused.
+fn interface_config(
+    iface: &schema::Interface,
+    networks: &[schema::Network],
+) -> Option<InterfaceConfig> {
+    let (network_index, network) = networks
+        .iter()
+        .enumerate()
+        .find(|(_, n)| n.name == iface.name)?;
+    let network = match &network.multus {
+        Some(m) => NetworkSource::Multus {
+            network_name: m.network_name.clone(),
+        },
+        None => NetworkSource::Pod,
+    };
+    let binding = if let Some(m) = &iface.masquerade {
+        let (IpAddr::V4(addr), prefix) = validate::parse_cidr(&m.cidr)? else {
+            return None;
+        };
+        let prefix = u8::try_from(prefix).ok()?;
+        let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+        let ports = m.ports.as_ref().map(|ports| {
+            ports
+                .iter()
+                .filter_map(|p| {
+                    let proto = if p.protocol == "UDP" {
+                        Protocol::Udp
+                    } else {
+                        Protocol::Tcp
+                    };
+                    Some((u16::try_from(p.port).ok()?, proto))
+                })
+                .collect()
+        });
+        Binding::Masquerade {
+            network: Ipv4Addr::from(u32::from(addr) & mask),
+            prefix,
+            ports,
+        }
+    } else if iface.sriov.is_some() {
+        Binding::Sriov
+    } else {
+        Binding::Bridge
+    };
+    Some(InterfaceConfig {
+        name: iface.name.clone(),
+        mac: iface.mac.parse().ok()?,
+        binding,
+        network,
+        network_index,
+    })
+}
+
+/// Prints `manifest` back as YAML documents: the defaulted VirtualMachine first, then the
+/// NetworkAttachmentDefinitions and Secrets as read.
+pub fn to_yaml(manifest: &Manifest) -> Result<String, String> {
+    let mut out = serde_saphyr::to_string(&manifest.vm).map_err(|e| e.to_string())?;
+    for nad in &manifest.network_attachments {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(nad).map_err(|e| e.to_string())?);
+    }
+    for secret in &manifest.secrets {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(secret).map_err(|e| e.to_string())?);
+    }
+    Ok(out)
+}

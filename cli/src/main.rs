@@ -1,1 +1,221 @@
-fn main() {}
+//! The `vmm` command: a thin layer of argument parsing and logging over the `vmm` crate.
+
+mod logger;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use vmm::config;
+use vmm::runner::{self, RunOptions};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  the guest powered off (or `vmm validate`: the manifest is valid)
+  1  the manifest is invalid
+  2  the host cannot run it: no /dev/kvm, missing permission, a missing file,
+     interface or device, or a feature this build does not have
+  3  the guest failed (triple fault, KVM internal error)
+  4  stopped by SIGTERM/SIGINT after the shutdown grace period";
+
+/// Boots a Linux guest on KVM from a Virtink VirtualMachine manifest.
+#[derive(Debug, Parser)]
+#[command(name = "vmm", version, after_help = EXIT_CODES)]
+struct Cli {
+    /// Log level for messages on stderr: error, warn, info, debug or trace.
+    #[arg(short = 'v', long = "log-level", global = true, default_value = "warn", value_parser = parse_level)]
+    log_level: log::LevelFilter,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate the manifest, set up the host side, boot the guest and attach its serial
+    /// console to stdin/stdout; exit when the guest ends.
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  vmm run examples/busybox.yaml\n",
+        "  vmm run --dry-run examples/busybox.yaml\n",
+        "  vmm run --api-socket /run/vm.sock --serial-log vm.log vm.yaml\n",
+        "  curl --unix-socket /run/vm.sock -X PUT http://localhost/v1/vm/power/Shutdown\n",
+    ))]
+    Run(RunArgs),
+
+    /// Print the manifest with every default filled in and exit 0, or print every error
+    /// and exit 1.
+    #[command(after_help = "Example:\n  vmm validate examples/busybox.yaml\n")]
+    Validate {
+        /// The manifest: a YAML file with one VirtualMachine document, and optionally
+        /// NetworkAttachmentDefinition and Secret documents.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Print the plan (vCPUs, memory, boot source, devices and their host backends) and
+    /// exit, touching nothing.
+    #[arg(long)]
+    dry_run: bool,
+
+    /// Serve the control API on this Unix socket: power actions and `info`.
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
+
+    /// Also write the guest's serial console output to this file.
+    #[arg(long, value_name = "FILE")]
+    serial_log: Option<PathBuf>,
+
+    /// Bind a volume of the manifest to a local file or directory.
+    #[arg(long = "volume", value_name = "NAME=PATH", value_parser = parse_volume)]
+    volumes: Vec<(String, PathBuf)>,
+
+    /// After SIGTERM/SIGINT, how long the guest has to power off after the ACPI power
+    /// button before it is stopped (e.g. 30s, 500ms, 2m; a bare number is seconds).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    shutdown_timeout: Duration,
+
+    /// The manifest.
+    file: PathBuf,
+}
+
+fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not one of off, error, warn, info, debug, trace"))
+}
+
+fn parse_volume(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => {
+            Ok((name.to_string(), PathBuf::from(path)))
+        }
+        _ => Err(format!("{s:?} is not NAME=PATH")),
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 30s"))?;
+    match unit {
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "ms" => Ok(Duration::from_millis(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
+    }
+}
+
+fn main() -> ExitCode {
+    let start = Instant::now();
+    let cli = Cli::parse();
+    logger::init(cli.log_level, start);
+    std::panic::set_hook(Box::new(|info| {
+        vmm::console::restore_terminal();
+        eprintln!("vmm: internal error: {info}");
+    }));
+    let code = match cli.command {
+        Command::Validate { file } => validate(&file),
+        Command::Run(args) => run(args, start),
+    };
+    ExitCode::from(code)
+}
+
+fn validate(file: &std::path::Path) -> u8 {
+    match config::load(file) {
+        Ok(manifest) => {
+            for field in &manifest.ignored_fields {
+                eprintln!("warning: {field} is ignored outside Kubernetes");
+            }
+            match config::to_yaml(&manifest) {
+                Ok(yaml) => {
+                    print!("{yaml}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: cannot print the manifest: {e}");
+                    1
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+fn run(args: RunArgs, start: Instant) -> u8 {
+    let opts = RunOptions {
+        manifest: args.file,
+        api_socket: args.api_socket,
+        serial_log: args.serial_log,
+        volumes: args.volumes,
+        shutdown_timeout: args.shutdown_timeout,
+        process_start: start,
+    };
+    if args.dry_run {
+        return match runner::dry_run(&opts) {
+            Ok(plan) => {
+                print!("{plan}");
+                0
+            }
+            Err(e) => report(&e),
+        };
+    }
+    match runner::run(&opts) {
+        Ok(code) => code as u8,
+        Err(e) => report(&e),
+    }
+}
+
+fn report(e: &runner::RunError) -> u8 {
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = s.source();
+    }
+    eprintln!("error: {message}");
+    e.exit_code() as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("2h").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn volumes() {
+        assert_eq!(
+            parse_volume("data=/mnt/d.img"),
+            Ok(("data".into(), PathBuf::from("/mnt/d.img")))
+        );
+        assert!(parse_volume("data").is_err());
+        assert!(parse_volume("=x").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

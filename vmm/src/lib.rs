@@ -1,3 +1,21 @@
 //! `vmm`: from a Virtink `VirtualMachine` manifest to a running KVM guest.
+//!
+//! [`config`] reads and validates the manifest; [`runner`] drives a run: it resolves the
+//! kernel ([`boot`]), checks the host ([`host`]), and boots [`vm::Vm`]s, each with guest RAM
+//! ([`memory`]), vCPU threads ([`vcpu`]) and the devices of the `devices` crate, laid out as
+//! [`arch`] describes. [`api`] is the control socket, [`console`] the guest console on
+//! stdin/stdout, [`plan`] the `--dry-run` report.
 
+pub mod api;
+pub mod arch;
+pub mod boot;
 pub mod config;
+pub mod console;
+pub mod host;
+pub mod memory;
+pub mod plan;
+pub mod runner;
+pub mod vcpu;
+pub mod vm;
+
+pub use runner::{ExitCode, RunError, RunOptions};

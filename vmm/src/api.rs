@@ -1,0 +1,368 @@
+//! The control socket (`--api-socket`): a small HTTP/1.1 API on a Unix socket.
+//!
+//! ```text
+//! GET  /v1/vm/info                 → 200 JSON: state, uptime, vCPUs, memory, interfaces, markers
+//! PUT  /v1/vm/power/<action>       → 204; action is one of Virtink's power actions:
+//!      PowerOff  stop at once        Shutdown  press the ACPI power button
+//!      Reset     hard reset          Reboot    power button, then boot again
+//!      Pause     stop the vCPUs      Resume    run them again
+//! ```
+//!
+//! e.g. `curl --unix-socket /run/vm.sock -X PUT http://localhost/v1/vm/power/Shutdown`.
+//! One thread accepts connections and parses requests; each request is handed to the VMM's
+//! event loop with a channel for the answer, so the loop never blocks on a slow client.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::time::Duration;
+
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+/// Requests larger than this are refused.
+const MAX_REQUEST: usize = 16 << 10;
+/// How long a client may take to send its request.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the API waits for the event loop to answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A Virtink power action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerAction {
+    /// Stop the guest at once.
+    PowerOff,
+    /// Press the ACPI power button.
+    Shutdown,
+    /// Hard reset.
+    Reset,
+    /// Power button, wait for power-off, boot again.
+    Reboot,
+    /// Stop the vCPUs.
+    Pause,
+    /// Run the vCPUs again.
+    Resume,
+}
+
+impl PowerAction {
+    /// The action named `name` (Virtink's spelling).
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "PowerOff" => Self::PowerOff,
+            "Shutdown" => Self::Shutdown,
+            "Reset" => Self::Reset,
+            "Reboot" => Self::Reboot,
+            "Pause" => Self::Pause,
+            "Resume" => Self::Resume,
+            _ => return None,
+        })
+    }
+}
+
+/// What a client asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiCommand {
+    /// `GET /v1/vm/info`.
+    Info,
+    /// `PUT /v1/vm/power/<action>`.
+    Power(PowerAction),
+}
+
+/// The event loop's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiAnswer {
+    /// 200 with a JSON body.
+    Json(String),
+    /// 204.
+    Done,
+    /// 409 with a reason: the action does not apply in the current state.
+    Conflict(String),
+}
+
+/// A request waiting for the event loop.
+#[derive(Debug)]
+pub struct ApiRequest {
+    /// What was asked.
+    pub command: ApiCommand,
+    /// Where the answer goes.
+    pub answer: Sender<ApiAnswer>,
+}
+
+/// Why the socket cannot be served (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Binding failed.
+    #[error("--api-socket {path}: {source}")]
+    Bind {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The running API: requests arrive on `requests`, and `wakeup` is written for each.
+#[derive(Debug)]
+pub struct ApiServer {
+    path: PathBuf,
+    /// Requests from clients.
+    pub requests: Receiver<ApiRequest>,
+    /// Readable when a request is waiting.
+    pub wakeup: EventFd,
+}
+
+impl ApiServer {
+    /// Binds `path` (replacing a stale socket there) and starts serving.
+    pub fn start(path: &Path) -> Result<Self, ApiError> {
+        let bind_err = |source| ApiError::Bind {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::FileTypeExt;
+            if meta.file_type().is_socket() && UnixStream::connect(path).is_err() {
+                std::fs::remove_file(path).map_err(bind_err)?;
+            }
+        }
+        let listener = UnixListener::bind(path).map_err(bind_err)?;
+        let wakeup = EventFd::new(EFD_NONBLOCK).map_err(bind_err)?;
+        let thread_wakeup = wakeup.try_clone().map_err(bind_err)?;
+        let (tx, rx) = channel();
+        std::thread::Builder::new()
+            .name("api".into())
+            .spawn(move || serve(&listener, &tx, &thread_wakeup))
+            .map_err(bind_err)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            requests: rx,
+            wakeup,
+        })
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn serve(listener: &UnixListener, requests: &Sender<ApiRequest>, wakeup: &EventFd) {
+    for stream in listener.incoming() {
+        match stream {
+            Ok(stream) => {
+                if let Err(e) = handle(stream, requests, wakeup) {
+                    log::debug!("api: {e}");
+                }
+            }
+            Err(e) => log::warn!("api: accept: {e}"),
+        }
+    }
+}
+
+fn handle(
+    mut stream: UnixStream,
+    requests: &Sender<ApiRequest>,
+    wakeup: &EventFd,
+) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(READ_TIMEOUT))?;
+    stream.set_write_timeout(Some(READ_TIMEOUT))?;
+    let (method, target) = match read_request(&stream) {
+        Ok(request_line) => request_line,
+        Err(e) => return respond(&mut stream, 400, "Bad Request", &error_body(&e.to_string())),
+    };
+    let command = match route(&method, &target) {
+        Ok(c) => c,
+        Err((status, reason, message)) => {
+            return respond(&mut stream, status, reason, &error_body(&message));
+        }
+    };
+    let (tx, rx) = channel();
+    let sent = requests.send(ApiRequest {
+        command,
+        answer: tx,
+    });
+    if sent.is_err() || wakeup.write(1).is_err() {
+        return respond(
+            &mut stream,
+            503,
+            "Service Unavailable",
+            &error_body("vmm is stopping"),
+        );
+    }
+    match rx.recv_timeout(ANSWER_TIMEOUT) {
+        Ok(ApiAnswer::Json(body)) => respond(&mut stream, 200, "OK", &body),
+        Ok(ApiAnswer::Done) => respond(&mut stream, 204, "No Content", ""),
+        Ok(ApiAnswer::Conflict(why)) => respond(&mut stream, 409, "Conflict", &error_body(&why)),
+        Err(_) => respond(
+            &mut stream,
+            503,
+            "Service Unavailable",
+            &error_body("vmm did not answer"),
+        ),
+    }
+}
+
+/// Reads the request line and headers, and drains any body (bounded).
+fn read_request(stream: &UnixStream) -> std::io::Result<(String, String)> {
+    let invalid = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let mut reader = BufReader::new(stream.take(MAX_REQUEST as u64));
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let mut parts = line.split_whitespace();
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(invalid("malformed request line"));
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Err(invalid("only HTTP/1.x is served"));
+    }
+    let (method, target) = (method.to_string(), target.to_string());
+    let mut content_length = 0usize;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? == 0 {
+            return Err(invalid("request ended inside its headers"));
+        }
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                content_length = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| invalid("bad Content-Length"))?;
+            }
+        }
+    }
+    if content_length > MAX_REQUEST {
+        return Err(invalid("request body too large"));
+    }
+    let mut body = vec![0u8; content_length];
+    reader.read_exact(&mut body)?;
+    Ok((method, target))
+}
+
+type RouteError = (u16, &'static str, String);
+
+/// Maps a request to a command.
+fn route(method: &str, target: &str) -> Result<ApiCommand, RouteError> {
+    let path = target.split('?').next().unwrap_or(target);
+    let not_allowed = || {
+        (
+            405,
+            "Method Not Allowed",
+            format!("{method} {path} is not allowed"),
+        )
+    };
+    if path == "/v1/vm/info" {
+        return if method == "GET" {
+            Ok(ApiCommand::Info)
+        } else {
+            Err(not_allowed())
+        };
+    }
+    if let Some(action) = path.strip_prefix("/v1/vm/power/") {
+        if method != "PUT" && method != "POST" {
+            return Err(not_allowed());
+        }
+        return PowerAction::parse(action)
+            .map(ApiCommand::Power)
+            .ok_or_else(|| {
+                (
+                    400,
+                    "Bad Request",
+                    format!(
+                        "unknown power action {action:?}: want PowerOff, Shutdown, Reset, Reboot, \
+                     Pause or Resume"
+                    ),
+                )
+            });
+    }
+    Err((404, "Not Found", format!("no such endpoint {path}")))
+}
+
+fn error_body(message: &str) -> String {
+    serde_json::json!({ "error": message }).to_string()
+}
+
+fn respond(stream: &mut UnixStream, status: u16, reason: &str, body: &str) -> std::io::Result<()> {
+    let content_type = if body.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/json\r\n"
+    };
+    write!(
+        stream,
+        "HTTP/1.1 {status} {reason}\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    stream.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("GET", "/v1/vm/info"), Ok(ApiCommand::Info));
+        assert_eq!(
+            route("PUT", "/v1/vm/power/Shutdown"),
+            Ok(ApiCommand::Power(PowerAction::Shutdown))
+        );
+        assert_eq!(
+            route("POST", "/v1/vm/power/Pause?x=1"),
+            Ok(ApiCommand::Power(PowerAction::Pause))
+        );
+        assert_eq!(route("PUT", "/v1/vm/info").unwrap_err().0, 405);
+        assert_eq!(route("GET", "/v1/vm/power/Reset").unwrap_err().0, 405);
+        assert_eq!(route("PUT", "/v1/vm/power/Explode").unwrap_err().0, 400);
+        assert_eq!(route("GET", "/").unwrap_err().0, 404);
+    }
+
+    fn request(path: &Path, raw: &str) -> String {
+        let mut s = UnixStream::connect(path).unwrap();
+        s.write_all(raw.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn serves_requests_through_the_event_loop() {
+        let path = std::env::temp_dir().join(format!("vmm-api-{}.sock", std::process::id()));
+        let server = ApiServer::start(&path).unwrap();
+        let loop_side = std::thread::spawn(move || {
+            for _ in 0..2 {
+                let req = server.requests.recv().unwrap();
+                let answer = match req.command {
+                    ApiCommand::Info => ApiAnswer::Json("{\"state\":\"Running\"}".into()),
+                    ApiCommand::Power(_) => ApiAnswer::Done,
+                };
+                req.answer.send(answer).unwrap();
+            }
+            server
+        });
+        let info = request(&path, "GET /v1/vm/info HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(info.starts_with("HTTP/1.1 200 OK\r\n"), "{info}");
+        assert!(info.ends_with("{\"state\":\"Running\"}"));
+        let power = request(
+            &path,
+            "PUT /v1/vm/power/Reset HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
+        );
+        assert!(power.starts_with("HTTP/1.1 204"), "{power}");
+        let bad = request(&path, "garbage\r\n\r\n");
+        assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+        let huge = request(
+            &path,
+            "PUT /v1/vm/power/Reset HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n",
+        );
+        assert!(huge.starts_with("HTTP/1.1 400"), "{huge}");
+        let server = loop_side.join().unwrap();
+        drop(server);
+        assert!(!path.exists(), "socket removed");
+    }
+}

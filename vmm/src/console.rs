@@ -1,0 +1,152 @@
+//! The guest console on `vmm`'s own stdin and stdout.
+//!
+//! Output from the UART goes to stdout and, with `--serial-log`, to a file. When stdin is a
+//! terminal it is put in raw mode, so keys (Ctrl-C included) reach the guest as typed; the
+//! terminal is restored on every exit path, including a panic.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// Why the console cannot be set up (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    /// The serial log could not be created.
+    #[error("--serial-log {path}: {source}")]
+    SerialLog {
+        /// The path given.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// stdout could not be duplicated.
+    #[error("cannot use stdout for the console: {0}")]
+    Stdout(#[source] std::io::Error),
+}
+
+/// Where guest output goes; cheap to clone for each boot.
+#[derive(Clone, Debug)]
+pub struct ConsoleOutput {
+    stdout: Arc<File>,
+    log: Option<Arc<File>>,
+}
+
+impl ConsoleOutput {
+    /// stdout, plus `serial_log` when given (created or truncated).
+    pub fn new(serial_log: Option<&Path>) -> Result<Self, ConsoleError> {
+        // SAFETY: dup() of fd 1 returns a new descriptor (or -1, checked) that the File owns.
+        let fd = unsafe { libc::dup(libc::STDOUT_FILENO) };
+        if fd < 0 {
+            return Err(ConsoleError::Stdout(std::io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` is a fresh descriptor from dup() above, owned by nobody else.
+        let stdout = unsafe { File::from_raw_fd(fd) };
+        let log = serial_log
+            .map(|p| {
+                File::create(p).map_err(|source| ConsoleError::SerialLog {
+                    path: p.display().to_string(),
+                    source,
+                })
+            })
+            .transpose()?;
+        Ok(Self {
+            stdout: Arc::new(stdout),
+            log: log.map(Arc::new),
+        })
+    }
+
+    /// A writer for one boot's UART.
+    pub fn writer(&self) -> Box<dyn Write + Send> {
+        Box::new(self.clone())
+    }
+}
+
+impl Write for ConsoleOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // A closed stdout must not stop the guest: output is dropped, the log still gets it.
+        let _ = (&*self.stdout).write_all(buf);
+        if let Some(log) = &self.log {
+            (&**log).write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The terminal settings to restore, when stdin was a terminal put in raw mode.
+static SAVED_TERMIOS: Mutex<Option<libc::termios>> = Mutex::new(None);
+
+/// Puts stdin in raw mode if it is a terminal. Returns whether it did.
+pub fn enter_raw_mode() -> bool {
+    let fd = std::io::stdin().as_raw_fd();
+    // SAFETY: isatty only inspects the descriptor.
+    if unsafe { libc::isatty(fd) } != 1 {
+        return false;
+    }
+    // SAFETY: termios is plain data; tcgetattr fills it (return value checked).
+    let mut termios: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is stdin and `termios` is a valid termios to fill.
+    if unsafe { libc::tcgetattr(fd, &raw mut termios) } != 0 {
+        return false;
+    }
+    let saved = termios;
+    // SAFETY: cfmakeraw edits the struct in place.
+    unsafe { libc::cfmakeraw(&raw mut termios) };
+    // Keep output processing so vmm's own stderr lines still start at column 0.
+    termios.c_oflag |= libc::OPOST | libc::ONLCR;
+    // SAFETY: `fd` is stdin and `termios` a valid termios.
+    if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw const termios) } != 0 {
+        return false;
+    }
+    *SAVED_TERMIOS.lock().unwrap_or_else(|e| e.into_inner()) = Some(saved);
+    true
+}
+
+/// Restores the terminal if [`enter_raw_mode`] changed it. Safe to call more than once.
+pub fn restore_terminal() {
+    let saved = SAVED_TERMIOS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some(termios) = saved {
+        // SAFETY: stdin and a termios saved from it by tcgetattr.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw const termios) };
+    }
+}
+
+/// Reads from stdin without blocking; `Ok(0)` is end of input.
+pub fn read_stdin(buf: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: reads at most buf.len() bytes into `buf`.
+    let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+    usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_goes_to_the_log_too() {
+        let path = std::env::temp_dir().join(format!("vmm-serial-{}.log", std::process::id()));
+        let out = ConsoleOutput::new(Some(&path)).unwrap();
+        let mut w = out.writer();
+        w.write_all(b"hello\n").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"hello\n");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn unwritable_log_is_named() {
+        let err = ConsoleOutput::new(Some(Path::new("/nonexistent/dir/log"))).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("--serial-log /nonexistent/dir/log")
+        );
+    }
+}

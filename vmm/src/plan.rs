@@ -1,0 +1,194 @@
+//! `vmm run --dry-run`: what a run would set up, in words, touching nothing.
+
+use std::fmt::Write;
+use std::net::Ipv4Addr;
+
+use devices::acpi::{ACPI_PM_BASE, SCI_IRQ};
+use devices::boot_marker::BOOT_MARKER_ADDR;
+use devices::legacy::serial::{COM1_BASE, COM1_IRQ};
+
+use crate::arch::cpuid::Topology;
+use crate::boot::{KernelFiles, KernelFormat};
+use crate::config::{Binding, Manifest, NetworkSource, VmConfig};
+use crate::runner::RunOptions;
+
+/// The plan as text.
+pub fn render(
+    manifest: &Manifest,
+    cfg: &VmConfig,
+    kernel: Option<&(KernelFiles, KernelFormat)>,
+    opts: &RunOptions,
+) -> String {
+    let mut out = String::new();
+    let spec = manifest.vm.spec.as_ref();
+    let policy = spec.map_or("Once", |s| s.run_policy.as_str());
+    let _ = writeln!(out, "VirtualMachine {} (runPolicy {policy})", cfg.name);
+    let topo = Topology::new(cfg.topology);
+    let ids: Vec<String> = topo.apic_ids().iter().map(ToString::to_string).collect();
+    let _ = writeln!(
+        out,
+        "  vCPUs       {} ({} socket(s) × {} core(s)), APIC IDs {}{}",
+        cfg.topology.vcpus(),
+        cfg.topology.sockets,
+        cfg.topology.cores_per_socket,
+        ids.join(", "),
+        if cfg.dedicated_cpus {
+            ", each pinned to one host CPU"
+        } else {
+            ""
+        }
+    );
+    let backing = cfg.hugepage_bytes.map_or_else(
+        || "anonymous memory".to_string(),
+        |p| format!("{} hugepages", human(p)),
+    );
+    let _ = writeln!(out, "  memory      {} ({backing})", human(cfg.memory_bytes));
+    render_boot(&mut out, cfg, kernel);
+    let serial_to = opts.serial_log.as_ref().map_or_else(
+        || "stdout".to_string(),
+        |p| format!("stdout and {}", p.display()),
+    );
+    let _ = writeln!(out, "  devices");
+    let _ = writeln!(
+        out,
+        "    serial    16550A COM1 at port {COM1_BASE:#x}, IRQ {COM1_IRQ} (ttyS0) ↔ stdin, {serial_to}"
+    );
+    let _ = writeln!(out, "    i8042     ports 0x60/0x64 (CPU reset)");
+    let _ = writeln!(out, "    rtc       CMOS at ports 0x70/0x71");
+    let _ = writeln!(
+        out,
+        "    acpi      PM1 and reset at port {ACPI_PM_BASE:#x}, SCI IRQ {SCI_IRQ} (power button, S5 off, reboot)"
+    );
+    let _ = writeln!(
+        out,
+        "    marker    boot-time marker at MMIO {BOOT_MARKER_ADDR:#x}"
+    );
+    render_interfaces(&mut out, manifest, cfg);
+    render_disks(&mut out, manifest, opts);
+    if let Some(api) = &opts.api_socket {
+        let _ = writeln!(out, "  api         {}", api.display());
+    }
+    for field in &manifest.ignored_fields {
+        let _ = writeln!(out, "  ignored     {field} (Kubernetes only)");
+    }
+    out
+}
+
+fn render_boot(out: &mut String, cfg: &VmConfig, kernel: Option<&(KernelFiles, KernelFormat)>) {
+    match (kernel, &cfg.kernel) {
+        (Some((files, format)), Some(k)) => {
+            let kind = match format {
+                KernelFormat::BzImage => "bzImage",
+                KernelFormat::Elf => "ELF vmlinux",
+            };
+            let _ = writeln!(out, "  kernel      {} ({kind})", files.kernel.display());
+            if let Some(initrd) = &files.initrd {
+                let _ = writeln!(out, "  initrd      {}", initrd.display());
+            }
+            let _ = writeln!(out, "  cmdline     {:?}", k.cmdline);
+        }
+        _ => {
+            let _ = writeln!(
+                out,
+                "  boot        first disk (not supported by this build yet)"
+            );
+        }
+    }
+}
+
+fn render_interfaces(out: &mut String, manifest: &Manifest, cfg: &VmConfig) {
+    if cfg.interfaces.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  interfaces  (in guest order; not supported by this build yet)"
+    );
+    for iface in &cfg.interfaces {
+        let link = iface.pod_link();
+        let network = match &iface.network {
+            NetworkSource::Pod => "pod network".to_string(),
+            NetworkSource::Multus { network_name } => {
+                let nad = manifest.network_attachments.iter().find(|n| {
+                    n.metadata.name == *network_name
+                        || network_name.ends_with(&format!("/{}", n.metadata.name))
+                });
+                match nad {
+                    Some(_) => format!("multus network {network_name} (from the manifest)"),
+                    None => format!("multus network {network_name}"),
+                }
+            }
+        };
+        let backend = match &iface.binding {
+            Binding::Bridge => format!(
+                "bridge: pod link {link} → bridge br-{link}, TAP tap-{link}, DHCP for the link's address"
+            ),
+            Binding::Masquerade {
+                network: base,
+                prefix,
+                ports,
+            } => {
+                let base_u32 = u32::from(*base);
+                let ports = ports.as_ref().map_or_else(
+                    || "all inbound ports forwarded".to_string(),
+                    |p| {
+                        let list: Vec<String> = p
+                            .iter()
+                            .map(|(port, proto)| format!("{port}/{proto:?}"))
+                            .collect();
+                        format!("inbound ports {}", list.join(", "))
+                    },
+                );
+                format!(
+                    "masquerade: NAT subnet {base}/{prefix}, gateway {}, guest {}, {ports}",
+                    Ipv4Addr::from(base_u32 + 1),
+                    Ipv4Addr::from(base_u32 + 2)
+                )
+            }
+            Binding::Sriov => format!("sriov: VF of link {link} passed through with VFIO"),
+        };
+        let _ = writeln!(
+            out,
+            "    {:<9} {} on {network}; {backend}",
+            iface.name, iface.mac
+        );
+    }
+}
+
+fn render_disks(out: &mut String, manifest: &Manifest, opts: &RunOptions) {
+    let Some(spec) = manifest.vm.spec.as_ref() else {
+        return;
+    };
+    let disks = spec.instance.as_ref().map_or(&[][..], |i| &i.disks[..]);
+    if disks.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "  disks       (not supported by this build yet)");
+    for disk in disks {
+        let bound = opts
+            .volumes
+            .iter()
+            .find(|(n, _)| *n == disk.name)
+            .map(|(_, p)| format!(" ← --volume {}", p.display()))
+            .unwrap_or_default();
+        let ro = if disk.read_only == Some(true) {
+            " (read-only)"
+        } else {
+            ""
+        };
+        let _ = writeln!(out, "    {}{ro}{bound}", disk.name);
+    }
+}
+
+/// `bytes` as KiB/MiB/GiB.
+fn human(bytes: u64) -> String {
+    const GIB: u64 = 1 << 30;
+    const MIB: u64 = 1 << 20;
+    if bytes >= GIB && bytes % GIB == 0 {
+        format!("{} GiB", bytes / GIB)
+    } else if bytes >= MIB && bytes % MIB == 0 {
+        format!("{} MiB", bytes / MIB)
+    } else {
+        format!("{} KiB", bytes >> 10)
+    }
+}

@@ -1,0 +1,715 @@
+//! `vmm run`: the lifecycle around boots of the guest.
+//!
+//! ```text
+//!   load manifest ──▶ resolve kernel ──▶ open /dev/kvm ──▶ console, API, signals
+//!                                                              │
+//!            ┌─────────────────────────────────────────────────┘
+//!            ▼
+//!      ┌─▶ build Vm ──▶ start vCPUs ──▶ event loop ──▶ Stop ──┐
+//!      │                                                      │
+//!      └──── Reset, or runPolicy says boot again ◀────────────┤
+//!                                                             ▼
+//!                                          exit 0 / 3 / 4 (see [`ExitCode`])
+//! ```
+//!
+//! The event loop runs on the main thread and waits (epoll) on stdin, the signalfd, the API
+//! and the boot's eventfds. SIGTERM and SIGINT press the ACPI power button; if the guest has
+//! not powered off when `--shutdown-timeout` runs out, it is stopped and `vmm` exits 4.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use devices::boot_marker::Markers;
+use kvm_ioctls::Kvm;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use crate::api::{ApiAnswer, ApiCommand, ApiError, ApiServer, PowerAction};
+use crate::boot::{self, BootError, KernelFiles};
+use crate::config::{self, Binding, ManifestError, NetworkSource, RunPolicy, VmConfig};
+use crate::console::{self, ConsoleError, ConsoleOutput};
+use crate::host::{self, HostError};
+use crate::vcpu::VcpuEvent;
+use crate::vm::{BootContext, Vm, VmError};
+
+/// `vmm run`'s exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitCode {
+    /// The guest powered off.
+    PoweredOff = 0,
+    /// The manifest is invalid.
+    InvalidManifest = 1,
+    /// The host cannot run it: no KVM, no permission, a missing file or host object.
+    HostCannotRun = 2,
+    /// The guest failed: triple fault, KVM internal error.
+    GuestFailed = 3,
+    /// Stopped by a signal after the shutdown grace period.
+    StoppedBySignal = 4,
+}
+
+/// What `vmm run` was asked to do.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The manifest file.
+    pub manifest: PathBuf,
+    /// `--api-socket`.
+    pub api_socket: Option<PathBuf>,
+    /// `--serial-log`.
+    pub serial_log: Option<PathBuf>,
+    /// `--volume NAME=PATH` bindings.
+    pub volumes: Vec<(String, PathBuf)>,
+    /// `--shutdown-timeout`.
+    pub shutdown_timeout: Duration,
+    /// When the process started.
+    pub process_start: Instant,
+}
+
+/// Why `vmm run` ended without running the guest to completion.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The manifest is invalid (exit 1).
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// A `--volume` is wrong (exit 1).
+    #[error("--volume {0}")]
+    Volume(String),
+    /// The manifest asks for something this build cannot do yet (exit 2).
+    #[error("{0}")]
+    Unsupported(String),
+    /// The kernel (exit 2).
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// The host (exit 2).
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// The console (exit 2).
+    #[error(transparent)]
+    Console(#[from] ConsoleError),
+    /// The API socket (exit 2).
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// Building the VM (exit 2).
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// Signal or epoll setup (exit 2).
+    #[error("{what}: {source}")]
+    Os {
+        /// What was being done.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl RunError {
+    /// The exit code for this error.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            RunError::Manifest(_) | RunError::Volume(_) => ExitCode::InvalidManifest,
+            _ => ExitCode::HostCannotRun,
+        }
+    }
+}
+
+fn os_err(what: &'static str) -> impl FnOnce(std::io::Error) -> RunError {
+    move |source| RunError::Os { what, source }
+}
+
+/// Everything `vmm run` prepared before the first boot.
+struct Prepared {
+    manifest: config::Manifest,
+    config: VmConfig,
+    kernel: KernelFiles,
+}
+
+/// Loads and checks everything that does not need KVM: the manifest, `--volume`s, the
+/// features this build supports, and the kernel files.
+fn prepare(opts: &RunOptions) -> Result<Prepared, RunError> {
+    let manifest = config::load(&opts.manifest)?;
+    for field in &manifest.ignored_fields {
+        log::warn!("{field} is ignored outside Kubernetes");
+    }
+    let config = VmConfig::from_manifest(&manifest);
+    check_volumes(&manifest, &opts.volumes)?;
+    check_supported(&config)?;
+    let kernel_cfg = config.kernel.as_ref().ok_or_else(|| {
+        RunError::Unsupported(
+            "spec.instance.kernel is not set: booting a disk image without a kernel is not \
+             supported by this build yet; give kernel.image and kernel.cmdline"
+                .into(),
+        )
+    })?;
+    let kernel = boot::resolve(&kernel_cfg.image)?;
+    boot::check(&kernel)?;
+    Ok(Prepared {
+        manifest,
+        config,
+        kernel,
+    })
+}
+
+/// Each `--volume NAME=PATH` must name a volume of the manifest.
+fn check_volumes(
+    manifest: &config::Manifest,
+    volumes: &[(String, PathBuf)],
+) -> Result<(), RunError> {
+    let names: Vec<&str> = manifest
+        .vm
+        .spec
+        .as_ref()
+        .map(|s| s.volumes.iter().map(|v| v.name.as_str()).collect())
+        .unwrap_or_default();
+    for (name, _) in volumes {
+        if !names.contains(&name.as_str()) {
+            return Err(RunError::Volume(format!(
+                "{name}=...: the manifest has no volume named {name:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses, clearly, what later work will add.
+fn check_supported(cfg: &VmConfig) -> Result<(), RunError> {
+    if let Some(iface) = cfg.interfaces.first() {
+        return Err(RunError::Unsupported(format!(
+            "spec.instance.interfaces[0] ({}): network interfaces are not supported by this \
+             build yet; remove spec.instance.interfaces and spec.networks to boot without a \
+             network",
+            iface.name
+        )));
+    }
+    if let Some(disk) = cfg.disks.first() {
+        return Err(RunError::Unsupported(format!(
+            "spec.instance.disks[0] ({}): disks are not supported by this build yet",
+            disk.name
+        )));
+    }
+    Ok(())
+}
+
+/// `vmm run --dry-run`: the plan, touching nothing.
+pub fn dry_run(opts: &RunOptions) -> Result<String, RunError> {
+    let manifest = config::load(&opts.manifest)?;
+    check_volumes(&manifest, &opts.volumes)?;
+    let cfg = VmConfig::from_manifest(&manifest);
+    let kernel = match &cfg.kernel {
+        Some(k) => {
+            let files = boot::resolve(&k.image)?;
+            let format = boot::check(&files)?;
+            Some((files, format))
+        }
+        None => None,
+    };
+    Ok(crate::plan::render(&manifest, &cfg, kernel.as_ref(), opts))
+}
+
+/// `vmm run`: boots the guest and runs it to the end. Returns the exit code.
+pub fn run(opts: &RunOptions) -> Result<ExitCode, RunError> {
+    let prepared = prepare(opts)?;
+    if prepared.config.run_policy == RunPolicy::Halted {
+        log::warn!(
+            "VirtualMachine {:?} has runPolicy Halted: not starting it",
+            prepared.manifest.vm.metadata.name
+        );
+        return Ok(ExitCode::PoweredOff);
+    }
+    let kvm = host::open_kvm(prepared.config.topology.vcpus())?;
+    let signals = SignalFd::new().map_err(os_err("cannot take over SIGTERM and SIGINT"))?;
+    let console = ConsoleOutput::new(opts.serial_log.as_deref())?;
+    let api = opts
+        .api_socket
+        .as_deref()
+        .map(ApiServer::start)
+        .transpose()?;
+    let raw = console::enter_raw_mode();
+    let mut runner = Runner {
+        opts,
+        prepared: &prepared,
+        kvm: &kvm,
+        console,
+        signals,
+        api,
+        markers: Markers::default(),
+        stdin_open: true,
+    };
+    let result = runner.lifecycle();
+    if raw {
+        console::restore_terminal();
+    }
+    result
+}
+
+/// How one boot ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Stop {
+    /// The guest powered itself off.
+    PoweredOff,
+    /// Reset: boot again at once.
+    Reset,
+    /// The guest failed.
+    Failed(String),
+    /// Stopped from outside (API PowerOff).
+    Stopped,
+    /// A signal's grace period ran out.
+    SignalTimeout,
+}
+
+/// Why a shutdown is under way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shutdown {
+    /// SIGTERM/SIGINT: exit 4 when the grace period runs out.
+    Signal,
+    /// API Shutdown: wait for the guest as long as it takes.
+    Api,
+    /// API Reboot: boot again after power-off, reset when the grace period runs out.
+    Reboot,
+}
+
+struct Runner<'a> {
+    opts: &'a RunOptions,
+    prepared: &'a Prepared,
+    kvm: &'a Kvm,
+    console: ConsoleOutput,
+    signals: SignalFd,
+    api: Option<ApiServer>,
+    markers: Markers,
+    stdin_open: bool,
+}
+
+/// The per-boot state of the event loop.
+struct BootState {
+    shutdown: Option<Shutdown>,
+    deadline: Option<Instant>,
+    paused: bool,
+    stdin_polled: bool,
+}
+
+const TOKEN_STDIN: u64 = 1;
+const TOKEN_SERIAL_READY: u64 = 2;
+const TOKEN_SIGNAL: u64 = 3;
+const TOKEN_API: u64 = 4;
+const TOKEN_RESET: u64 = 5;
+const TOKEN_POWER_OFF: u64 = 6;
+const TOKEN_VCPU: u64 = 7;
+
+/// Delay before booting again after a failure, so a guest that fails at once does not spin.
+const RERUN_BACKOFF: Duration = Duration::from_secs(1);
+
+impl Runner<'_> {
+    fn lifecycle(&mut self) -> Result<ExitCode, RunError> {
+        let policy = self.prepared.config.run_policy;
+        let mut boots = 0u64;
+        loop {
+            boots += 1;
+            log::info!("booting the guest (boot {boots})");
+            let (stop, shutdown) = self.boot_once()?;
+            let user_stop = matches!(shutdown, Some(Shutdown::Signal | Shutdown::Api));
+            match stop {
+                Stop::Reset => continue,
+                Stop::PoweredOff if shutdown == Some(Shutdown::Reboot) => continue,
+                Stop::PoweredOff => {
+                    log::info!("the guest powered off");
+                    if policy == RunPolicy::Always && !user_stop {
+                        continue;
+                    }
+                    return Ok(ExitCode::PoweredOff);
+                }
+                Stop::Stopped => return Ok(ExitCode::PoweredOff),
+                Stop::SignalTimeout => {
+                    log::warn!(
+                        "the guest did not power off within {:?}; stopped it",
+                        self.opts.shutdown_timeout
+                    );
+                    return Ok(ExitCode::StoppedBySignal);
+                }
+                Stop::Failed(why) => {
+                    log::error!("the guest failed: {why}");
+                    let rerun = matches!(policy, RunPolicy::Always | RunPolicy::RerunOnFailure);
+                    if rerun && !user_stop {
+                        std::thread::sleep(RERUN_BACKOFF);
+                        continue;
+                    }
+                    return Ok(ExitCode::GuestFailed);
+                }
+            }
+        }
+    }
+
+    /// Builds and runs one boot; returns how it ended and what shutdown was under way.
+    fn boot_once(&mut self) -> Result<(Stop, Option<Shutdown>), RunError> {
+        let mut vm = Vm::build(BootContext {
+            kvm: self.kvm,
+            config: &self.prepared.config,
+            kernel: &self.prepared.kernel,
+            console: self.console.writer(),
+            process_start: self.opts.process_start,
+            markers: self.markers.clone(),
+        })?;
+        let epoll = Epoll::new().map_err(os_err("epoll"))?;
+        let add = |fd: RawFd, token: u64| {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(EventSet::IN, token),
+                )
+                .map_err(os_err("epoll"))
+        };
+        add(self.signals.fd.as_raw_fd(), TOKEN_SIGNAL)?;
+        add(
+            vm.events().serial_input_ready.as_raw_fd(),
+            TOKEN_SERIAL_READY,
+        )?;
+        add(vm.events().reset.as_raw_fd(), TOKEN_RESET)?;
+        add(vm.events().power_off.as_raw_fd(), TOKEN_POWER_OFF)?;
+        add(vm.events().vcpu.as_raw_fd(), TOKEN_VCPU)?;
+        if let Some(api) = &self.api {
+            add(api.wakeup.as_raw_fd(), TOKEN_API)?;
+        }
+        let mut state = BootState {
+            shutdown: None,
+            deadline: None,
+            paused: false,
+            stdin_polled: false,
+        };
+        self.poll_stdin(&epoll, &mut state, true);
+        vm.start()?;
+        let stop = self.event_loop(&epoll, &vm, &mut state);
+        vm.stop();
+        Ok((stop, state.shutdown))
+    }
+
+    fn event_loop(&mut self, epoll: &Epoll, vm: &Vm, state: &mut BootState) -> Stop {
+        let mut events = vec![EpollEvent::default(); 16];
+        loop {
+            let timeout = state.deadline.map_or(-1, |d| {
+                let left = d.saturating_duration_since(Instant::now()).as_millis();
+                i32::try_from(left).unwrap_or(i32::MAX)
+            });
+            let n = match epoll.wait(timeout, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Stop::Failed(format!("epoll_wait: {e}")),
+            };
+            if n == 0 && state.deadline.is_some_and(|d| Instant::now() >= d) {
+                return match state.shutdown {
+                    Some(Shutdown::Reboot) => {
+                        log::warn!("the guest did not power off for the reboot; resetting it");
+                        Stop::Reset
+                    }
+                    _ => Stop::SignalTimeout,
+                };
+            }
+            for event in &events[..n] {
+                if let Some(stop) = self.handle(event.data(), epoll, vm, state) {
+                    return stop;
+                }
+            }
+        }
+    }
+
+    fn handle(
+        &mut self,
+        token: u64,
+        epoll: &Epoll,
+        vm: &Vm,
+        state: &mut BootState,
+    ) -> Option<Stop> {
+        let drain = |evt: &vmm_sys_util::eventfd::EventFd| {
+            let _ = evt.read();
+        };
+        match token {
+            TOKEN_STDIN => self.forward_stdin(epoll, vm, state),
+            TOKEN_SERIAL_READY => {
+                drain(&vm.events().serial_input_ready);
+                self.poll_stdin(epoll, state, true);
+            }
+            TOKEN_SIGNAL => {
+                let signo = self.signals.read();
+                log::info!("received {}; pressing the power button", signal_name(signo));
+                self.begin_shutdown(vm, state, Shutdown::Signal);
+            }
+            TOKEN_API => {
+                drain(&self.api.as_ref()?.wakeup);
+                while let Ok(req) = self.api.as_ref()?.requests.try_recv() {
+                    let (answer, stop) = self.api_command(req.command, vm, state);
+                    let _ = req.answer.send(answer);
+                    if stop.is_some() {
+                        return stop;
+                    }
+                }
+            }
+            TOKEN_RESET => {
+                drain(&vm.events().reset);
+                log::info!("the guest asked for a reset");
+                return Some(Stop::Reset);
+            }
+            TOKEN_POWER_OFF => {
+                drain(&vm.events().power_off);
+                return Some(Stop::PoweredOff);
+            }
+            TOKEN_VCPU => {
+                drain(&vm.events().vcpu);
+                if let Some(event) = vm.next_vcpu_event() {
+                    return Some(match event {
+                        VcpuEvent::Failed(why) => Stop::Failed(why),
+                        VcpuEvent::PowerOff => Stop::PoweredOff,
+                        VcpuEvent::Reset => Stop::Reset,
+                    });
+                }
+            }
+            _ => {}
+        }
+        None
+    }
+
+    fn begin_shutdown(&self, vm: &Vm, state: &mut BootState, why: Shutdown) {
+        if state.paused {
+            vm.resume();
+            state.paused = false;
+        }
+        let listening = vm.press_power_button();
+        if !listening {
+            log::warn!("the guest has not enabled the ACPI power button (no ACPI button driver?)");
+        }
+        // A signal during an API shutdown still gets its grace period.
+        if state.shutdown != Some(Shutdown::Signal) {
+            state.shutdown = Some(why);
+        }
+        if why != Shutdown::Api && state.deadline.is_none() {
+            state.deadline = Some(Instant::now() + self.opts.shutdown_timeout);
+        }
+    }
+
+    fn api_command(
+        &self,
+        command: ApiCommand,
+        vm: &Vm,
+        state: &mut BootState,
+    ) -> (ApiAnswer, Option<Stop>) {
+        let action = match command {
+            ApiCommand::Info => return (ApiAnswer::Json(self.info(vm, state)), None),
+            ApiCommand::Power(action) => action,
+        };
+        log::info!("API: {action:?}");
+        match action {
+            PowerAction::PowerOff => (ApiAnswer::Done, Some(Stop::Stopped)),
+            PowerAction::Reset => (ApiAnswer::Done, Some(Stop::Reset)),
+            PowerAction::Shutdown => {
+                self.begin_shutdown(vm, state, Shutdown::Api);
+                (ApiAnswer::Done, None)
+            }
+            PowerAction::Reboot => {
+                self.begin_shutdown(vm, state, Shutdown::Reboot);
+                (ApiAnswer::Done, None)
+            }
+            PowerAction::Pause if state.paused => {
+                (ApiAnswer::Conflict("the VM is already paused".into()), None)
+            }
+            PowerAction::Pause => {
+                if !vm.pause() {
+                    log::warn!("not every vCPU parked within a second");
+                }
+                state.paused = true;
+                (ApiAnswer::Done, None)
+            }
+            PowerAction::Resume if !state.paused => {
+                (ApiAnswer::Conflict("the VM is not paused".into()), None)
+            }
+            PowerAction::Resume => {
+                vm.resume();
+                state.paused = false;
+                (ApiAnswer::Done, None)
+            }
+        }
+    }
+
+    fn info(&self, vm: &Vm, state: &BootState) -> String {
+        let cfg = &self.prepared.config;
+        let run_state = match (state.paused, state.shutdown) {
+            (true, _) => "Paused",
+            (false, Some(Shutdown::Reboot)) => "Rebooting",
+            (false, Some(_)) => "ShuttingDown",
+            (false, None) => "Running",
+        };
+        let markers: Vec<serde_json::Value> = self
+            .markers
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "value": m.value,
+                    "ms_since_start": m.since_start.as_secs_f64() * 1000.0,
+                })
+            })
+            .collect();
+        let interfaces: Vec<serde_json::Value> = cfg
+            .interfaces
+            .iter()
+            .map(|i| {
+                serde_json::json!({
+                    "name": i.name,
+                    "mac": i.mac.to_string(),
+                    "binding": binding_name(&i.binding),
+                    "network": match &i.network {
+                        NetworkSource::Pod => "pod".to_string(),
+                        NetworkSource::Multus { network_name } => format!("multus:{network_name}"),
+                    },
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "name": cfg.name,
+            "state": run_state,
+            "uptime_ms": u64::try_from(vm.uptime().as_millis()).unwrap_or(u64::MAX),
+            "vcpus": cfg.topology.vcpus(),
+            "sockets": cfg.topology.sockets,
+            "cores_per_socket": cfg.topology.cores_per_socket,
+            "memory_bytes": cfg.memory_bytes,
+            "interfaces": interfaces,
+            "boot_markers": markers,
+        })
+        .to_string()
+    }
+
+    /// Starts or stops polling stdin: only while the UART has room, and never after EOF.
+    fn poll_stdin(&mut self, epoll: &Epoll, state: &mut BootState, want: bool) {
+        if !self.stdin_open || state.stdin_polled == want {
+            return;
+        }
+        let op = if want {
+            ControlOperation::Add
+        } else {
+            ControlOperation::Delete
+        };
+        let event = EpollEvent::new(EventSet::IN, TOKEN_STDIN);
+        match epoll.ctl(op, libc::STDIN_FILENO, event) {
+            Ok(()) => state.stdin_polled = want,
+            Err(e) => {
+                // A regular file or /dev/null cannot be polled: no guest input then.
+                log::debug!("stdin is not pollable ({e}); the guest gets no console input");
+                self.stdin_open = false;
+            }
+        }
+    }
+
+    fn forward_stdin(&mut self, epoll: &Epoll, vm: &Vm, state: &mut BootState) {
+        let mut serial = vm.serial().lock().unwrap_or_else(|e| e.into_inner());
+        let room = serial.input_capacity();
+        if room == 0 {
+            drop(serial);
+            self.poll_stdin(epoll, state, false);
+            return;
+        }
+        let mut buf = [0u8; 64];
+        let len = room.min(buf.len());
+        match console::read_stdin(&mut buf[..len]) {
+            Ok(0) => {
+                drop(serial);
+                self.poll_stdin(epoll, state, false);
+                self.stdin_open = false;
+            }
+            Ok(n) => {
+                serial.enqueue_input(&buf[..n]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                log::warn!("reading stdin: {e}; the guest gets no more console input");
+                drop(serial);
+                self.poll_stdin(epoll, state, false);
+                self.stdin_open = false;
+            }
+        }
+    }
+}
+
+fn binding_name(b: &Binding) -> &'static str {
+    match b {
+        Binding::Bridge => "bridge",
+        Binding::Masquerade { .. } => "masquerade",
+        Binding::Sriov => "sriov",
+    }
+}
+
+fn signal_name(signo: i32) -> &'static str {
+    match signo {
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        _ => "a signal",
+    }
+}
+
+/// SIGTERM and SIGINT, blocked and read from a signalfd by the event loop.
+struct SignalFd {
+    fd: OwnedFd,
+}
+
+impl SignalFd {
+    /// Blocks SIGTERM and SIGINT in this thread (threads started later inherit the mask) and
+    /// opens a signalfd for them.
+    fn new() -> std::io::Result<Self> {
+        // SAFETY: sigset_t is plain data; sigemptyset initialises it.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a valid sigset_t; the signal numbers are valid.
+        unsafe {
+            libc::sigemptyset(&raw mut set);
+            libc::sigaddset(&raw mut set, libc::SIGTERM);
+            libc::sigaddset(&raw mut set, libc::SIGINT);
+        }
+        // SAFETY: `set` is initialised; the old mask is not wanted.
+        let ret =
+            unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut()) };
+        if ret != 0 {
+            return Err(std::io::Error::from_raw_os_error(ret));
+        }
+        // SAFETY: -1 asks for a new signalfd for `set`.
+        let fd =
+            unsafe { libc::signalfd(-1, &raw const set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new descriptor owned by nothing else.
+        Ok(Self {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Reads one pending signal's number (0 if none).
+    fn read(&self) -> i32 {
+        // SAFETY: signalfd_siginfo is plain data.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of_val(&info);
+        // SAFETY: reads at most `size` bytes into `info`.
+        let n = unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                (&raw mut info).cast::<libc::c_void>(),
+                size,
+            )
+        };
+        if usize::try_from(n).ok() == Some(size) {
+            i32::try_from(info.ssi_signo).unwrap_or(0)
+        } else {
+            0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_are_the_documented_numbers() {
+        assert_eq!(ExitCode::PoweredOff as u8, 0);
+        assert_eq!(ExitCode::InvalidManifest as u8, 1);
+        assert_eq!(ExitCode::HostCannotRun as u8, 2);
+        assert_eq!(ExitCode::GuestFailed as u8, 3);
+        assert_eq!(ExitCode::StoppedBySignal as u8, 4);
+    }
+}

@@ -1,0 +1,331 @@
+//! One boot of the guest: a KVM VM with its RAM, devices and vCPU threads.
+//!
+//! A reboot throws the whole [`Vm`] away and builds a new one from the same configuration,
+//! so every boot starts from power-on state without each device needing a reset path.
+//! What outlives a boot (the console, host-side network devices) is owned by the runner.
+
+use std::io::Write;
+use std::sync::mpsc::{Receiver, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use devices::acpi::{ACPI_PM_BASE, ACPI_PM_LEN, AcpiPm, IrqLine, SCI_IRQ};
+use devices::boot_marker::{BOOT_MARKER_ADDR, BOOT_MARKER_LEN, BootMarker, Markers};
+use devices::legacy::cmos::{CMOS_BASE, CMOS_LEN};
+use devices::legacy::i8042::{I8042_BASE, I8042_LEN};
+use devices::legacy::serial::{COM1_BASE, COM1_IRQ, SERIAL_PORT_LEN};
+use devices::legacy::{Cmos, I8042, Serial};
+use devices::{Bus, BusError, SharedDevice};
+use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::arch::cpuid::Topology;
+use crate::arch::layout::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
+use crate::arch::{acpi, regs};
+use crate::boot::{self, BootError, KernelFiles};
+use crate::config::VmConfig;
+use crate::memory::{self, MemoryError};
+use crate::vcpu::{self, VcpuContext, VcpuControl, VcpuError, VcpuEvent, VcpuThread};
+
+/// Why a VM cannot be built. All are host-side problems: exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// A KVM ioctl failed.
+    #[error("KVM: {what}: {source}")]
+    Kvm {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// An eventfd could not be made.
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+    /// Guest RAM.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Loading the kernel.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// ACPI tables.
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
+    /// Page tables and GDT.
+    #[error(transparent)]
+    Regs(#[from] regs::RegsError),
+    /// vCPU setup.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// Device placement.
+    #[error("device layout: {0}")]
+    Bus(#[from] BusError),
+}
+
+/// The SCI, driven through `KVM_IRQ_LINE`.
+struct KvmIrqLine {
+    vm: Arc<VmFd>,
+    gsi: u32,
+}
+
+impl IrqLine for KvmIrqLine {
+    fn set_level(&self, high: bool) {
+        if let Err(e) = self.vm.set_irq_line(self.gsi, high) {
+            log::error!("cannot set IRQ {} to {high}: {e}", self.gsi);
+        }
+    }
+}
+
+/// Eventfds through which a boot tells the runner it is over or wants attention.
+#[derive(Debug)]
+pub struct VmEvents {
+    /// The guest asked for a reset (ACPI reset register, i8042).
+    pub reset: EventFd,
+    /// The guest powered off (ACPI S5).
+    pub power_off: EventFd,
+    /// A vCPU reported a [`VcpuEvent`].
+    pub vcpu: EventFd,
+    /// The serial receive FIFO has room again.
+    pub serial_input_ready: EventFd,
+}
+
+impl VmEvents {
+    fn new() -> Result<Self, VmError> {
+        let efd = || EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd);
+        Ok(Self {
+            reset: efd()?,
+            power_off: efd()?,
+            vcpu: efd()?,
+            serial_input_ready: efd()?,
+        })
+    }
+}
+
+/// A built (and, after [`Vm::start`], running) guest.
+pub struct Vm {
+    vm_fd: Arc<VmFd>,
+    _memory: GuestMemoryMmap,
+    pending_vcpus: Vec<(u32, kvm_ioctls::VcpuFd)>,
+    threads: Vec<VcpuThread>,
+    control: Arc<VcpuControl>,
+    io_bus: Arc<Bus>,
+    mmio_bus: Arc<Bus>,
+    serial: Arc<Mutex<Serial>>,
+    acpi: Arc<Mutex<AcpiPm>>,
+    events: VmEvents,
+    vcpu_events: Receiver<VcpuEvent>,
+    vcpu_events_tx: std::sync::mpsc::Sender<VcpuEvent>,
+    pin_cpus: Vec<usize>,
+    started: Option<Instant>,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm")
+            .field("vcpus", &(self.pending_vcpus.len() + self.threads.len()))
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a boot needs from the runner.
+pub struct BootContext<'a> {
+    /// The open `/dev/kvm`.
+    pub kvm: &'a Kvm,
+    /// The resolved configuration.
+    pub config: &'a VmConfig,
+    /// Kernel and initrd.
+    pub kernel: &'a KernelFiles,
+    /// Where the guest console's output goes.
+    pub console: Box<dyn Write + Send>,
+    /// When `vmm` started, for the boot marker.
+    pub process_start: Instant,
+    /// Where boot markers are recorded.
+    pub markers: Markers,
+}
+
+impl std::fmt::Debug for BootContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootContext")
+            .field("config", &self.config)
+            .field("kernel", &self.kernel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vm {
+    /// Builds the VM: RAM, interrupt controllers, devices, ACPI, kernel, vCPUs. Nothing runs
+    /// until [`Vm::start`].
+    pub fn build(ctx: BootContext<'_>) -> Result<Self, VmError> {
+        let kvm_err = |what| move |source| VmError::Kvm { what, source };
+        let cfg = ctx.config;
+        let vm_fd = Arc::new(ctx.kvm.create_vm().map_err(kvm_err("create VM"))?);
+        vm_fd
+            .set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
+            .map_err(kvm_err("set identity map address"))?;
+        vm_fd
+            .set_tss_address(usize::try_from(KVM_TSS_ADDR).unwrap_or(usize::MAX))
+            .map_err(kvm_err("set TSS address"))?;
+        vm_fd
+            .create_irq_chip()
+            .map_err(kvm_err("create interrupt controllers"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm_fd.create_pit2(pit).map_err(kvm_err("create PIT"))?;
+
+        let mem = memory::create(cfg.memory_bytes, cfg.hugepage_bytes)?;
+        memory::register(&vm_fd, &mem)?;
+
+        let events = VmEvents::new()?;
+        let io_bus = Arc::new(Bus::new());
+        let mmio_bus = Arc::new(Bus::new());
+        let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?;
+        vm_fd
+            .register_irqfd(&serial_irq, COM1_IRQ)
+            .map_err(kvm_err("register the serial irqfd"))?;
+        let serial = Arc::new(Mutex::new(Serial::new(
+            serial_irq,
+            clone_evt(&events.serial_input_ready)?,
+            ctx.console,
+        )));
+        io_bus.insert(serial.clone(), COM1_BASE, SERIAL_PORT_LEN)?;
+        let i8042: SharedDevice = Arc::new(Mutex::new(I8042::new(clone_evt(&events.reset)?)));
+        io_bus.insert(i8042, I8042_BASE, I8042_LEN)?;
+        let cmos: SharedDevice = Arc::new(Mutex::new(Cmos::new()));
+        io_bus.insert(cmos, CMOS_BASE, CMOS_LEN)?;
+        let sci = Arc::new(KvmIrqLine {
+            vm: vm_fd.clone(),
+            gsi: SCI_IRQ,
+        });
+        let acpi_pm = Arc::new(Mutex::new(AcpiPm::new(
+            sci,
+            clone_evt(&events.power_off)?,
+            clone_evt(&events.reset)?,
+        )));
+        io_bus.insert(acpi_pm.clone(), ACPI_PM_BASE, ACPI_PM_LEN)?;
+        let marker: SharedDevice =
+            Arc::new(Mutex::new(BootMarker::new(ctx.process_start, ctx.markers)));
+        mmio_bus.insert(marker, BOOT_MARKER_ADDR, BOOT_MARKER_LEN)?;
+
+        let topo = Topology::new(cfg.topology);
+        let apic_ids = topo.apic_ids();
+        regs::write_boot_tables(&mem)?;
+        let rsdp = acpi::write_tables(&mem, &apic_ids)?;
+        let cmdline = cfg.kernel.as_ref().map_or("", |k| k.cmdline.as_str());
+        let entry = boot::load(&mem, cfg.memory_bytes, ctx.kernel, cmdline, rsdp)?;
+
+        let mut pending_vcpus = Vec::with_capacity(apic_ids.len());
+        for (index, apic_id) in apic_ids.iter().enumerate() {
+            let index = u32::try_from(index).unwrap_or(u32::MAX);
+            let boot = (index == 0).then_some(entry);
+            let fd = vcpu::create(ctx.kvm, &vm_fd, &topo, index, *apic_id, boot)?;
+            pending_vcpus.push((index, fd));
+        }
+        let pin_cpus = if cfg.dedicated_cpus {
+            vcpu::allowed_cpus()
+        } else {
+            Vec::new()
+        };
+        let (tx, rx) = channel();
+        Ok(Self {
+            vm_fd,
+            _memory: mem,
+            pending_vcpus,
+            threads: Vec::new(),
+            control: Arc::new(VcpuControl::default()),
+            io_bus,
+            mmio_bus,
+            serial,
+            acpi: acpi_pm,
+            events,
+            vcpu_events: rx,
+            vcpu_events_tx: tx,
+            pin_cpus,
+            started: None,
+        })
+    }
+
+    /// Starts the vCPU threads.
+    pub fn start(&mut self) -> Result<(), VmError> {
+        vcpu::install_kick_handler().map_err(VmError::EventFd)?;
+        for (index, fd) in std::mem::take(&mut self.pending_vcpus) {
+            let ctx = VcpuContext {
+                index,
+                io_bus: self.io_bus.clone(),
+                mmio_bus: self.mmio_bus.clone(),
+                control: self.control.clone(),
+                events: self.vcpu_events_tx.clone(),
+                events_evt: clone_evt(&self.events.vcpu)?,
+                pin_cpu: self
+                    .pin_cpus
+                    .get(usize::try_from(index).unwrap_or(usize::MAX))
+                    .copied(),
+            };
+            self.threads.push(vcpu::spawn(fd, ctx)?);
+        }
+        self.started = Some(Instant::now());
+        Ok(())
+    }
+
+    /// The boot's eventfds.
+    pub fn events(&self) -> &VmEvents {
+        &self.events
+    }
+
+    /// The next event a vCPU reported, if any.
+    pub fn next_vcpu_event(&self) -> Option<VcpuEvent> {
+        self.vcpu_events.try_recv().ok()
+    }
+
+    /// The console UART, for input.
+    pub fn serial(&self) -> &Arc<Mutex<Serial>> {
+        &self.serial
+    }
+
+    /// Presses the ACPI power button; returns whether the guest is listening for it.
+    pub fn press_power_button(&self) -> bool {
+        let mut pm = self.acpi.lock().unwrap_or_else(|e| e.into_inner());
+        pm.press_power_button();
+        pm.power_button_enabled()
+    }
+
+    /// How long the guest has been running.
+    pub fn uptime(&self) -> Duration {
+        self.started.map_or(Duration::ZERO, |s| s.elapsed())
+    }
+
+    /// Pauses every vCPU; returns once all are parked (or after a second).
+    pub fn pause(&self) -> bool {
+        self.control.set_paused(true);
+        for t in &self.threads {
+            t.kick();
+        }
+        self.control
+            .wait_parked(self.threads.len(), Duration::from_secs(1))
+    }
+
+    /// Resumes the vCPUs.
+    pub fn resume(&self) {
+        self.control.set_paused(false);
+    }
+
+    /// Stops and joins every vCPU thread; the VM is gone afterwards.
+    pub fn stop(mut self) {
+        self.control.request_stop();
+        let threads = std::mem::take(&mut self.threads);
+        for t in &threads {
+            t.kick();
+        }
+        for t in threads {
+            t.join();
+        }
+        drop(self.vm_fd);
+    }
+}
+
+fn clone_evt(evt: &EventFd) -> Result<EventFd, VmError> {
+    evt.try_clone().map_err(VmError::EventFd)
+}

@@ -17,7 +17,8 @@ Exit codes:
   2  the host cannot run it: no /dev/kvm, missing permission, a missing file,
      interface or device, or a feature this build does not have
   3  the guest failed (triple fault, KVM internal error)
-  4  stopped by SIGTERM/SIGINT after the shutdown grace period";
+  4  stopped by SIGTERM/SIGINT after the shutdown grace period
+";
 
 /// Boots a Linux guest on KVM from a Virtink VirtualMachine manifest.
 #[derive(Debug, Parser)]

@@ -96,7 +96,7 @@ fn parse_octets(s: &str) -> Option<Vec<u8>> {
         _ => return None,
     };
     // Every group but the last is followed by exactly one separator.
-    if (s.len() + 1) % (group_len + 1) != 0 {
+    if !(s.len() + 1).is_multiple_of(group_len + 1) {
         return None;
     }
     let groups: Vec<&str> = s.split(char::from(sep)).collect();

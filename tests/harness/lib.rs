@@ -1,1 +1,145 @@
-//! h
+//! The harness for vmm's integration tests.
+//!
+//! A test that boots a guest runs twice: on this machine, [`in_testhost`] starts the KVM test
+//! host (`tests/testhost`) and runs the same test binary inside it, filtered to that one
+//! test; inside the test host (`VMM_TEST_IN_TESTHOST` is set) the body runs for real, with
+//! `vmm` booting guests on the test host's `/dev/kvm`. Assertions fail inside the test host;
+//! the outer test fails with the inner output. Nothing is skipped: a test that cannot run
+//! (no images, no QEMU) fails and says why.
+
+pub mod guest;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Set inside the test host by [`in_testhost`].
+pub const IN_TESTHOST: &str = "VMM_TEST_IN_TESTHOST";
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The cargo target profile directory this test binary was built into (`target/debug`).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/debug/deps/<test>-<hash>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// The `vmm` binary built beside this test.
+pub fn vmm_bin() -> PathBuf {
+    let bin = target_dir().join("vmm");
+    assert!(
+        bin.exists(),
+        "{} does not exist: build it first (cargo build -p vmm-cli), as tests/run does",
+        bin.display()
+    );
+    bin
+}
+
+/// The test guest image directory (`kernel.image` for the manifests).
+pub fn guest_image() -> PathBuf {
+    let dir = std::env::var_os("VMM_IMAGES_OUT")
+        .map_or_else(|| repo_root().join("images/out"), PathBuf::from)
+        .join("guest");
+    assert!(
+        dir.join("vmlinuz").exists() && dir.join("initrd").exists(),
+        "the test guest image is missing in {}: run images/build",
+        dir.display()
+    );
+    dir
+}
+
+/// A directory for this test's files, fresh and removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A new empty directory named after `name`.
+    pub fn new(name: &str) -> Self {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "vmm-test-{name}-{}-{}",
+            std::process::id(),
+            COUNT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `body` inside the KVM test host. `name` is the test function's name (the test must
+/// be a top-level function of its test crate) and `timeout` bounds the whole test host run.
+pub fn in_testhost(name: &str, timeout: Duration, body: impl FnOnce()) {
+    if std::env::var_os(IN_TESTHOST).is_some() {
+        body();
+        return;
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let testhost = repo_root().join("tests/testhost");
+    let started = Instant::now();
+    let output = Command::new(&testhost)
+        .args(["run", "--timeout", &timeout.as_secs().to_string(), "--"])
+        .arg(&exe)
+        .args(["--exact", name, "--nocapture", "--test-threads", "1"])
+        .env(IN_TESTHOST, "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", testhost.display()));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let passed = output.status.success() && stdout.contains("test result: ok. 1 passed");
+    eprintln!(
+        "{name}: test host run took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        passed,
+        "{name} failed inside the test host (status {:?})\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+        output.status.code()
+    );
+}
+
+/// Declares a test whose body runs inside the KVM test host.
+///
+/// ```ignore
+/// testhost_test!(fn boots_two_vcpus() { ... }, timeout = 300);
+/// ```
+#[macro_export]
+macro_rules! testhost_test {
+    ($(#[$meta:meta])* fn $name:ident() $body:block) => {
+        $crate::testhost_test!($(#[$meta])* fn $name() $body, timeout = 600);
+    };
+    ($(#[$meta:meta])* fn $name:ident() $body:block, timeout = $secs:expr) => {
+        $(#[$meta])*
+        #[test]
+        fn $name() {
+            $crate::in_testhost(
+                stringify!($name),
+                ::std::time::Duration::from_secs($secs),
+                || $body,
+            );
+        }
+    };
+}

@@ -228,13 +228,13 @@ fn read_request(stream: &UnixStream) -> std::io::Result<(String, String)> {
         if header.is_empty() {
             break;
         }
-        if let Some((name, value)) = header.split_once(':') {
-            if name.eq_ignore_ascii_case("content-length") {
-                content_length = value
-                    .trim()
-                    .parse()
-                    .map_err(|_| invalid("bad Content-Length"))?;
-            }
+        if let Some((name, value)) = header.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            content_length = value
+                .trim()
+                .parse()
+                .map_err(|_| invalid("bad Content-Length"))?;
         }
     }
     if content_length > MAX_REQUEST {

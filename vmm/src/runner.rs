@@ -653,13 +653,11 @@ impl SignalFd {
     /// Blocks SIGTERM and SIGINT in this thread (threads started later inherit the mask) and
     /// opens a signalfd for them.
     fn new() -> std::io::Result<Self> {
-        // SAFETY: sigset_t is plain data; sigemptyset initialises it.
+        // SAFETY: sigset_t is plain data, and all-zero is the empty set on Linux.
         let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `set` is a valid sigset_t; the signal numbers are valid.
-        unsafe {
-            libc::sigemptyset(&raw mut set);
-            libc::sigaddset(&raw mut set, libc::SIGTERM);
-            libc::sigaddset(&raw mut set, libc::SIGINT);
+        for signal in [libc::SIGTERM, libc::SIGINT] {
+            // SAFETY: `set` is a valid sigset_t and `signal` a valid signal number.
+            unsafe { libc::sigaddset(&raw mut set, signal) };
         }
         // SAFETY: `set` is initialised; the old mask is not wanted.
         let ret =
@@ -674,9 +672,8 @@ impl SignalFd {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: `fd` is a new descriptor owned by nothing else.
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { fd })
     }
 
     /// Reads one pending signal's number (0 if none).

@@ -403,10 +403,10 @@ fn dispatch(exit: VcpuExit<'_>, ctx: &VcpuContext) -> Exit {
 }
 
 fn report(ctx: &VcpuContext, event: VcpuEvent) {
-    if ctx.events.send(event).is_ok() {
-        if let Err(e) = ctx.events_evt.write(1) {
-            log::error!("vCPU {}: cannot wake the VMM: {e}", ctx.index);
-        }
+    if ctx.events.send(event).is_ok()
+        && let Err(e) = ctx.events_evt.write(1)
+    {
+        log::error!("vCPU {}: cannot wake the VMM: {e}", ctx.index);
     }
 }
 

@@ -42,10 +42,10 @@ impl BusDevice for I8042 {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if let (Ok(offset), [value]) = (u8::try_from(offset), data) {
-            if let Err(e) = self.inner.write(offset, *value) {
-                log::warn!("i8042: cannot signal reset: {e}");
-            }
+        if let (Ok(offset), [value]) = (u8::try_from(offset), data)
+            && let Err(e) = self.inner.write(offset, *value)
+        {
+            log::warn!("i8042: cannot signal reset: {e}");
         }
     }
 }

@@ -96,10 +96,10 @@ impl BusDevice for Serial {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if let (Ok(offset), [byte]) = (u8::try_from(offset), data) {
-            if let Err(e) = self.uart.write(offset, *byte) {
-                log::debug!("serial: write failed: {e:?}");
-            }
+        if let (Ok(offset), [byte]) = (u8::try_from(offset), data)
+            && let Err(e) = self.uart.write(offset, *byte)
+        {
+            log::debug!("serial: write failed: {e:?}");
         }
     }
 }
@@ -139,7 +139,7 @@ mod tests {
         serial.write(1, &[0x02]); // IER: THR empty interrupt
         let mut iir = [0];
         serial.read(2, &mut iir); // the guest acknowledges
-        serial.write(0, &[b'!']);
+        serial.write(0, b"!");
         assert!(irq.read().unwrap() >= 1);
     }
 

@@ -60,6 +60,17 @@ pub const KVM_TSS_ADDR: u64 = 0xfffb_d000;
 /// The KVM identity-map page, right below the TSS.
 pub const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
 
+// The fixed areas must not overlap; checked when the crate compiles.
+const _: () = {
+    assert!(IDT_ADDR >= GDT_ADDR + 5 * 8);
+    assert!(ZERO_PAGE_ADDR + 4096 <= BOOT_STACK_ADDR + 0x10);
+    assert!(PD_ADDR + 4 * 4096 <= CMDLINE_ADDR);
+    assert!(CMDLINE_ADDR + CMDLINE_MAX as u64 <= EBDA_START);
+    assert!(KVM_IDENTITY_MAP_ADDR + 4096 <= KVM_TSS_ADDR);
+    assert!(devices::boot_marker::BOOT_MARKER_ADDR > MMIO_32_START);
+    assert!(devices::boot_marker::BOOT_MARKER_ADDR + 4096 <= IOAPIC_ADDR);
+};
+
 /// One contiguous range of guest RAM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RamRange {
@@ -164,16 +175,5 @@ mod tests {
                 .sum();
             assert_eq!(ram, size - (HIGH_RAM_START - EBDA_START), "{size:#x}");
         }
-    }
-
-    #[test]
-    fn fixed_areas_do_not_overlap() {
-        assert!(IDT_ADDR >= GDT_ADDR + 5 * 8);
-        assert!(ZERO_PAGE_ADDR + 4096 <= BOOT_STACK_ADDR + 0x10);
-        assert!(PD_ADDR + 4 * 4096 <= CMDLINE_ADDR);
-        assert!(CMDLINE_ADDR + CMDLINE_MAX as u64 <= EBDA_START);
-        assert!(KVM_IDENTITY_MAP_ADDR + 4096 <= KVM_TSS_ADDR);
-        assert!(devices::boot_marker::BOOT_MARKER_ADDR > MMIO_32_START);
-        assert!(devices::boot_marker::BOOT_MARKER_ADDR + 4096 <= IOAPIC_ADDR);
     }
 }

@@ -56,10 +56,10 @@ fn default_instance(spec: &mut VirtualMachineSpec) {
         };
         instance.memory.size = Some(size);
     }
-    if let Some(Hugepages { page_size }) = instance.memory.hugepages.as_mut() {
-        if page_size.is_empty() {
-            *page_size = DEFAULT_HUGEPAGE_SIZE.to_string();
-        }
+    if let Some(Hugepages { page_size }) = instance.memory.hugepages.as_mut()
+        && page_size.is_empty()
+    {
+        *page_size = DEFAULT_HUGEPAGE_SIZE.to_string();
     }
 }
 

@@ -84,10 +84,10 @@ impl Quantity {
     /// `self + other`, keeping binary-suffix text when the sum is whole.
     pub fn add(&self, other: &Quantity) -> Quantity {
         let nanos = self.nanos.saturating_add(other.nanos);
-        if nanos % NANO == 0 {
-            if let Ok(v) = i64::try_from(nanos / NANO) {
-                return Quantity::from_value(v);
-            }
+        if nanos % NANO == 0
+            && let Ok(v) = i64::try_from(nanos / NANO)
+        {
+            return Quantity::from_value(v);
         }
         Quantity {
             text: format!("{}n", nanos),

@@ -248,10 +248,10 @@ fn validate_instance(instance: &Instance, path: &FieldPath, errs: &mut Errors) {
         if !iface_names.insert(iface.name.as_str()) {
             errs.push(FieldError::duplicate(iface_path.child("name"), &iface.name));
         }
-        if let Some(mac) = validate_interface(iface, &iface_path, errs) {
-            if macs.insert(mac, i).is_some() {
-                errs.push(FieldError::duplicate(iface_path.child("mac"), &iface.mac));
-            }
+        if let Some(mac) = validate_interface(iface, &iface_path, errs)
+            && macs.insert(mac, i).is_some()
+        {
+            errs.push(FieldError::duplicate(iface_path.child("mac"), &iface.mac));
         }
     }
 }

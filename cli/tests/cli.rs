@@ -1,0 +1,318 @@
+//! The `vmm` command on this machine: validation, dry runs, exit codes, and the refusal of a
+//! KVM that cannot run a guest. Nothing here boots a guest (tests/boot.rs does, in the test
+//! host).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const VMM: &str = env!("CARGO_BIN_EXE_vmm");
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("vmm-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// A file that looks like a bzImage to vmm's format check.
+    fn fake_bzimage(&self, name: &str) -> PathBuf {
+        let mut image = vec![0u8; 0x400];
+        image[0x202..0x206].copy_from_slice(b"HdrS");
+        let path = self.0.join(name);
+        std::fs::write(&path, image).unwrap();
+        path
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn vmm(args: &[&str]) -> Output {
+    Command::new(VMM).args(args).output().expect("run vmm")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn manifest(kernel: &Path, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: virt.virtink.smartx.com/v1alpha1\nkind: VirtualMachine\nmetadata:\n  name: demo\n\
+         spec:\n{extra_spec}  instance:\n    memory:\n      size: 128Mi\n    kernel:\n      \
+         image: {}\n      cmdline: console=ttyS0\n",
+        kernel.display()
+    )
+}
+
+#[test]
+fn validate_prints_the_defaulted_manifest() {
+    let dir = Dir::new("validate-ok");
+    let file = dir.write(
+        "vm.yaml",
+        "apiVersion: virt.virtink.smartx.com/v1alpha1\nkind: VirtualMachine\nmetadata:\n  name: demo\n\
+         spec:\n  instance:\n    interfaces:\n      - name: pod\n  networks:\n    - name: pod\n      pod: {}\n",
+    );
+    let out = vmm(&["validate", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let yaml = text(&out.stdout);
+    for want in [
+        "runPolicy: Once",
+        "sockets: 1",
+        "coresPerSocket: 1",
+        "size: 1Gi",
+        "mac: 52:54:00:",
+        "bridge: {}",
+    ] {
+        assert!(yaml.contains(want), "{want:?} missing from\n{yaml}");
+    }
+    // The printed manifest is itself valid and prints the same.
+    let again = dir.write("again.yaml", &yaml);
+    let out2 = vmm(&["validate", again.to_str().unwrap()]);
+    assert_eq!(text(&out2.stdout), yaml);
+}
+
+#[test]
+fn validate_reports_every_error_and_exits_1() {
+    let dir = Dir::new("validate-bad");
+    let file = dir.write(
+        "vm.yaml",
+        "apiVersion: virt.virtink.smartx.com/v1alpha1\nkind: VirtualMachine\nmetadata:\n  name: demo\n\
+         spec:\n  runPolicy: Sometimes\n  instance:\n    interfaces:\n      - name: pod\n        mac: 01:1c:ba:0a:45:8\n\
+         \x20 networks:\n    - name: other\n      pod: {}\n",
+    );
+    let out = vmm(&["validate", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    for want in [
+        "VirtualMachine \"demo\" is invalid",
+        "spec.runPolicy: Unsupported value: \"Sometimes\"",
+        "spec.instance.interfaces[0].mac: Invalid value: \"01:1c:ba:0a:45:8\": address 01:1c:ba:0a:45:8: invalid MAC address",
+        "spec.instance.interfaces[0].name: Invalid value: \"pod\": must match the name of a network in spec.networks",
+        "spec.networks[0].name: Invalid value: \"other\"",
+    ] {
+        assert!(err.contains(want), "{want:?} missing from\n{err}");
+    }
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn unknown_fields_are_strict_decoding_errors() {
+    let dir = Dir::new("unknown");
+    let file = dir.write(
+        "vm.yaml",
+        "apiVersion: virt.virtink.smartx.com/v1alpha1\nkind: VirtualMachine\nmetadata:\n  name: demo\n\
+         spec:\n  instance:\n    interfacs: []\n",
+    );
+    let out = vmm(&["run", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr)
+            .contains("strict decoding error: unknown field \"spec.instance.interfacs\""),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn run_with_an_invalid_manifest_exits_1_with_all_errors() {
+    let dir = Dir::new("run-bad");
+    let kernel = dir.fake_bzimage("vmlinuz");
+    let file = dir.write(
+        "vm.yaml",
+        &manifest(&kernel, "  runPolicy: Never\n").replace("size: 128Mi", "size: 1000"),
+    );
+    let out = vmm(&["run", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("spec.runPolicy: Unsupported value: \"Never\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("spec.instance.memory.size: Invalid value: 1000"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_kernel_exits_2_naming_the_path() {
+    let dir = Dir::new("no-kernel");
+    let missing = dir.0.join("no/such/vmlinuz");
+    let file = dir.write("vm.yaml", &manifest(&missing, ""));
+    for args in [&["run"][..], &["run", "--dry-run"][..]] {
+        let mut all = args.to_vec();
+        all.push(file.to_str().unwrap());
+        let out = vmm(&all);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "kernel.image: {}: no such file or directory",
+                missing.display()
+            )),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_file_that_is_not_a_kernel_exits_2() {
+    let dir = Dir::new("not-kernel");
+    let bogus = dir.write("vmlinuz", "hello");
+    let out = vmm(&[
+        "run",
+        dir.write("vm.yaml", &manifest(&bogus, ""))
+            .to_str()
+            .unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("not a bzImage or ELF vmlinux kernel"));
+}
+
+#[test]
+fn relative_kernel_paths_are_resolved_against_the_manifest() {
+    let dir = Dir::new("relative");
+    std::fs::create_dir_all(dir.0.join("kernel")).unwrap();
+    dir.fake_bzimage("kernel/vmlinuz");
+    dir.write("kernel/initrd.img", "initrd");
+    let file = dir.write("vm.yaml", &manifest(Path::new("kernel"), ""));
+    let out = Command::new(VMM)
+        .args(["run", "--dry-run", file.to_str().unwrap()])
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let plan = text(&out.stdout);
+    assert!(
+        plan.contains(&format!(
+            "kernel      {}/kernel/vmlinuz (bzImage)",
+            dir.0.display()
+        )),
+        "{plan}"
+    );
+    assert!(plan.contains("initrd.img"), "{plan}");
+}
+
+#[test]
+fn dry_run_prints_the_plan() {
+    let dir = Dir::new("dry-run");
+    let kernel = dir.fake_bzimage("vmlinuz");
+    let spec = manifest(&kernel, "").replace(
+        "    memory:",
+        "    cpu:\n      sockets: 2\n      coresPerSocket: 3\n    memory:",
+    ) + "    interfaces:\n      - name: pod\n        masquerade: {}\n      - name: data\n        bridge: {}\n\
+           \x20 networks:\n    - name: pod\n      pod: {}\n    - name: data\n      multus:\n        networkName: br1\n";
+    let file = dir.write("vm.yaml", &spec);
+    let out = vmm(&[
+        "run",
+        "--dry-run",
+        "--serial-log",
+        "/tmp/x.log",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let plan = text(&out.stdout);
+    for want in [
+        "vCPUs       6 (2 socket(s) × 3 core(s)), APIC IDs 0, 1, 2, 4, 5, 6",
+        "memory      128 MiB",
+        "(bzImage)",
+        "cmdline     \"console=ttyS0\"",
+        "16550A COM1",
+        "stdout and /tmp/x.log",
+        "masquerade: NAT subnet 10.0.2.0/30, gateway 10.0.2.1, guest 10.0.2.2, all inbound ports forwarded",
+        "bridge: pod link net1 → bridge br-net1, TAP tap-net1",
+    ] {
+        assert!(plan.contains(want), "{want:?} missing from\n{plan}");
+    }
+    assert!(
+        !Path::new("/tmp/x.log").exists(),
+        "a dry run touches nothing"
+    );
+}
+
+#[test]
+fn run_policy_halted_does_not_start() {
+    let dir = Dir::new("halted");
+    let kernel = dir.fake_bzimage("vmlinuz");
+    let file = dir.write("vm.yaml", &manifest(&kernel, "  runPolicy: Halted\n"));
+    let out = vmm(&["run", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stderr).contains("runPolicy Halted: not starting it"));
+}
+
+#[test]
+fn volume_flags_must_name_a_volume() {
+    let dir = Dir::new("volume");
+    let kernel = dir.fake_bzimage("vmlinuz");
+    let file = dir.write("vm.yaml", &manifest(&kernel, ""));
+    let out = vmm(&["run", "--volume", "data=/tmp/d.img", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("the manifest has no volume named \"data\""));
+    let out = vmm(&["run", "--volume", "nonsense", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "clap's usage error");
+}
+
+#[test]
+fn network_interfaces_are_refused_until_supported() {
+    let dir = Dir::new("iface");
+    let kernel = dir.fake_bzimage("vmlinuz");
+    let spec = manifest(&kernel, "")
+        + "    interfaces:\n      - name: pod\n  networks:\n    - name: pod\n      pod: {}\n";
+    let out = vmm(&["run", dir.write("vm.yaml", &spec).to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("network interfaces are not supported by this build yet"));
+}
+
+/// On this machine's own KVM: kvm_pvm is refused at once with exit 2 and a reason; a host
+/// with hardware KVM must not be refused for being PVM.
+#[test]
+fn kvm_that_cannot_run_a_guest_is_refused_at_once() {
+    let dir = Dir::new("pvm");
+    let kernel = dir.fake_bzimage("vmlinuz");
+    let file = dir.write("vm.yaml", &manifest(&kernel, ""));
+    let started = Instant::now();
+    let out = vmm(&["run", file.to_str().unwrap()]);
+    let took = started.elapsed();
+    let err = text(&out.stderr);
+    let pvm = Path::new("/sys/module/kvm_pvm").exists();
+    let hardware =
+        Path::new("/sys/module/kvm_intel").exists() || Path::new("/sys/module/kvm_amd").exists();
+    if pvm && !hardware {
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("this host's KVM is kvm_pvm"), "{err}");
+        assert!(
+            err.contains("tests/testhost run"),
+            "the message says what to do: {err}"
+        );
+        assert!(took < Duration::from_secs(1), "refused after {took:?}");
+    } else {
+        assert!(!err.contains("kvm_pvm"), "{err}");
+    }
+}
+
+#[test]
+fn help_documents_exit_codes_and_examples() {
+    let out = vmm(&["--help"]);
+    let help = text(&out.stdout);
+    assert!(help.contains("Exit codes:") && help.contains("4  stopped by SIGTERM/SIGINT"));
+    for cmd in ["run", "validate"] {
+        let help = text(&vmm(&[cmd, "--help"]).stdout);
+        assert!(
+            help.contains("Example"),
+            "{cmd} --help has no example:\n{help}"
+        );
+    }
+}

@@ -1,0 +1,366 @@
+//! Driving `vmm` and the test guest's agent over the serial console.
+//!
+//! The guest's `/init` (images/guest/init) prints `VMMTEST-READY <boot_id>` when it listens,
+//! then runs each `<id> <command>` line it reads and answers with the output and
+//! `VMMTEST-DONE <id> <rc>`. [`Guest`] starts `vmm run` with piped stdin/stdout, collects the
+//! console in the background, and offers `wait_for`, `exec` and signals on top.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::{TempDir, guest_image, vmm_bin};
+
+/// How long a test guest may take to boot to its agent, nested under TCG.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long one agent command may take.
+pub const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A VirtualMachine manifest for the test guest, built up field by field.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    name: String,
+    sockets: u32,
+    cores: u32,
+    memory: String,
+    hugepages: Option<String>,
+    cmdline: String,
+    run_policy: Option<String>,
+}
+
+impl Manifest {
+    /// One vCPU, 256 MiB, the test guest kernel and initrd.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            sockets: 1,
+            cores: 1,
+            memory: "256Mi".to_string(),
+            hugepages: None,
+            cmdline: "console=ttyS0 loglevel=4".to_string(),
+            run_policy: None,
+        }
+    }
+
+    /// `sockets` × `cores` vCPUs.
+    pub fn cpus(mut self, sockets: u32, cores: u32) -> Self {
+        self.sockets = sockets;
+        self.cores = cores;
+        self
+    }
+
+    /// `memory.size`.
+    pub fn memory(mut self, size: &str) -> Self {
+        self.memory = size.to_string();
+        self
+    }
+
+    /// `memory.hugepages.pageSize`.
+    pub fn hugepages(mut self, page_size: &str) -> Self {
+        self.hugepages = Some(page_size.to_string());
+        self
+    }
+
+    /// Appends to the kernel command line.
+    pub fn cmdline(mut self, extra: &str) -> Self {
+        self.cmdline.push(' ');
+        self.cmdline.push_str(extra);
+        self
+    }
+
+    /// `spec.runPolicy`.
+    pub fn run_policy(mut self, policy: &str) -> Self {
+        self.run_policy = Some(policy.to_string());
+        self
+    }
+
+    /// The manifest text.
+    pub fn yaml(&self) -> String {
+        let mut memory = format!("      size: {}\n", self.memory);
+        if let Some(page) = &self.hugepages {
+            memory.push_str(&format!("      hugepages:\n        pageSize: {page}\n"));
+        }
+        let policy = self
+            .run_policy
+            .as_ref()
+            .map(|p| format!("  runPolicy: {p}\n"))
+            .unwrap_or_default();
+        format!(
+            "apiVersion: virt.virtink.smartx.com/v1alpha1\n\
+             kind: VirtualMachine\n\
+             metadata:\n  name: {name}\n\
+             spec:\n{policy}  instance:\n    cpu:\n      sockets: {sockets}\n      coresPerSocket: {cores}\n\
+             \x20   memory:\n{memory}\
+             \x20   kernel:\n      image: {image}\n      cmdline: \"{cmdline}\"\n",
+            name = self.name,
+            sockets = self.sockets,
+            cores = self.cores,
+            image = guest_image().display(),
+            cmdline = self.cmdline,
+        )
+    }
+
+    /// Writes the manifest into `dir`; returns its path.
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        let path = dir.join(format!("{}.yaml", self.name));
+        std::fs::write(&path, self.yaml()).expect("write manifest");
+        path
+    }
+}
+
+#[derive(Default)]
+struct Output {
+    text: String,
+    closed: bool,
+}
+
+/// Text collected from a pipe by a background thread, with waiting.
+#[derive(Clone, Default)]
+struct Collected(Arc<(Mutex<Output>, Condvar)>);
+
+impl Collected {
+    fn spawn(mut pipe: impl Read + Send + 'static) -> Self {
+        let collected = Self::default();
+        let c = collected.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = pipe.read(&mut buf).unwrap_or(0);
+                let (lock, cond) = &*c.0;
+                let mut out = lock.lock().unwrap();
+                if n == 0 {
+                    out.closed = true;
+                    cond.notify_all();
+                    return;
+                }
+                out.text
+                    .push_str(&String::from_utf8_lossy(&buf[..n]).replace('\r', ""));
+                cond.notify_all();
+            }
+        });
+        collected
+    }
+
+    fn text(&self) -> String {
+        self.0.0.lock().unwrap().text.clone()
+    }
+
+    fn len(&self) -> usize {
+        self.0.0.lock().unwrap().text.len()
+    }
+
+    /// Waits until `f(text)` gives a value; `None` on timeout or when the pipe closes first.
+    fn wait<T>(&self, timeout: Duration, mut f: impl FnMut(&str) -> Option<T>) -> Option<T> {
+        let deadline = Instant::now() + timeout;
+        let (lock, cond) = &*self.0;
+        let mut out = lock.lock().unwrap();
+        loop {
+            if let Some(v) = f(&out.text) {
+                return Some(v);
+            }
+            let now = Instant::now();
+            if out.closed || now >= deadline {
+                return None;
+            }
+            out = cond.wait_timeout(out, deadline - now).unwrap().0;
+        }
+    }
+}
+
+/// A running `vmm run` with the test guest.
+pub struct Guest {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    console: Collected,
+    stderr: Collected,
+    next_id: u64,
+    _dir: Option<TempDir>,
+}
+
+impl std::fmt::Debug for Guest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guest")
+            .field("pid", &self.child.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Guest {
+    /// Starts `vmm run` on `manifest` with `extra` arguments before the file.
+    pub fn start(manifest: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(vmm_bin())
+            .args(["-v", "info", "run"])
+            .args(extra)
+            .arg(manifest)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start vmm");
+        let console = Collected::spawn(child.stdout.take().expect("stdout"));
+        let stderr = Collected::spawn(child.stderr.take().expect("stderr"));
+        Self {
+            stdin: child.stdin.take(),
+            child,
+            console,
+            stderr,
+            next_id: 1,
+            _dir: None,
+        }
+    }
+
+    /// Writes `manifest` to a fresh directory and starts `vmm run` on it.
+    pub fn boot(manifest: &Manifest, extra: &[&str]) -> Self {
+        let dir = TempDir::new("guest");
+        let path = manifest.write(dir.path());
+        let mut guest = Self::start(&path, extra);
+        guest._dir = Some(dir);
+        guest
+    }
+
+    /// The console output so far (carriage returns removed).
+    pub fn console(&self) -> String {
+        self.console.text()
+    }
+
+    /// vmm's stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.text()
+    }
+
+    fn context(&self) -> String {
+        format!(
+            "\n--- console ---\n{}\n--- vmm stderr ---\n{}",
+            self.console(),
+            self.stderr()
+        )
+    }
+
+    /// Waits until the console shows `pattern` after byte `from`; returns the text up to and
+    /// including it. Panics (with the console) on timeout.
+    pub fn wait_for_after(&self, from: usize, pattern: &str, timeout: Duration) -> String {
+        let found = self.console.wait(timeout, |text| {
+            let tail = text.get(from..)?;
+            tail.find(pattern)
+                .map(|at| text[..from + at + pattern.len()].to_string())
+        });
+        found.unwrap_or_else(|| {
+            panic!(
+                "{pattern:?} did not appear on the console within {timeout:?}{}",
+                self.context()
+            )
+        })
+    }
+
+    /// Waits for the `n`-th (1-based) `VMMTEST-READY`; returns that boot's id.
+    pub fn wait_ready(&self, n: usize) -> String {
+        let marker = "VMMTEST-READY ";
+        let id = self.console.wait(BOOT_TIMEOUT, |text| {
+            let (at, _) = text.match_indices(marker).nth(n - 1)?;
+            let rest = &text[at + marker.len()..];
+            let end = rest.find('\n')?;
+            Some(rest[..end].trim().to_string())
+        });
+        id.unwrap_or_else(|| {
+            panic!(
+                "boot {n} of the guest did not reach its agent within {BOOT_TIMEOUT:?}{}",
+                self.context()
+            )
+        })
+    }
+
+    /// Sends a raw line to the guest's console.
+    pub fn send_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| stdin.flush())
+            .expect("write to vmm's stdin");
+    }
+
+    /// Runs `cmd` in the guest; returns its exit code and output.
+    pub fn exec(&mut self, cmd: &str) -> (i32, String) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let from = self.console.len();
+        self.send_line(&format!("{id} {cmd}"));
+        let marker = format!("\nVMMTEST-DONE {id} ");
+        let result = self.console.wait(EXEC_TIMEOUT, |text| {
+            let tail = text.get(from..)?;
+            let at = tail.find(&marker)?;
+            let rest = &tail[at + marker.len()..];
+            let end = rest.find('\n')?;
+            let rc = rest[..end].trim().parse::<i32>().ok()?;
+            Some((rc, tail[..at].to_string()))
+        });
+        result.unwrap_or_else(|| {
+            panic!(
+                "command {cmd:?} did not finish within {EXEC_TIMEOUT:?}{}",
+                self.context()
+            )
+        })
+    }
+
+    /// Runs `cmd` in the guest, asserts it succeeds, returns its output.
+    pub fn check(&mut self, cmd: &str) -> String {
+        let (rc, out) = self.exec(cmd);
+        assert_eq!(rc, 0, "{cmd:?} failed with {rc}: {out}{}", self.context());
+        out
+    }
+
+    /// Sends the guest a command without waiting for an answer (for `poweroff -f`).
+    pub fn send(&mut self, cmd: &str) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send_line(&format!("{id} {cmd}"));
+    }
+
+    /// Sends `signal` to vmm.
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
+        // SAFETY: kill(2) on our own child's pid.
+        let ret = unsafe { libc::kill(pid, signal) };
+        assert_eq!(ret, 0, "kill: {}", std::io::Error::last_os_error());
+    }
+
+    /// vmm's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for vmm to exit; returns its exit code. Panics on timeout (after killing it).
+    pub fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Let the readers drain what is left.
+                self.console.wait(Duration::from_secs(5), |_| None::<()>);
+                return code(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("vmm did not exit within {timeout:?}{}", self.context());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}

@@ -83,6 +83,19 @@ testhost_test!(
 );
 
 testhost_test!(
+    fn elf_vmlinux_boots_from_a_directory() {
+        let image = vmm_tests::guest_image().join("elf");
+        let mut guest = Guest::boot(&Manifest::new("elf").kernel_image(&image), &[]);
+        guest.wait_ready(1);
+        // Same kernel and agent as the bzImage guest: the ELF loader put it at its link
+        // address and entered it in 64-bit mode.
+        assert!(guest.check("uname -r").contains("cloud-amd64"));
+        guest.send("poweroff -f");
+        assert_eq!(guest.wait_exit(EXIT), 0, "{}", guest.stderr());
+    }
+);
+
+testhost_test!(
     fn guest_reboot_boots_again_in_the_same_process() {
         // The default reboot path (ACPI reset register), then the i8042 one (`reboot=k`).
         let mut guest = Guest::boot(&Manifest::new("reboot"), &[]);

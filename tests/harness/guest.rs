@@ -28,6 +28,7 @@ pub struct Manifest {
     hugepages: Option<String>,
     cmdline: String,
     run_policy: Option<String>,
+    kernel_image: Option<PathBuf>,
 }
 
 impl Manifest {
@@ -41,6 +42,7 @@ impl Manifest {
             hugepages: None,
             cmdline: "console=ttyS0 loglevel=4".to_string(),
             run_policy: None,
+            kernel_image: None,
         }
     }
 
@@ -67,6 +69,12 @@ impl Manifest {
     pub fn cmdline(mut self, extra: &str) -> Self {
         self.cmdline.push(' ');
         self.cmdline.push_str(extra);
+        self
+    }
+
+    /// `kernel.image`, instead of the test guest's image directory.
+    pub fn kernel_image(mut self, path: &Path) -> Self {
+        self.kernel_image = Some(path.to_path_buf());
         self
     }
 
@@ -97,7 +105,11 @@ impl Manifest {
             name = self.name,
             sockets = self.sockets,
             cores = self.cores,
-            image = guest_image().display(),
+            image = self
+                .kernel_image
+                .clone()
+                .unwrap_or_else(guest_image)
+                .display(),
             cmdline = self.cmdline,
         )
     }

@@ -26,11 +26,37 @@ fn topology(cpuinfo: &str) -> (usize, Vec<String>, Vec<String>) {
     (processors, packages, cores)
 }
 
+/// `Cpus_allowed_list` of each `vcpuN` thread of process `pid`, in vCPU order.
+fn vcpu_affinity(pid: u32) -> Vec<String> {
+    let mut threads: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| {
+            let dir = t.ok()?.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+            let comm = comm.trim().strip_prefix("vcpu")?.to_string();
+            let status = std::fs::read_to_string(dir.join("status")).ok()?;
+            let cpus = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
+                .trim()
+                .to_string();
+            Some((comm, cpus))
+        })
+        .collect();
+    threads.sort();
+    threads.into_iter().map(|(_, cpus)| cpus).collect()
+}
+
 testhost_test!(
     fn vcpus_are_visible_with_their_topology() {
         for (sockets, cores) in [(1, 1), (1, 2), (2, 1)] {
             let name = format!("cpus-{sockets}x{cores}");
-            let mut guest = Guest::boot(&Manifest::new(&name).cpus(sockets, cores), &[]);
+            let mut manifest = Manifest::new(&name).cpus(sockets, cores);
+            let pinned = (sockets, cores) == (1, 2);
+            if pinned {
+                manifest = manifest.dedicated_cpus();
+            }
+            let mut guest = Guest::boot(&manifest, &[]);
             guest.wait_ready(1);
             let cpuinfo = guest.check("cat /proc/cpuinfo");
             let (processors, packages, per_package) = topology(&cpuinfo);
@@ -43,6 +69,10 @@ testhost_test!(
             );
             assert_eq!(per_package, vec![cores.to_string()], "{name}: cpu cores");
             assert_eq!(guest.check("nproc").trim(), want.to_string());
+            if pinned {
+                // dedicatedCPUPlacement: vCPU i runs on the i-th CPU vmm may use.
+                assert_eq!(vcpu_affinity(guest.pid()), vec!["0", "1"]);
+            }
             guest.send("poweroff -f");
             assert_eq!(guest.wait_exit(EXIT), 0, "{}", guest.stderr());
         }

@@ -24,6 +24,7 @@ pub struct Manifest {
     name: String,
     sockets: u32,
     cores: u32,
+    dedicated_cpus: bool,
     memory: String,
     hugepages: Option<String>,
     cmdline: String,
@@ -38,6 +39,7 @@ impl Manifest {
             name: name.to_string(),
             sockets: 1,
             cores: 1,
+            dedicated_cpus: false,
             memory: "256Mi".to_string(),
             hugepages: None,
             cmdline: "console=ttyS0 loglevel=4".to_string(),
@@ -50,6 +52,12 @@ impl Manifest {
     pub fn cpus(mut self, sockets: u32, cores: u32) -> Self {
         self.sockets = sockets;
         self.cores = cores;
+        self
+    }
+
+    /// `cpu.dedicatedCPUPlacement: true`.
+    pub fn dedicated_cpus(mut self) -> Self {
+        self.dedicated_cpus = true;
         self
     }
 
@@ -90,6 +98,11 @@ impl Manifest {
         if let Some(page) = &self.hugepages {
             memory.push_str(&format!("      hugepages:\n        pageSize: {page}\n"));
         }
+        let dedicated = if self.dedicated_cpus {
+            "      dedicatedCPUPlacement: true\n"
+        } else {
+            ""
+        };
         let policy = self
             .run_policy
             .as_ref()
@@ -99,7 +112,7 @@ impl Manifest {
             "apiVersion: virt.virtink.smartx.com/v1alpha1\n\
              kind: VirtualMachine\n\
              metadata:\n  name: {name}\n\
-             spec:\n{policy}  instance:\n    cpu:\n      sockets: {sockets}\n      coresPerSocket: {cores}\n\
+             spec:\n{policy}  instance:\n    cpu:\n      sockets: {sockets}\n      coresPerSocket: {cores}\n{dedicated}\
              \x20   memory:\n{memory}\
              \x20   kernel:\n      image: {image}\n      cmdline: \"{cmdline}\"\n",
             name = self.name,

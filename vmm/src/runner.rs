@@ -257,6 +257,42 @@ enum Stop {
     SignalTimeout,
 }
 
+/// What follows a boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Boot again now.
+    Boot,
+    /// Boot again after [`RERUN_BACKOFF`].
+    BootAfterFailure,
+    /// Exit with this code.
+    Exit(ExitCode),
+}
+
+/// What follows a boot that ended with `stop` while `shutdown` was under way, under `policy`.
+///
+/// A reset always boots again (a guest-initiated reboot stays in the process). A power-off
+/// boots again for `Always`, or to finish an API `Reboot`. A failure boots again for
+/// `Always` and `RerunOnFailure`. A stop someone asked for (signal, API `Shutdown`,
+/// `PowerOff`) is final.
+fn after(stop: &Stop, shutdown: Option<Shutdown>, policy: RunPolicy) -> Next {
+    let user_stop = matches!(shutdown, Some(Shutdown::Signal | Shutdown::Api));
+    match stop {
+        Stop::Reset => Next::Boot,
+        Stop::PoweredOff if shutdown == Some(Shutdown::Reboot) => Next::Boot,
+        Stop::PoweredOff if policy == RunPolicy::Always && !user_stop => Next::Boot,
+        Stop::PoweredOff | Stop::Stopped => Next::Exit(ExitCode::PoweredOff),
+        Stop::SignalTimeout => Next::Exit(ExitCode::StoppedBySignal),
+        Stop::Failed(_) => {
+            let rerun = matches!(policy, RunPolicy::Always | RunPolicy::RerunOnFailure);
+            if rerun && !user_stop {
+                Next::BootAfterFailure
+            } else {
+                Next::Exit(ExitCode::GuestFailed)
+            }
+        }
+    }
+}
+
 /// Why a shutdown is under way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shutdown {
@@ -306,34 +342,19 @@ impl Runner<'_> {
             boots += 1;
             log::info!("booting the guest (boot {boots})");
             let (stop, shutdown) = self.boot_once()?;
-            let user_stop = matches!(shutdown, Some(Shutdown::Signal | Shutdown::Api));
-            match stop {
-                Stop::Reset => continue,
-                Stop::PoweredOff if shutdown == Some(Shutdown::Reboot) => continue,
-                Stop::PoweredOff => {
-                    log::info!("the guest powered off");
-                    if policy == RunPolicy::Always && !user_stop {
-                        continue;
-                    }
-                    return Ok(ExitCode::PoweredOff);
-                }
-                Stop::Stopped => return Ok(ExitCode::PoweredOff),
-                Stop::SignalTimeout => {
-                    log::warn!(
-                        "the guest did not power off within {:?}; stopped it",
-                        self.opts.shutdown_timeout
-                    );
-                    return Ok(ExitCode::StoppedBySignal);
-                }
-                Stop::Failed(why) => {
-                    log::error!("the guest failed: {why}");
-                    let rerun = matches!(policy, RunPolicy::Always | RunPolicy::RerunOnFailure);
-                    if rerun && !user_stop {
-                        std::thread::sleep(RERUN_BACKOFF);
-                        continue;
-                    }
-                    return Ok(ExitCode::GuestFailed);
-                }
+            match &stop {
+                Stop::PoweredOff => log::info!("the guest powered off"),
+                Stop::Failed(why) => log::error!("the guest failed: {why}"),
+                Stop::SignalTimeout => log::warn!(
+                    "the guest did not power off within {:?}; stopped it",
+                    self.opts.shutdown_timeout
+                ),
+                Stop::Reset | Stop::Stopped => {}
+            }
+            match after(&stop, shutdown, policy) {
+                Next::Boot => {}
+                Next::BootAfterFailure => std::thread::sleep(RERUN_BACKOFF),
+                Next::Exit(code) => return Ok(code),
             }
         }
     }
@@ -700,6 +721,62 @@ impl SignalFd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_follows_a_boot() {
+        use RunPolicy::{Always, Manual, Once, RerunOnFailure};
+        let failed = Stop::Failed("triple fault".into());
+        let exit = Next::Exit;
+        let cases: &[(Stop, Option<Shutdown>, RunPolicy, Next)] = &[
+            (Stop::Reset, None, Once, Next::Boot),
+            (Stop::Reset, Some(Shutdown::Signal), Once, Next::Boot),
+            (Stop::PoweredOff, None, Once, exit(ExitCode::PoweredOff)),
+            (Stop::PoweredOff, None, Manual, exit(ExitCode::PoweredOff)),
+            (
+                Stop::PoweredOff,
+                None,
+                RerunOnFailure,
+                exit(ExitCode::PoweredOff),
+            ),
+            (Stop::PoweredOff, None, Always, Next::Boot),
+            (
+                Stop::PoweredOff,
+                Some(Shutdown::Signal),
+                Always,
+                exit(ExitCode::PoweredOff),
+            ),
+            (
+                Stop::PoweredOff,
+                Some(Shutdown::Api),
+                Always,
+                exit(ExitCode::PoweredOff),
+            ),
+            (Stop::PoweredOff, Some(Shutdown::Reboot), Once, Next::Boot),
+            (Stop::Stopped, None, Always, exit(ExitCode::PoweredOff)),
+            (
+                Stop::SignalTimeout,
+                Some(Shutdown::Signal),
+                Always,
+                exit(ExitCode::StoppedBySignal),
+            ),
+            (failed.clone(), None, Once, exit(ExitCode::GuestFailed)),
+            (failed.clone(), None, RerunOnFailure, Next::BootAfterFailure),
+            (failed.clone(), None, Always, Next::BootAfterFailure),
+            (
+                failed.clone(),
+                Some(Shutdown::Signal),
+                Always,
+                exit(ExitCode::GuestFailed),
+            ),
+        ];
+        for (stop, shutdown, policy, want) in cases {
+            assert_eq!(
+                after(stop, *shutdown, *policy),
+                *want,
+                "{stop:?} {shutdown:?} {policy:?}"
+            );
+        }
+    }
 
     #[test]
     fn exit_codes_are_the_documented_numbers() {

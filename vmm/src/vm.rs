@@ -175,9 +175,11 @@ impl Vm {
             ..Default::default()
         };
         vm_fd.create_pit2(pit).map_err(kvm_err("create PIT"))?;
+        log::debug!("KVM VM created");
 
         let mem = memory::create(cfg.memory_bytes, cfg.hugepage_bytes)?;
         memory::register(&vm_fd, &mem)?;
+        log::debug!("guest RAM mapped ({} MiB)", cfg.memory_bytes >> 20);
 
         let events = VmEvents::new()?;
         let io_bus = Arc::new(Bus::new());
@@ -216,6 +218,7 @@ impl Vm {
         let rsdp = acpi::write_tables(&mem, &apic_ids)?;
         let cmdline = cfg.kernel.as_ref().map_or("", |k| k.cmdline.as_str());
         let entry = boot::load(&mem, cfg.memory_bytes, ctx.kernel, cmdline, rsdp)?;
+        log::debug!("kernel loaded, entry {:#x}", entry.entry);
 
         let mut pending_vcpus = Vec::with_capacity(apic_ids.len());
         for (index, apic_id) in apic_ids.iter().enumerate() {
@@ -224,6 +227,7 @@ impl Vm {
             let fd = vcpu::create(ctx.kvm, &vm_fd, &topo, index, *apic_id, boot)?;
             pending_vcpus.push((index, fd));
         }
+        log::debug!("{} vCPUs created", apic_ids.len());
         let pin_cpus = if cfg.dedicated_cpus {
             vcpu::allowed_cpus()
         } else {

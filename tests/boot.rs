@@ -77,7 +77,7 @@ testhost_test!(
             assert_eq!(guest.wait_exit(EXIT), 0, "{}", guest.stderr());
         }
     },
-    timeout = 900
+    timeout = 420
 );
 
 testhost_test!(

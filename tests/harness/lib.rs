@@ -89,13 +89,70 @@ impl Drop for TempDir {
     }
 }
 
+/// Signs in a failed run's output that the nested-virtualisation stack under the test host
+/// failed, not vmm: QEMU's TCG emulation of SVM occasionally corrupts L1 or L2 state under
+/// load (measured: about 1 test in 10 with QEMU 10.0; see the README, "Test host"). The
+/// triple fault is the one vmm reports; a test that expects one passes and is never retried.
+const ENVIRONMENT_FAILURES: &[&str] = &[
+    "testhost: the test host did not finish",
+    "testhost: the test host stopped without running the command",
+    "Kernel panic",
+    "soft lockup",
+    "stack guard page",
+    "triple fault (KVM_EXIT_SHUTDOWN)",
+];
+
+/// How many times a test runs when each failure carries an [`ENVIRONMENT_FAILURES`] sign.
+const ATTEMPTS: usize = 3;
+
 /// Runs `body` inside the KVM test host. `name` is the test function's name (the test must
-/// be a top-level function of its test crate) and `timeout` bounds the whole test host run.
+/// be a top-level function of its test crate) and `timeout` bounds each test host run.
+///
+/// A failure whose output shows that the test host's emulation broke down is reported
+/// loudly and the test runs again, at most [`ATTEMPTS`] times in all; any other failure
+/// fails the test at once, and so does the last attempt.
 pub fn in_testhost(name: &str, timeout: Duration, body: impl FnOnce()) {
     if std::env::var_os(IN_TESTHOST).is_some() {
         body();
         return;
     }
+    for attempt in 1..=ATTEMPTS {
+        let run = run_in_testhost(name, timeout);
+        eprintln!(
+            "{name}: test host run {attempt} took {:.1} s",
+            run.elapsed.as_secs_f64()
+        );
+        if run.passed {
+            return;
+        }
+        let sign = ENVIRONMENT_FAILURES
+            .iter()
+            .find(|sign| run.stdout.contains(*sign) || run.stderr.contains(*sign));
+        match sign {
+            Some(sign) if attempt < ATTEMPTS => eprintln!(
+                "{name}: ENVIRONMENT FAILURE in attempt {attempt} (\"{sign}\"), running it again; \
+                 the failed run's output follows\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                run.stdout, run.stderr
+            ),
+            _ => panic!(
+                "{name} failed inside the test host (status {:?}, attempt {attempt})\n\
+                 --- stdout ---\n{}\n--- stderr ---\n{}",
+                run.status, run.stdout, run.stderr
+            ),
+        }
+    }
+}
+
+/// One run of a test inside the test host.
+struct TesthostRun {
+    passed: bool,
+    status: Option<i32>,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+fn run_in_testhost(name: &str, timeout: Duration) -> TesthostRun {
     let exe = std::env::current_exe().expect("current_exe");
     let testhost = repo_root().join("tests/testhost");
     let started = Instant::now();
@@ -107,18 +164,14 @@ pub fn in_testhost(name: &str, timeout: Duration, body: impl FnOnce()) {
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", testhost.display()));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let passed = output.status.success() && stdout.contains("test result: ok. 1 passed");
-    eprintln!(
-        "{name}: test host run took {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    assert!(
-        passed,
-        "{name} failed inside the test host (status {:?})\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
-        output.status.code()
-    );
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    TesthostRun {
+        passed: output.status.success() && stdout.contains("test result: ok. 1 passed"),
+        status: output.status.code(),
+        stdout,
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        elapsed: started.elapsed(),
+    }
 }
 
 /// Declares a test whose body runs inside the KVM test host.
@@ -129,7 +182,7 @@ pub fn in_testhost(name: &str, timeout: Duration, body: impl FnOnce()) {
 #[macro_export]
 macro_rules! testhost_test {
     ($(#[$meta:meta])* fn $name:ident() $body:block) => {
-        $crate::testhost_test!($(#[$meta])* fn $name() $body, timeout = 600);
+        $crate::testhost_test!($(#[$meta])* fn $name() $body, timeout = 240);
     };
     ($(#[$meta:meta])* fn $name:ident() $body:block, timeout = $secs:expr) => {
         $(#[$meta])*

@@ -8,5 +8,7 @@ pub mod acpi;
 pub mod boot_marker;
 pub mod bus;
 pub mod legacy;
+pub mod pci;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError, SharedDevice};

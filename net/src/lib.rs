@@ -1,9 +1,13 @@
 //! Host-side networking for `vmm`.
 //!
 //! This crate owns everything on the host side of a guest's network interface and knows
-//! nothing of virtio: MAC addresses today; TAP devices, netlink plumbing, the DHCP server and
-//! the masquerade stack as the networking issues land.
+//! nothing of virtio: MAC addresses, the [`FrameBackend`] a virtual NIC moves frames
+//! through, TAP devices, netlink plumbing and the bridge binding, and the DHCP server.
 
+pub mod backend;
 pub mod mac;
+pub mod tap;
 
+pub use backend::{FrameBackend, Offloads, VNET_HDR_LEN};
 pub use mac::{MacAddr, ParseMacError};
+pub use tap::{Tap, TapError};

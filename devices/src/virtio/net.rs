@@ -1,0 +1,779 @@
+//! virtio-net: one receive and one transmit queue over a [`FrameBackend`].
+//!
+//! Frames move between guest buffers and the backend without a copy in `vmm`: a transmit
+//! chain's readable buffers are gathered straight into the backend (for a TAP, one
+//! `writev`), a receive chain's writable buffers are scattered into by the backend (one
+//! `readv`). The 12-byte virtio-net header travels with each frame in both directions, so
+//! checksum and segmentation offloads pass through: the guest may hand over partial
+//! checksums and 64 KiB TCP segments (CSUM, HOST_TSO4/6, HOST_ECN), and accepts them when it
+//! acked GUEST_CSUM and GUEST_TSO4/6, which the backend is told.
+//!
+//! Everything in a descriptor chain is hostile: a chain with buffers of the wrong direction,
+//! outside guest RAM, longer than a frame can be or spread over more than 1024 buffers is
+//! returned unused (transmit: dropped, counted); queue errors stop the device with a log
+//! line, never the VMM.
+//!
+//! The device runs on its own thread, woken by the queues' ioeventfds, by the backend's
+//! descriptor and by a kill eventfd. While the guest has posted no receive buffers the
+//! backend is not polled (it would poll readable forever); the receive queue's notification
+//! resumes it.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use net::{FrameBackend, MacAddr, Offloads, VNET_HDR_LEN};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use super::{Activation, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use super::{VirtioDevice, VirtioInterrupt};
+
+/// Device type of virtio-net.
+pub const TYPE_NET: u16 = 1;
+/// Size of each queue.
+pub const QUEUE_SIZE: u16 = 256;
+const RX: usize = 0;
+const TX: usize = 1;
+/// The largest frame a driver may send: a 64 KiB GSO segment, Ethernet and VLAN headers.
+const MAX_TX_FRAME: usize = VNET_HDR_LEN + 65_550;
+/// Most buffers one frame may use.
+const MAX_BUFFERS: usize = 1024;
+/// Offset of `num_buffers` in the header.
+const NUM_BUFFERS_OFFSET: u64 = 10;
+
+/// virtio-net feature bits.
+pub mod features {
+    /// Device handles partial checksums.
+    pub const CSUM: u64 = 1 << 0;
+    /// Driver handles partial checksums.
+    pub const GUEST_CSUM: u64 = 1 << 1;
+    /// Device reports its MTU.
+    pub const MTU: u64 = 1 << 3;
+    /// Device has a MAC address.
+    pub const MAC: u64 = 1 << 5;
+    /// Driver takes TCPv4 segments.
+    pub const GUEST_TSO4: u64 = 1 << 7;
+    /// Driver takes TCPv6 segments.
+    pub const GUEST_TSO6: u64 = 1 << 8;
+    /// Driver takes TSO with ECN.
+    pub const GUEST_ECN: u64 = 1 << 9;
+    /// Device takes TCPv4 segments.
+    pub const HOST_TSO4: u64 = 1 << 11;
+    /// Device takes TCPv6 segments.
+    pub const HOST_TSO6: u64 = 1 << 12;
+    /// Device takes TSO with ECN.
+    pub const HOST_ECN: u64 = 1 << 13;
+    /// Link status in the configuration.
+    pub const STATUS: u64 = 1 << 16;
+}
+
+/// Frame and byte counters of one NIC, from the guest's point of view; they outlive boots.
+#[derive(Debug, Default)]
+pub struct NetCounters {
+    /// Frames the guest sent.
+    pub tx_frames: AtomicU64,
+    /// Bytes the guest sent (Ethernet frames, without the virtio-net header).
+    pub tx_bytes: AtomicU64,
+    /// Frames the guest sent that were dropped: malformed chains, backend errors.
+    pub tx_dropped: AtomicU64,
+    /// Frames the guest received.
+    pub rx_frames: AtomicU64,
+    /// Bytes the guest received.
+    pub rx_bytes: AtomicU64,
+}
+
+impl NetCounters {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// The features a device with an MTU offers.
+fn offered_features() -> u64 {
+    use features::*;
+    VIRTIO_F_VERSION_1
+        | VIRTIO_RING_F_EVENT_IDX
+        | VIRTIO_RING_F_INDIRECT_DESC
+        | CSUM
+        | GUEST_CSUM
+        | MTU
+        | MAC
+        | GUEST_TSO4
+        | GUEST_TSO6
+        | GUEST_ECN
+        | HOST_TSO4
+        | HOST_TSO6
+        | HOST_ECN
+        | STATUS
+}
+
+/// The names of the virtio-net features set in `bits`, for logs and notes.
+pub fn feature_names(bits: u64) -> Vec<&'static str> {
+    use features::*;
+    [
+        (CSUM, "CSUM"),
+        (GUEST_CSUM, "GUEST_CSUM"),
+        (MTU, "MTU"),
+        (MAC, "MAC"),
+        (GUEST_TSO4, "GUEST_TSO4"),
+        (GUEST_TSO6, "GUEST_TSO6"),
+        (GUEST_ECN, "GUEST_ECN"),
+        (HOST_TSO4, "HOST_TSO4"),
+        (HOST_TSO6, "HOST_TSO6"),
+        (HOST_ECN, "HOST_ECN"),
+        (STATUS, "STATUS"),
+        (VIRTIO_RING_F_INDIRECT_DESC, "RING_INDIRECT_DESC"),
+        (VIRTIO_RING_F_EVENT_IDX, "RING_EVENT_IDX"),
+        (VIRTIO_F_VERSION_1, "VERSION_1"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| bits & bit != 0)
+    .map(|(_, name)| name)
+    .collect()
+}
+
+/// The offloads a driver that acked `acked` accepts on receive.
+fn offloads(acked: u64) -> Offloads {
+    use features::*;
+    Offloads {
+        csum: acked & GUEST_CSUM != 0,
+        tso4: acked & GUEST_TSO4 != 0,
+        tso6: acked & GUEST_TSO6 != 0,
+        tso_ecn: acked & GUEST_ECN != 0,
+    }
+}
+
+/// A virtio-net device.
+pub struct Net {
+    mac: MacAddr,
+    mtu: u16,
+    backend: Option<Box<dyn FrameBackend>>,
+    counters: Arc<NetCounters>,
+    worker: Option<(EventFd, JoinHandle<Box<dyn FrameBackend>>)>,
+    acked: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Net")
+            .field("mac", &self.mac)
+            .field("mtu", &self.mtu)
+            .field("running", &self.worker.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Net {
+    /// A NIC with `mac` and `mtu` whose frames go through `backend`; `counters` and `acked`
+    /// (the features the driver accepted) are shared with whoever reports on the NIC.
+    pub fn new(
+        mac: MacAddr,
+        mtu: u16,
+        backend: Box<dyn FrameBackend>,
+        counters: Arc<NetCounters>,
+        acked: Arc<AtomicU64>,
+    ) -> Self {
+        Self {
+            mac,
+            mtu,
+            backend: Some(backend),
+            counters,
+            worker: None,
+            acked,
+        }
+    }
+
+    fn config_bytes(&self) -> [u8; 12] {
+        let mut c = [0u8; 12];
+        c[..6].copy_from_slice(&self.mac.octets());
+        c[6..8].copy_from_slice(&1u16.to_le_bytes()); // VIRTIO_NET_S_LINK_UP
+        c[8..10].copy_from_slice(&1u16.to_le_bytes()); // max_virtqueue_pairs
+        c[10..12].copy_from_slice(&self.mtu.to_le_bytes());
+        c
+    }
+
+    fn stop_worker(&mut self) {
+        if let Some((kill, handle)) = self.worker.take() {
+            let _ = kill.write(1);
+            match handle.join() {
+                Ok(backend) => self.backend = Some(backend),
+                Err(_) => log::error!("virtio-net worker panicked; the NIC is gone"),
+            }
+        }
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u16 {
+        TYPE_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        offered_features()
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let c = self.config_bytes();
+        data.fill(0);
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if let Some(src) = c.get(start..) {
+            let n = src.len().min(data.len());
+            data[..n].copy_from_slice(&src[..n]);
+        }
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
+        // The MAC is read-only once VERSION_1 is negotiated; nothing else is writable.
+    }
+
+    fn activate(&mut self, a: Activation) -> io::Result<()> {
+        let mut backend = self
+            .backend
+            .take()
+            .ok_or_else(|| io::Error::other("virtio-net backend lost"))?;
+        if let Err(e) = backend.set_offloads(offloads(a.features)) {
+            self.backend = Some(backend);
+            return Err(e);
+        }
+        self.acked.store(a.features, Ordering::Relaxed);
+        let mut queues = a.queues.into_iter();
+        let (Some((rx, rx_evt)), Some((tx, tx_evt))) = (queues.next(), queues.next()) else {
+            self.backend = Some(backend);
+            return Err(io::Error::other("virtio-net needs two queues"));
+        };
+        let kill = EventFd::new(EFD_NONBLOCK)?;
+        let worker = Worker {
+            mem: a.mem,
+            rx,
+            tx,
+            backend,
+            interrupt: a.interrupt,
+            counters: self.counters.clone(),
+            backend_polled: true,
+        };
+        let kill_worker = kill.try_clone()?;
+        let handle = std::thread::Builder::new()
+            .name("virtio-net".into())
+            .spawn(move || worker.run(rx_evt, tx_evt, kill_worker))?;
+        self.worker = Some((kill, handle));
+        log::debug!(
+            "virtio-net {}: running with {}",
+            self.mac,
+            feature_names(a.features).join(" ")
+        );
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.stop_worker();
+        self.acked.store(0, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        self.stop_worker();
+    }
+}
+
+const TOKEN_RX: u64 = 0;
+const TOKEN_TX: u64 = 1;
+const TOKEN_BACKEND: u64 = 2;
+const TOKEN_KILL: u64 = 3;
+
+/// The queues while the device runs.
+struct Worker {
+    mem: GuestMemoryMmap,
+    rx: Queue,
+    tx: Queue,
+    backend: Box<dyn FrameBackend>,
+    interrupt: Arc<dyn VirtioInterrupt>,
+    counters: Arc<NetCounters>,
+    /// Whether the backend's descriptor is in the epoll set.
+    backend_polled: bool,
+}
+
+/// Why the worker stopped serving the queues.
+#[derive(Debug, thiserror::Error)]
+enum WorkerError {
+    #[error("queue: {0}")]
+    Queue(#[from] virtio_queue::Error),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Blocks until `evt` is readable (or polling it fails).
+fn wait_readable(evt: &EventFd) {
+    use std::os::fd::AsRawFd;
+    let Ok(epoll) = Epoll::new() else { return };
+    let ev = EpollEvent::new(EventSet::IN, 0);
+    if epoll.ctl(ControlOperation::Add, evt.as_raw_fd(), ev).is_err() {
+        return;
+    }
+    let mut events = [EpollEvent::default()];
+    while let Err(e) = epoll.wait(-1, &mut events) {
+        if e.kind() != io::ErrorKind::Interrupted {
+            return;
+        }
+    }
+}
+
+/// Guest buffers of a chain: all of one direction, inside guest RAM, bounded in number and
+/// total length. `None` if the chain breaks a rule.
+fn chain_buffers<'m>(
+    mem: &'m GuestMemoryMmap,
+    chain: DescriptorChain<&'m GuestMemoryMmap>,
+    writable: bool,
+    max_len: usize,
+) -> Option<(Vec<VolatileSlice<'m>>, usize)> {
+    let mut bufs = Vec::new();
+    let mut total = 0usize;
+    for desc in chain {
+        if desc.is_write_only() != writable {
+            return None;
+        }
+        let len = usize::try_from(desc.len()).ok()?;
+        total = total.checked_add(len).filter(|t| *t <= max_len)?;
+        for slice in GuestMemoryBackend::get_slices(mem, desc.addr(), len) {
+            bufs.push(slice.ok()?);
+            if bufs.len() > MAX_BUFFERS {
+                return None;
+            }
+        }
+    }
+    Some((bufs, total))
+}
+
+impl Worker {
+    fn run(mut self, rx_evt: EventFd, tx_evt: EventFd, kill: EventFd) -> Box<dyn FrameBackend> {
+        if let Err(e) = self.serve(&rx_evt, &tx_evt, &kill) {
+            log::error!("virtio-net stopped: {e}");
+            // Hold on to the backend until the reset that takes it back.
+            wait_readable(&kill);
+        }
+        self.backend
+    }
+
+    fn serve(&mut self, rx_evt: &EventFd, tx_evt: &EventFd, kill: &EventFd) -> Result<(), WorkerError> {
+        use std::os::fd::AsRawFd;
+        let epoll = Epoll::new()?;
+        let add = |fd, token| {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
+        };
+        add(rx_evt.as_raw_fd(), TOKEN_RX)?;
+        add(tx_evt.as_raw_fd(), TOKEN_TX)?;
+        add(self.backend.poll_fd(), TOKEN_BACKEND)?;
+        add(kill.as_raw_fd(), TOKEN_KILL)?;
+        // Buffers may have been posted before the device started.
+        self.process_tx()?;
+        self.process_rx(&epoll)?;
+        let mut events = vec![EpollEvent::default(); 8];
+        loop {
+            let n = match epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    TOKEN_KILL => return Ok(()),
+                    TOKEN_TX => {
+                        let _ = tx_evt.read();
+                        self.process_tx()?;
+                    }
+                    TOKEN_RX => {
+                        let _ = rx_evt.read();
+                        if !self.backend_polled {
+                            self.set_backend_polled(&epoll, true)?;
+                        }
+                        self.process_rx(&epoll)?;
+                    }
+                    _ => self.process_rx(&epoll)?,
+                }
+            }
+        }
+    }
+
+    fn set_backend_polled(&mut self, epoll: &Epoll, on: bool) -> io::Result<()> {
+        let events = if on { EventSet::IN } else { EventSet::empty() };
+        epoll.ctl(
+            ControlOperation::Modify,
+            self.backend.poll_fd(),
+            EpollEvent::new(events, TOKEN_BACKEND),
+        )?;
+        self.backend_polled = on;
+        Ok(())
+    }
+
+    /// Moves frames from the backend into posted receive buffers until either runs out.
+    fn process_rx(&mut self, epoll: &Epoll) -> Result<(), WorkerError> {
+        let mem = &self.mem;
+        let mut used = false;
+        let mut out_of_buffers = false;
+        loop {
+            let Some(chain) = self.rx.pop_descriptor_chain(mem) else {
+                // Out of buffers: ask the guest to say when it posts more, and stop
+                // polling the backend until then.
+                if self.rx.enable_notification(mem)? {
+                    continue;
+                }
+                out_of_buffers = true;
+                break;
+            };
+            let head = chain.head_index();
+            let Some((bufs, total)) = chain_buffers(mem, chain, true, usize::MAX)
+                .filter(|(_, total)| *total >= VNET_HDR_LEN)
+            else {
+                // An unusable chain goes back empty; the frame waits for the next one.
+                self.rx.add_used(mem, head, 0)?;
+                used = true;
+                continue;
+            };
+            match self.backend.recv(&bufs) {
+                Ok(n) => {
+                    let n = n.min(total);
+                    // One buffer per frame without MRG_RXBUF.
+                    let first = bufs[0].len() >= VNET_HDR_LEN;
+                    if first {
+                        let at = usize::try_from(NUM_BUFFERS_OFFSET).unwrap_or(10);
+                        let _ = bufs[0].subslice(at, 2).map(|s| s.copy_from(&1u16.to_le_bytes()));
+                    }
+                    self.rx.add_used(mem, head, u32::try_from(n).unwrap_or(u32::MAX))?;
+                    used = true;
+                    NetCounters::add(&self.counters.rx_frames, 1);
+                    NetCounters::add(
+                        &self.counters.rx_bytes,
+                        n.saturating_sub(VNET_HDR_LEN) as u64,
+                    );
+                }
+                Err(e) => {
+                    self.rx.go_to_previous_position();
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        log::warn!("virtio-net receive: {e}");
+                    }
+                    break;
+                }
+            }
+        }
+        if used && self.rx.needs_notification(mem)? {
+            self.interrupt.notify_queue(RX);
+        }
+        if out_of_buffers && self.backend_polled {
+            self.set_backend_polled(epoll, false)?;
+        }
+        Ok(())
+    }
+
+    /// Sends every frame the guest queued.
+    fn process_tx(&mut self) -> Result<(), WorkerError> {
+        let mem = &self.mem;
+        let mut used = false;
+        loop {
+            self.tx.disable_notification(mem)?;
+            while let Some(chain) = self.tx.pop_descriptor_chain(mem) {
+                let head = chain.head_index();
+                match chain_buffers(mem, chain, false, MAX_TX_FRAME)
+                    .filter(|(_, total)| *total > VNET_HDR_LEN)
+                {
+                    Some((bufs, total)) => match self.backend.send(&bufs) {
+                        Ok(_) => {
+                            NetCounters::add(&self.counters.tx_frames, 1);
+                            NetCounters::add(&self.counters.tx_bytes, (total - VNET_HDR_LEN) as u64);
+                        }
+                        Err(e) => {
+                            log::debug!("virtio-net send: {e}");
+                            NetCounters::add(&self.counters.tx_dropped, 1);
+                        }
+                    },
+                    None => NetCounters::add(&self.counters.tx_dropped, 1),
+                }
+                self.tx.add_used(mem, head, 0)?;
+                used = true;
+            }
+            if !self.tx.enable_notification(mem)? {
+                break;
+            }
+        }
+        if used && self.tx.needs_notification(mem)? {
+            self.interrupt.notify_queue(TX);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::os::fd::{AsRawFd, RawFd};
+    use std::sync::Mutex;
+
+    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::desc::split::Descriptor as SplitDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+
+    const NEXT: u16 = VRING_DESC_F_NEXT as u16;
+    const WRITE: u16 = VRING_DESC_F_WRITE as u16;
+
+    /// A backend over queues in memory.
+    struct Fake {
+        evt: EventFd,
+        incoming: Arc<Mutex<VecDeque<Vec<u8>>>>,
+        sent: Arc<Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl FrameBackend for Fake {
+        fn poll_fd(&self) -> RawFd {
+            self.evt.as_raw_fd()
+        }
+        fn recv(&mut self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
+            let frame = self
+                .incoming
+                .lock()
+                .unwrap()
+                .pop_front()
+                .ok_or(io::ErrorKind::WouldBlock)?;
+            let mut at = 0;
+            for b in bufs {
+                let n = b.len().min(frame.len() - at);
+                b.subslice(0, n).unwrap().copy_from(&frame[at..at + n]);
+                at += n;
+            }
+            Ok(at)
+        }
+        fn send(&mut self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
+            let mut frame = vec![];
+            for b in bufs {
+                let mut v = vec![0u8; b.len()];
+                b.copy_to(&mut v[..]);
+                frame.extend(v);
+            }
+            let n = frame.len();
+            self.sent.lock().unwrap().push(frame);
+            Ok(n)
+        }
+        fn set_offloads(&mut self, _: Offloads) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[derive(Default)]
+    struct Irqs(Mutex<Vec<usize>>);
+    impl VirtioInterrupt for Irqs {
+        fn notify_queue(&self, q: usize) {
+            self.0.lock().unwrap().push(q);
+        }
+        fn notify_config(&self) {}
+    }
+
+    struct Setup {
+        mem: GuestMemoryMmap,
+        incoming: Arc<Mutex<VecDeque<Vec<u8>>>>,
+        sent: Arc<Mutex<Vec<Vec<u8>>>>,
+        irqs: Arc<Irqs>,
+    }
+
+    fn setup() -> Setup {
+        Setup {
+            mem: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap(),
+            incoming: Arc::default(),
+            sent: Arc::default(),
+            irqs: Arc::default(),
+        }
+    }
+
+    fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
+    }
+
+    impl Setup {
+        fn worker(&self, rx: &MockSplitQueue<'_, GuestMemoryMmap>, tx: &MockSplitQueue<'_, GuestMemoryMmap>) -> Worker {
+            Worker {
+                mem: self.mem.clone(),
+                rx: rx.create_queue().unwrap(),
+                tx: tx.create_queue().unwrap(),
+                backend: Box::new(Fake {
+                    evt: EventFd::new(EFD_NONBLOCK).unwrap(),
+                    incoming: self.incoming.clone(),
+                    sent: self.sent.clone(),
+                }),
+                interrupt: self.irqs.clone(),
+                counters: Arc::default(),
+                backend_polled: true,
+            }
+        }
+    }
+
+    fn epoll_for(w: &Worker) -> Epoll {
+        let epoll = Epoll::new().unwrap();
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                w.backend.poll_fd(),
+                EpollEvent::new(EventSet::IN, TOKEN_BACKEND),
+            )
+            .unwrap();
+        epoll
+    }
+
+    fn used(q: &MockSplitQueue<'_, GuestMemoryMmap>) -> Vec<(u32, u32)> {
+        let n = q.used().idx().load();
+        (0..usize::from(n))
+            .map(|i| {
+                let e = q.used().ring().ref_at(i).unwrap().load();
+                (e.id(), e.len())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn transmits_a_frame_gathered_from_a_chain() {
+        let s = setup();
+        let rx = MockSplitQueue::create(&s.mem, GuestAddress(0), 16);
+        let tx = MockSplitQueue::create(&s.mem, GuestAddress(0x1_0000), 16);
+        s.mem.write_slice(&[0xaa; 12], GuestAddress(0x10_0000)).unwrap();
+        s.mem.write_slice(&[0x55; 60], GuestAddress(0x20_0000)).unwrap();
+        tx.add_desc_chains(
+            &[desc(0x10_0000, 12, NEXT, 1), desc(0x20_0000, 60, 0, 0)],
+            0,
+        )
+        .unwrap();
+        let mut w = s.worker(&rx, &tx);
+        w.process_tx().unwrap();
+        let sent = s.sent.lock().unwrap();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].len(), 72);
+        assert_eq!(&sent[0][..12], &[0xaa; 12]);
+        assert_eq!(&sent[0][12..], &[0x55; 60]);
+        assert_eq!(used(&tx), vec![(0, 0)]);
+        assert_eq!(w.counters.tx_bytes.load(Ordering::Relaxed), 60);
+        assert_eq!(*s.irqs.0.lock().unwrap(), vec![TX]);
+    }
+
+    #[test]
+    fn malformed_transmit_chains_are_dropped_not_fatal() {
+        let s = setup();
+        let rx = MockSplitQueue::create(&s.mem, GuestAddress(0), 16);
+        let tx = MockSplitQueue::create(&s.mem, GuestAddress(0x1_0000), 16);
+        tx.add_desc_chains(
+            &[
+                // A device-writable buffer in a transmit chain.
+                desc(0x10_0000, 64, WRITE, 0),
+                // Outside guest RAM.
+                desc(0x1_0000_0000, 64, 0, 0),
+                // Longer than any frame.
+                desc(0x10_0000, 0x20_0000, 0, 0),
+                // Only a header.
+                desc(0x10_0000, 12, 0, 0),
+                // A buffer that wraps the address space.
+                desc(u64::MAX - 8, 64, 0, 0),
+                // Good.
+                desc(0x10_0000, 100, 0, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        let mut w = s.worker(&rx, &tx);
+        w.process_tx().unwrap();
+        assert_eq!(s.sent.lock().unwrap().len(), 1);
+        assert_eq!(used(&tx).len(), 6, "every chain is returned");
+        assert_eq!(w.counters.tx_dropped.load(Ordering::Relaxed), 5);
+    }
+
+    #[test]
+    fn a_descriptor_loop_ends() {
+        let s = setup();
+        let rx = MockSplitQueue::create(&s.mem, GuestAddress(0), 16);
+        let tx = MockSplitQueue::create(&s.mem, GuestAddress(0x1_0000), 16);
+        // 0 -> 1 -> 0 -> ...
+        tx.add_desc_chains(
+            &[desc(0x10_0000, 100, NEXT, 1), desc(0x10_0000, 100, NEXT, 0)],
+            0,
+        )
+        .unwrap();
+        let mut w = s.worker(&rx, &tx);
+        w.process_tx().unwrap();
+        assert!(s.sent.lock().unwrap().len() <= 1);
+        assert_eq!(used(&tx).len(), 1);
+    }
+
+    #[test]
+    fn receives_into_posted_buffers_and_pauses_without_them() {
+        let s = setup();
+        let rx = MockSplitQueue::create(&s.mem, GuestAddress(0), 16);
+        let tx = MockSplitQueue::create(&s.mem, GuestAddress(0x1_0000), 16);
+        let mut frame = vec![0u8; 12];
+        frame.extend([0x42u8; 90]);
+        s.incoming.lock().unwrap().push_back(frame.clone());
+        s.incoming.lock().unwrap().push_back(frame.clone());
+        rx.add_desc_chains(
+            &[
+                // Readable: wrong direction, returned empty, the frame stays queued.
+                desc(0x10_0000, 2048, 0, 0),
+                // Too short for the header.
+                desc(0x10_0000, 8, WRITE, 0),
+                // Good: header and data in two buffers.
+                desc(0x20_0000, 12, WRITE | NEXT, 3),
+                desc(0x20_1000, 2048, WRITE, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        let mut w = s.worker(&rx, &tx);
+        let epoll = epoll_for(&w);
+        w.process_rx(&epoll).unwrap();
+        assert_eq!(used(&rx), vec![(0, 0), (1, 0), (2, 102)]);
+        let mut got = vec![0u8; 90];
+        s.mem.read_slice(&mut got, GuestAddress(0x20_1000)).unwrap();
+        assert_eq!(got, vec![0x42; 90]);
+        let num_buffers: u16 = s.mem.read_obj(GuestAddress(0x20_000a)).unwrap();
+        assert_eq!(num_buffers, 1);
+        assert!(!w.backend_polled, "no buffers left: the backend is not polled");
+        assert_eq!(s.incoming.lock().unwrap().len(), 1, "the second frame waits");
+        assert_eq!(w.counters.rx_bytes.load(Ordering::Relaxed), 90);
+    }
+
+    #[test]
+    fn config_space_reads_are_bounded() {
+        let net = Net::new(
+            "52:54:00:12:34:56".parse().unwrap(),
+            1400,
+            Box::new(Fake {
+                evt: EventFd::new(EFD_NONBLOCK).unwrap(),
+                incoming: Arc::default(),
+                sent: Arc::default(),
+            }),
+            Arc::default(),
+            Arc::default(),
+        );
+        let mut mac = [0u8; 6];
+        net.read_config(0, &mut mac);
+        assert_eq!(mac, [0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        let mut mtu = [0u8; 2];
+        net.read_config(10, &mut mtu);
+        assert_eq!(u16::from_le_bytes(mtu), 1400);
+        let mut far = [0xffu8; 4];
+        net.read_config(u64::MAX, &mut far);
+        assert_eq!(far, [0; 4]);
+        net.read_config(11, &mut far);
+        assert_eq!(far, [5, 0, 0, 0]);
+        assert!(feature_names(net.features()).contains(&"HOST_TSO4"));
+    }
+}

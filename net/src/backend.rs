@@ -1,0 +1,46 @@
+//! Where a virtual NIC's frames go and come from.
+//!
+//! A frame crosses this interface as a 12-byte virtio-net header (`virtio_net_hdr_v1`:
+//! flags, GSO type, header length, GSO size, checksum start and offset, number of buffers)
+//! followed by the Ethernet frame. The header is the kernel's own TAP format with
+//! `IFF_VNET_HDR`, so the TAP backend hands guest buffers to the kernel untouched; other
+//! backends read and write it themselves.
+
+use std::io;
+use std::os::fd::RawFd;
+
+use vm_memory::VolatileSlice;
+
+/// Size of the per-frame header.
+pub const VNET_HDR_LEN: usize = 12;
+
+/// Offloads the guest accepts on received frames, which the backend may therefore send it
+/// (partial checksums, large segments).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Offloads {
+    /// Frames may carry a partial checksum (the guest accepted `GUEST_CSUM`).
+    pub csum: bool,
+    /// TCPv4 segmentation offload (`GUEST_TSO4`).
+    pub tso4: bool,
+    /// TCPv6 segmentation offload (`GUEST_TSO6`).
+    pub tso6: bool,
+    /// TSO with ECN (`GUEST_ECN`).
+    pub tso_ecn: bool,
+}
+
+/// A source and sink of frames for one NIC.
+pub trait FrameBackend: Send {
+    /// A descriptor that polls readable when [`FrameBackend::recv`] may have a frame.
+    fn poll_fd(&self) -> RawFd;
+
+    /// Reads one frame (header then Ethernet frame) into `bufs`; its length, or
+    /// `WouldBlock` when none is waiting. A frame longer than `bufs` is truncated.
+    fn recv(&mut self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize>;
+
+    /// Sends one frame (header then Ethernet frame) gathered from `bufs`. `WouldBlock`
+    /// means the backend is full; the frame is dropped, as a NIC drops on a full queue.
+    fn send(&mut self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize>;
+
+    /// The guest (re)negotiated what it accepts.
+    fn set_offloads(&mut self, offloads: Offloads) -> io::Result<()>;
+}

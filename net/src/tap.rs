@@ -1,0 +1,200 @@
+//! TAP devices: `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`, a 12-byte virtio-net header, offloads
+//! set from what the guest negotiated, non-blocking I/O.
+//!
+//! [`Tap::open`] attaches to the TAP named if it exists (one that `vmm` did not create is
+//! used as it is and left alone afterwards) or creates it. A TAP created here is not
+//! persistent: the kernel removes it when the last descriptor closes, so no exit path of
+//! `vmm` can leave it behind.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+use vm_memory::VolatileSlice;
+
+use crate::backend::{FrameBackend, Offloads, VNET_HDR_LEN};
+
+const IFF_TAP: i16 = 0x0002;
+const IFF_NO_PI: i16 = 0x1000;
+const IFF_VNET_HDR: i16 = 0x4000;
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+const TUN_F_CSUM: libc::c_uint = 0x01;
+const TUN_F_TSO4: libc::c_uint = 0x02;
+const TUN_F_TSO6: libc::c_uint = 0x04;
+const TUN_F_TSO_ECN: libc::c_uint = 0x08;
+/// Interface names are at most 15 bytes.
+pub const IFNAMSIZ: usize = 16;
+/// Most buffers one frame may be gathered from or scattered to.
+const MAX_IOVECS: usize = 1024;
+
+/// `struct ifreq` with the flags member of its union.
+#[repr(C)]
+struct IfReqFlags {
+    name: [u8; IFNAMSIZ],
+    flags: i16,
+    _pad: [u8; 22],
+}
+
+/// Why a TAP cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    /// A name that does not fit.
+    #[error("TAP name {0:?} is empty or longer than 15 bytes")]
+    Name(String),
+    /// `/dev/net/tun` cannot be opened.
+    #[error("cannot open /dev/net/tun: {0}")]
+    Open(#[source] io::Error),
+    /// An ioctl failed.
+    #[error("TAP {name}: {what}: {source}")]
+    Ioctl {
+        /// The TAP.
+        name: String,
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// An open TAP device.
+#[derive(Debug)]
+pub struct Tap {
+    file: File,
+    name: String,
+}
+
+impl Tap {
+    /// Opens (or creates) the TAP `name` with virtio-net headers, non-blocking.
+    pub fn open(name: &str) -> Result<Self, TapError> {
+        if name.is_empty() || name.len() >= IFNAMSIZ || name.contains(['/', '\0']) {
+            return Err(TapError::Name(name.to_string()));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open("/dev/net/tun")
+            .map_err(TapError::Open)?;
+        let mut req = IfReqFlags {
+            name: [0; IFNAMSIZ],
+            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+            _pad: [0; 22],
+        };
+        req.name[..name.len()].copy_from_slice(name.as_bytes());
+        let err = |what| {
+            let name = name.to_string();
+            move |source| TapError::Ioctl { name, what, source }
+        };
+        // SAFETY: TUNSETIFF reads and writes a `struct ifreq`, which `req` is laid out as
+        // (40 bytes); the descriptor is ours.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) };
+        if rc < 0 {
+            return Err(err("TUNSETIFF")(io::Error::last_os_error()));
+        }
+        let hdr_len = libc::c_int::try_from(VNET_HDR_LEN).unwrap_or(12);
+        // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which is valid.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ, &hdr_len) };
+        if rc < 0 {
+            return Err(err("TUNSETVNETHDRSZ")(io::Error::last_os_error()));
+        }
+        let tap = Self {
+            file,
+            name: name.to_string(),
+        };
+        tap.set_offload_flags(0)
+            .map_err(err("TUNSETOFFLOAD"))?;
+        Ok(tap)
+    }
+
+    /// The interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn set_offload_flags(&self, flags: libc::c_uint) -> io::Result<()> {
+        // SAFETY: TUNSETOFFLOAD takes its argument by value; the descriptor is ours.
+        let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), TUNSETOFFLOAD, flags) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// The iovecs for `bufs`.
+fn iovecs(bufs: &[VolatileSlice<'_>]) -> io::Result<Vec<libc::iovec>> {
+    if bufs.len() > MAX_IOVECS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "frame spread over too many buffers",
+        ));
+    }
+    Ok(bufs
+        .iter()
+        .map(|b| libc::iovec {
+            iov_base: b.ptr_guard_mut().as_ptr().cast(),
+            iov_len: b.len(),
+        })
+        .collect())
+}
+
+fn result(n: isize) -> io::Result<usize> {
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+impl FrameBackend for Tap {
+    fn poll_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    fn recv(&mut self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
+        let iov = iovecs(bufs)?;
+        let count = libc::c_int::try_from(iov.len()).unwrap_or(0);
+        // SAFETY: each iovec describes a live VolatileSlice of guest memory, writable for
+        // its length while `bufs` is borrowed; the kernel writes at most that much.
+        let n = unsafe { libc::readv(self.file.as_raw_fd(), iov.as_ptr(), count) };
+        result(n)
+    }
+
+    fn send(&mut self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
+        let iov = iovecs(bufs)?;
+        let count = libc::c_int::try_from(iov.len()).unwrap_or(0);
+        // SAFETY: each iovec describes a live VolatileSlice of guest memory, readable for
+        // its length while `bufs` is borrowed.
+        let n = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), count) };
+        result(n)
+    }
+
+    fn set_offloads(&mut self, o: Offloads) -> io::Result<()> {
+        let mut flags = 0;
+        if o.csum {
+            flags |= TUN_F_CSUM;
+            if o.tso4 {
+                flags |= TUN_F_TSO4;
+            }
+            if o.tso6 {
+                flags |= TUN_F_TSO6;
+            }
+            if (o.tso4 || o.tso6) && o.tso_ecn {
+                flags |= TUN_F_TSO_ECN;
+            }
+        }
+        self.set_offload_flags(flags)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked_before_anything_is_opened() {
+        for bad in ["", "0123456789abcdef", "a/b"] {
+            assert!(matches!(Tap::open(bad), Err(TapError::Name(_))), "{bad:?}");
+        }
+    }
+}

@@ -266,14 +266,18 @@ fn volume_flags_must_name_a_volume() {
 }
 
 #[test]
-fn network_interfaces_are_refused_until_supported() {
+fn bindings_not_built_yet_are_refused_before_anything_is_touched() {
     let dir = Dir::new("iface");
     let kernel = dir.fake_bzimage("vmlinuz");
     let spec = manifest(&kernel, "")
-        + "    interfaces:\n      - name: pod\n  networks:\n    - name: pod\n      pod: {}\n";
+        + "    interfaces:\n      - name: pod\n        masquerade: {}\n  networks:\n    - name: pod\n      pod: {}\n";
     let out = vmm(&["run", dir.write("vm.yaml", &spec).to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("network interfaces are not supported by this build yet"));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("spec.instance.interfaces[0] (pod): the masquerade binding is not supported by this build yet"),
+        "{err}"
+    );
 }
 
 /// On this machine's own KVM: kvm_pvm is refused at once with exit 2 and a reason; a host

@@ -5,7 +5,11 @@
 //! through, TAP devices, netlink plumbing and the bridge binding, and the DHCP server.
 
 pub mod backend;
+pub mod bridge;
+pub mod dhcp;
+pub mod local_dhcp;
 pub mod mac;
+pub mod netlink;
 pub mod tap;
 
 pub use backend::{FrameBackend, Offloads, VNET_HDR_LEN};

@@ -105,9 +105,17 @@ impl Tap {
             file,
             name: name.to_string(),
         };
-        tap.set_offload_flags(0)
-            .map_err(err("TUNSETOFFLOAD"))?;
+        tap.set_offload_flags(0).map_err(err("TUNSETOFFLOAD"))?;
         Ok(tap)
+    }
+
+    /// Another handle on the same TAP queue (a duplicated descriptor): the TAP lives while
+    /// any handle does.
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self {
+            file: self.file.try_clone()?,
+            name: self.name.clone(),
+        })
     }
 
     /// The interface name.

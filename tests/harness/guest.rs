@@ -30,6 +30,8 @@ pub struct Manifest {
     cmdline: String,
     run_policy: Option<String>,
     kernel_image: Option<PathBuf>,
+    interfaces: String,
+    networks: String,
 }
 
 impl Manifest {
@@ -45,6 +47,8 @@ impl Manifest {
             cmdline: "console=ttyS0 loglevel=4".to_string(),
             run_policy: None,
             kernel_image: None,
+            interfaces: String::new(),
+            networks: String::new(),
         }
     }
 
@@ -114,7 +118,7 @@ impl Manifest {
              metadata:\n  name: {name}\n\
              spec:\n{policy}  instance:\n    cpu:\n      sockets: {sockets}\n      coresPerSocket: {cores}\n{dedicated}\
              \x20   memory:\n{memory}\
-             \x20   kernel:\n      image: {image}\n      cmdline: \"{cmdline}\"\n",
+             \x20   kernel:\n      image: {image}\n      cmdline: \"{cmdline}\"\n{interfaces}{networks}",
             name = self.name,
             sockets = self.sockets,
             cores = self.cores,
@@ -124,7 +128,25 @@ impl Manifest {
                 .unwrap_or_else(guest_image)
                 .display(),
             cmdline = self.cmdline,
+            interfaces = if self.interfaces.is_empty() {
+                String::new()
+            } else {
+                format!("    interfaces:\n{}", self.interfaces)
+            },
+            networks = if self.networks.is_empty() {
+                String::new()
+            } else {
+                format!("  networks:\n{}", self.networks)
+            },
         )
+    }
+
+    /// Adds network interfaces and networks: `interfaces` is YAML list items indented for
+    /// `spec.instance.interfaces`, `networks` for `spec.networks`.
+    pub fn network(mut self, interfaces: &str, networks: &str) -> Self {
+        self.interfaces = interfaces.to_string();
+        self.networks = networks.to_string();
+        self
     }
 
     /// Writes the manifest into `dir`; returns its path.
@@ -215,7 +237,28 @@ impl std::fmt::Debug for Guest {
 impl Guest {
     /// Starts `vmm run` on `manifest` with `extra` arguments before the file.
     pub fn start(manifest: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(vmm_bin())
+        Self::start_in(None, manifest, extra)
+    }
+
+    /// Like [`Guest::boot`], with vmm in network namespace `netns`.
+    pub fn boot_in_netns(netns: &str, manifest: &Manifest, extra: &[&str]) -> Self {
+        let dir = TempDir::new("guest");
+        let path = manifest.write(dir.path());
+        let mut guest = Self::start_in(Some(netns), &path, extra);
+        guest._dir = Some(dir);
+        guest
+    }
+
+    fn start_in(netns: Option<&str>, manifest: &Path, extra: &[&str]) -> Self {
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(vmm_bin());
+                c
+            }
+            None => Command::new(vmm_bin()),
+        };
+        let mut child = cmd
             .args(["-v", "info", "run"])
             .args(extra)
             .arg(manifest)

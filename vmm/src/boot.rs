@@ -459,7 +459,7 @@ mod tests {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         write_zero_page(&mem, 256 << 20, elf_setup_header(), 12, 0xe0000).unwrap();
         let params: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_ADDR)).unwrap();
-        assert_eq!(params.e820_entries, 3);
+        assert_eq!(params.e820_entries, 4);
         assert_eq!({ params.acpi_rsdp_addr }, 0xe0000);
         assert_eq!({ params.hdr.cmd_line_ptr }, 0x20000);
         assert_eq!({ params.hdr.type_of_loader }, 0xff);
@@ -468,6 +468,12 @@ mod tests {
         assert_eq!(
             ({ last.addr }, { last.size }),
             (HIGH_RAM_START, (256 << 20) - HIGH_RAM_START)
+        );
+        let ecam = params.e820_table[3];
+        assert_eq!(
+            ({ ecam.addr }, { ecam.r#type }),
+            (crate::arch::layout::PCI_ECAM_ADDR, 2),
+            "the ECAM window is reserved"
         );
     }
 }

@@ -92,6 +92,9 @@ pub enum RunError {
     /// Building the VM (exit 2).
     #[error(transparent)]
     Vm(#[from] VmError),
+    /// The host side of the network (exit 2).
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
     /// Signal or epoll setup (exit 2).
     #[error("{what}: {source}")]
     Os {
@@ -173,11 +176,15 @@ fn check_volumes(
 
 /// Refuses, clearly, what later work will add.
 fn check_supported(cfg: &VmConfig) -> Result<(), RunError> {
-    if let Some(iface) = cfg.interfaces.first() {
+    for (i, iface) in cfg.interfaces.iter().enumerate() {
+        let what = match iface.binding {
+            config::Binding::Bridge => continue,
+            config::Binding::Masquerade { .. } => "masquerade",
+            config::Binding::Sriov => "sriov",
+        };
         return Err(RunError::Unsupported(format!(
-            "spec.instance.interfaces[0] ({}): network interfaces are not supported by this \
-             build yet; remove spec.instance.interfaces and spec.networks to boot without a \
-             network",
+            "spec.instance.interfaces[{i}] ({}): the {what} binding is not supported by this \
+             build yet; use bridge",
             iface.name
         )));
     }
@@ -217,6 +224,8 @@ pub fn run(opts: &RunOptions) -> Result<ExitCode, RunError> {
         return Ok(ExitCode::PoweredOff);
     }
     let kvm = host::open_kvm(prepared.config.topology.vcpus())?;
+    // Restored when dropped, on every return from here on.
+    let network = crate::network::set_up(&prepared.config, &prepared.manifest)?;
     let signals = SignalFd::new().map_err(os_err("cannot take over SIGTERM and SIGINT"))?;
     let console = ConsoleOutput::new(opts.serial_log.as_deref())?;
     let api = opts
@@ -234,6 +243,7 @@ pub fn run(opts: &RunOptions) -> Result<ExitCode, RunError> {
         api,
         markers: Markers::default(),
         stdin_open: true,
+        network: &network,
     };
     let result = runner.lifecycle();
     if raw {
@@ -313,6 +323,7 @@ struct Runner<'a> {
     api: Option<ApiServer>,
     markers: Markers,
     stdin_open: bool,
+    network: &'a crate::network::HostNetwork,
 }
 
 /// The per-boot state of the event loop.
@@ -368,6 +379,7 @@ impl Runner<'_> {
             console: self.console.writer(),
             process_start: self.opts.process_start,
             markers: self.markers.clone(),
+            nics: &self.network.nics,
         })?;
         let epoll = Epoll::new().map_err(os_err("epoll"))?;
         let add = |fd: RawFd, token: u64| {

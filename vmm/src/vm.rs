@@ -26,7 +26,9 @@ use crate::arch::layout::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
 use crate::arch::{acpi, regs};
 use crate::boot::{self, BootError, KernelFiles};
 use crate::config::VmConfig;
+use crate::interrupts::{GsiRouting, KvmIoEvents};
 use crate::memory::{self, MemoryError};
+use crate::network::HostNic;
 use crate::vcpu::{self, VcpuContext, VcpuControl, VcpuError, VcpuEvent, VcpuThread};
 
 /// Why a VM cannot be built. All are host-side problems: exit code 2.
@@ -62,6 +64,14 @@ pub enum VmError {
     /// Device placement.
     #[error("device layout: {0}")]
     Bus(#[from] BusError),
+    /// A PCI device.
+    #[error("PCI device {name}: {why}")]
+    Pci {
+        /// Which.
+        name: String,
+        /// Why.
+        why: String,
+    },
 }
 
 /// The SCI, driven through `KVM_IRQ_LINE`.
@@ -143,6 +153,8 @@ pub struct BootContext<'a> {
     pub process_start: Instant,
     /// Where boot markers are recorded.
     pub markers: Markers,
+    /// The network interfaces' host sides, in guest order.
+    pub nics: &'a [HostNic],
 }
 
 impl std::fmt::Debug for BootContext<'_> {
@@ -211,6 +223,8 @@ impl Vm {
         let marker: SharedDevice =
             Arc::new(Mutex::new(BootMarker::new(ctx.process_start, ctx.markers)));
         mmio_bus.insert(marker, BOOT_MARKER_ADDR, BOOT_MARKER_LEN)?;
+
+        add_pci_devices(&vm_fd, &mem, &io_bus, &mmio_bus, ctx.nics)?;
 
         let topo = Topology::new(cfg.topology);
         let apic_ids = topo.apic_ids();
@@ -328,6 +342,88 @@ impl Vm {
         }
         drop(self.vm_fd);
     }
+}
+
+/// The PCI root on both buses and a virtio-net function per NIC, BARs packed from the
+/// bottom of the 32-bit window in slot order.
+fn add_pci_devices(
+    vm_fd: &Arc<VmFd>,
+    mem: &GuestMemoryMmap,
+    io_bus: &Arc<Bus>,
+    mmio_bus: &Arc<Bus>,
+    nics: &[HostNic],
+) -> Result<(), VmError> {
+    use devices::pci::{
+        ECAM_SIZE, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN, PciConfigIo, PciEcam, PciRoot,
+    };
+    use devices::virtio::net::Net;
+    use devices::virtio::{VirtioPci, VirtioPciError};
+
+    use crate::arch::layout::{PCI_ECAM_ADDR, PCI_MMIO_END, PCI_MMIO_START};
+
+    let root = Arc::new(PciRoot::new(mmio_bus.clone()));
+    io_bus.insert(
+        Arc::new(Mutex::new(PciConfigIo::new(root.clone()))),
+        PCI_CONFIG_IO_BASE,
+        PCI_CONFIG_IO_LEN,
+    )?;
+    mmio_bus.insert(
+        Arc::new(Mutex::new(PciEcam::new(root.clone()))),
+        PCI_ECAM_ADDR,
+        ECAM_SIZE,
+    )?;
+    if nics.is_empty() {
+        return Ok(());
+    }
+    let routing = GsiRouting::new(vm_fd.clone());
+    let ioevents = Arc::new(KvmIoEvents(vm_fd.clone()));
+    let mut next_bar = PCI_MMIO_START;
+    for nic in nics {
+        let pci_err = |why: String| VmError::Pci {
+            name: nic.name.clone(),
+            why,
+        };
+        let tap = nic
+            .tap
+            .try_clone()
+            .map_err(|e| pci_err(format!("cannot duplicate TAP {}: {e}", nic.tap.name())))?;
+        let backend: Box<dyn net::FrameBackend> = match &nic.dhcp {
+            Some(server) => Box::new(
+                net::local_dhcp::LocalDhcp::new(tap, server.clone())
+                    .map_err(|e| pci_err(format!("DHCP responder: {e}")))?,
+            ),
+            None => Box::new(tap),
+        };
+        let device = Net::new(
+            nic.mac,
+            nic.mtu,
+            backend,
+            nic.counters.clone(),
+            nic.acked.clone(),
+        );
+        // One vector per queue and one for configuration changes.
+        let vectors = routing
+            .msi_group(devices::virtio::VirtioDevice::queue_max_sizes(&device).len() + 1)
+            .map_err(|e| pci_err(format!("MSI vectors: {e}")))?;
+        let bar = next_bar;
+        next_bar += devices::virtio::BAR_SIZE;
+        if next_bar > PCI_MMIO_END {
+            return Err(pci_err("out of PCI MMIO space".into()));
+        }
+        let function = VirtioPci::new(
+            Box::new(device),
+            mem.clone(),
+            bar,
+            Arc::new(vectors),
+            ioevents.clone(),
+        )
+        .map_err(|e: VirtioPciError| pci_err(e.to_string()))?;
+        let slot = root
+            .add(Arc::new(Mutex::new(function)))
+            .map_err(|e| pci_err(e.to_string()))?;
+        log::debug!("virtio-net {} at 00:{slot:02x}.0, BAR {bar:#x}", nic.name);
+    }
+    Ok(())
 }
 
 fn clone_evt(evt: &EventFd) -> Result<EventFd, VmError> {

@@ -143,7 +143,7 @@ impl ConfigSpace {
             && (index..index + regs).all(|i| self.bars[i].kind.is_none())
             && size >= 16
             && size.is_power_of_two()
-            && addr % size == 0
+            && addr.is_multiple_of(size)
             && (kind == BarKind::Mem64 || addr.checked_add(size).is_some_and(|e| e <= 1 << 32));
         if !fits {
             return Err(ConfigError::BadBar(index));
@@ -330,7 +330,11 @@ mod tests {
         assert_eq!(cs.read_dword(15) >> 8 & 0xff, 0, "no INTx pin");
         assert_eq!(cs.read_dword(1000), 0, "extended space reads zero");
         assert_eq!(cs.write(1000, 0, &[1]), None);
-        assert_eq!(cs.write(1, 3, &[1, 2]), None, "a write across dwords is ignored");
+        assert_eq!(
+            cs.write(1, 3, &[1, 2]),
+            None,
+            "a write across dwords is ignored"
+        );
     }
 
     #[test]

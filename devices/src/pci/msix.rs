@@ -83,7 +83,10 @@ impl MsixVectors {
     fn deliverable(&self, vector: usize) -> bool {
         self.enabled()
             && !self.function_masked.load(Ordering::Acquire)
-            && self.masked.get(vector).is_some_and(|m| !m.load(Ordering::Acquire))
+            && self
+                .masked
+                .get(vector)
+                .is_some_and(|m| !m.load(Ordering::Acquire))
     }
 
     /// Raises `vector` (out-of-range vectors, such as virtio's NO_VECTOR, are dropped).
@@ -109,10 +112,11 @@ impl MsixVectors {
     /// Fires what became deliverable and was pending.
     fn flush_pending(&self) {
         for v in 0..self.count() {
-            if self.deliverable(v) && self.pending[v].swap(false, Ordering::AcqRel) {
-                if let Err(e) = self.routes.trigger(v) {
-                    log::warn!("MSI-X vector {v}: {e}");
-                }
+            if self.deliverable(v)
+                && self.pending[v].swap(false, Ordering::AcqRel)
+                && let Err(e) = self.routes.trigger(v)
+            {
+                log::warn!("MSI-X vector {v}: {e}");
             }
         }
     }
@@ -257,7 +261,7 @@ impl MsixTable {
     /// Reads the pending-bit array at `offset`.
     pub fn read_pba(&self, offset: u64, data: &mut [u8]) {
         data.fill(0);
-        if !matches!(data.len(), 4 | 8) || offset % 4 != 0 {
+        if !matches!(data.len(), 4 | 8) || !offset.is_multiple_of(4) {
             return;
         }
         for (byte_idx, byte) in data.iter_mut().enumerate() {
@@ -278,7 +282,7 @@ impl MsixTable {
 
     /// Entry index and dword field for an access, if it is well formed and in range.
     fn locate(&self, offset: u64, len: usize) -> Option<(usize, usize)> {
-        if !matches!(len, 4 | 8) || offset % len as u64 != 0 {
+        if !matches!(len, 4 | 8) || !offset.is_multiple_of(len as u64) {
             return None;
         }
         let i = usize::try_from(offset / MSIX_ENTRY_SIZE).ok()?;

@@ -314,11 +314,7 @@ mod tests {
             self.cs.write(reg, offset, data)
         }
         fn bars(&self) -> Vec<(usize, u64, u64)> {
-            self.cs
-                .bar(0)
-                .map(|(a, s)| (0, a, s))
-                .into_iter()
-                .collect()
+            self.cs.bar(0).map(|(a, s)| (0, a, s)).into_iter().collect()
         }
         fn read_bar(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
             data.fill(u8::try_from(bar as u64 + offset).unwrap_or(0));

@@ -16,7 +16,7 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-pub use pci::{VirtioPci, VirtioPciError};
+pub use pci::{BAR_SIZE, VirtioPci, VirtioPciError};
 
 /// Feature bit: virtio 1.x (modern) device.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;

@@ -317,7 +317,10 @@ fn wait_readable(evt: &EventFd) {
     use std::os::fd::AsRawFd;
     let Ok(epoll) = Epoll::new() else { return };
     let ev = EpollEvent::new(EventSet::IN, 0);
-    if epoll.ctl(ControlOperation::Add, evt.as_raw_fd(), ev).is_err() {
+    if epoll
+        .ctl(ControlOperation::Add, evt.as_raw_fd(), ev)
+        .is_err()
+    {
         return;
     }
     let mut events = [EpollEvent::default()];
@@ -364,7 +367,12 @@ impl Worker {
         self.backend
     }
 
-    fn serve(&mut self, rx_evt: &EventFd, tx_evt: &EventFd, kill: &EventFd) -> Result<(), WorkerError> {
+    fn serve(
+        &mut self,
+        rx_evt: &EventFd,
+        tx_evt: &EventFd,
+        kill: &EventFd,
+    ) -> Result<(), WorkerError> {
         use std::os::fd::AsRawFd;
         let epoll = Epoll::new()?;
         let add = |fd, token| {
@@ -450,9 +458,12 @@ impl Worker {
                     let first = bufs[0].len() >= VNET_HDR_LEN;
                     if first {
                         let at = usize::try_from(NUM_BUFFERS_OFFSET).unwrap_or(10);
-                        let _ = bufs[0].subslice(at, 2).map(|s| s.copy_from(&1u16.to_le_bytes()));
+                        let _ = bufs[0]
+                            .subslice(at, 2)
+                            .map(|s| s.copy_from(&1u16.to_le_bytes()));
                     }
-                    self.rx.add_used(mem, head, u32::try_from(n).unwrap_or(u32::MAX))?;
+                    self.rx
+                        .add_used(mem, head, u32::try_from(n).unwrap_or(u32::MAX))?;
                     used = true;
                     NetCounters::add(&self.counters.rx_frames, 1);
                     NetCounters::add(
@@ -492,7 +503,10 @@ impl Worker {
                     Some((bufs, total)) => match self.backend.send(&bufs) {
                         Ok(_) => {
                             NetCounters::add(&self.counters.tx_frames, 1);
-                            NetCounters::add(&self.counters.tx_bytes, (total - VNET_HDR_LEN) as u64);
+                            NetCounters::add(
+                                &self.counters.tx_bytes,
+                                (total - VNET_HDR_LEN) as u64,
+                            );
                         }
                         Err(e) => {
                             log::debug!("virtio-net send: {e}");
@@ -521,7 +535,6 @@ mod tests {
     use std::os::fd::{AsRawFd, RawFd};
     use std::sync::Mutex;
 
-    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::desc::split::Descriptor as SplitDescriptor;
     use virtio_queue::mock::MockSplitQueue;
@@ -529,8 +542,8 @@ mod tests {
 
     use super::*;
 
-    const NEXT: u16 = VRING_DESC_F_NEXT as u16;
-    const WRITE: u16 = VRING_DESC_F_WRITE as u16;
+    const NEXT: u16 = 1; // VRING_DESC_F_NEXT
+    const WRITE: u16 = 2; // VRING_DESC_F_WRITE
 
     /// A backend over queues in memory.
     struct Fake {
@@ -604,7 +617,11 @@ mod tests {
     }
 
     impl Setup {
-        fn worker(&self, rx: &MockSplitQueue<'_, GuestMemoryMmap>, tx: &MockSplitQueue<'_, GuestMemoryMmap>) -> Worker {
+        fn worker(
+            &self,
+            rx: &MockSplitQueue<'_, GuestMemoryMmap>,
+            tx: &MockSplitQueue<'_, GuestMemoryMmap>,
+        ) -> Worker {
             Worker {
                 mem: self.mem.clone(),
                 rx: rx.create_queue().unwrap(),
@@ -648,8 +665,12 @@ mod tests {
         let s = setup();
         let rx = MockSplitQueue::create(&s.mem, GuestAddress(0), 16);
         let tx = MockSplitQueue::create(&s.mem, GuestAddress(0x1_0000), 16);
-        s.mem.write_slice(&[0xaa; 12], GuestAddress(0x10_0000)).unwrap();
-        s.mem.write_slice(&[0x55; 60], GuestAddress(0x20_0000)).unwrap();
+        s.mem
+            .write_slice(&[0xaa; 12], GuestAddress(0x10_0000))
+            .unwrap();
+        s.mem
+            .write_slice(&[0x55; 60], GuestAddress(0x20_0000))
+            .unwrap();
         tx.add_desc_chains(
             &[desc(0x10_0000, 12, NEXT, 1), desc(0x20_0000, 60, 0, 0)],
             0,
@@ -745,8 +766,15 @@ mod tests {
         assert_eq!(got, vec![0x42; 90]);
         let num_buffers: u16 = s.mem.read_obj(GuestAddress(0x20_000a)).unwrap();
         assert_eq!(num_buffers, 1);
-        assert!(!w.backend_polled, "no buffers left: the backend is not polled");
-        assert_eq!(s.incoming.lock().unwrap().len(), 1, "the second frame waits");
+        assert!(
+            !w.backend_polled,
+            "no buffers left: the backend is not polled"
+        );
+        assert_eq!(
+            s.incoming.lock().unwrap().len(),
+            1,
+            "the second frame waits"
+        );
         assert_eq!(w.counters.rx_bytes.load(Ordering::Relaxed), 90);
     }
 

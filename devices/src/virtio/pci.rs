@@ -145,7 +145,11 @@ impl VirtioPci {
             subsystem: 0x1100,
         });
         config.add_bar(0, BarKind::Mem32, BAR_SIZE, false, bar_addr)?;
-        config.add_capability(VENDOR_CAP, &vendor_cap(CAP_COMMON, COMMON, COMMON_LEN, None), &[])?;
+        config.add_capability(
+            VENDOR_CAP,
+            &vendor_cap(CAP_COMMON, COMMON, COMMON_LEN, None),
+            &[],
+        )?;
         let notify_len = (sizes.len() as u64 * u64::from(NOTIFY_MULTIPLIER)).max(4);
         config.add_capability(
             VENDOR_CAP,
@@ -153,7 +157,11 @@ impl VirtioPci {
             &[],
         )?;
         config.add_capability(VENDOR_CAP, &vendor_cap(CAP_ISR, ISR, 1, None), &[])?;
-        config.add_capability(VENDOR_CAP, &vendor_cap(CAP_DEVICE, DEVICE, DEVICE_LEN, None), &[])?;
+        config.add_capability(
+            VENDOR_CAP,
+            &vendor_cap(CAP_DEVICE, DEVICE, DEVICE_LEN, None),
+            &[],
+        )?;
         let vectors = Arc::new(MsixVectors::new(sizes.len() + 1, routes));
         let msix = MsixTable::new(vectors);
         let table = u32::try_from(MSIX_TABLE).unwrap_or(0);
@@ -334,11 +342,13 @@ impl VirtioPci {
             }
         }
         self.status = status;
-        if newly & STATUS_DRIVER_OK != 0 && self.features_locked() && !self.active {
-            if let Err(e) = self.activate() {
-                log::warn!("virtio: cannot start the device: {e}");
-                self.status |= STATUS_NEEDS_RESET;
-            }
+        if newly & STATUS_DRIVER_OK != 0
+            && self.features_locked()
+            && !self.active
+            && let Err(e) = self.activate()
+        {
+            log::warn!("virtio: cannot start the device: {e}");
+            self.status |= STATUS_NEEDS_RESET;
         }
     }
 

@@ -7,10 +7,14 @@
 //! The DSDT carries `_S5` so the guest can power off.
 
 use acpi_tables::Aml;
-use acpi_tables::aml::{Name, Package, Path};
+use acpi_tables::aml::{
+    AddressSpace as AmlSpace, AddressSpaceCacheable, Device, EISAName, IO, Name, Package, Path,
+    ResourceTemplate,
+};
 use acpi_tables::facs::FACS;
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
+use acpi_tables::mcfg::MCFG;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -18,7 +22,10 @@ use devices::acpi::{PM1A_CNT_BLK, PM1A_EVT_BLK, RESET_REG, RESET_VALUE, S5_SLP_T
 use devices::legacy::cmos::CMOS_CENTURY;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::layout::{ACPI_TABLES_ADDR, ACPI_TABLES_END, IOAPIC_ADDR, LAPIC_ADDR};
+use super::layout::{
+    ACPI_TABLES_ADDR, ACPI_TABLES_END, IOAPIC_ADDR, LAPIC_ADDR, PCI_ECAM_ADDR, PCI_MMIO_END,
+    PCI_MMIO_START,
+};
 
 const OEM_ID: [u8; 6] = *b"VMMRS ";
 const OEM_TABLE_ID: [u8; 8] = *b"VMMRSVM ";
@@ -50,7 +57,52 @@ fn bytes_of(table: &dyn Aml) -> Vec<u8> {
     out
 }
 
-/// The DSDT: the `_S5` sleep object.
+/// The PCI host bridge: bus 0, the configuration ports, all other I/O ports and the 32-bit
+/// BAR window. Interrupts are MSI-X only, so there is no `_PRT`.
+fn pci_root() -> Vec<u8> {
+    let hid = EISAName::new("PNP0A08");
+    let cid = EISAName::new("PNP0A03");
+    let bus = AmlSpace::new_bus_number(0u16, 0u16);
+    let cfg_ports = IO::new(0xcf8, 0xcf8, 1, 8);
+    let io_low = AmlSpace::new_io(0u16, 0x0cf7u16, None);
+    let io_high = AmlSpace::new_io(0x0d00u16, 0xffffu16, None);
+    let mmio_end = u32::try_from(PCI_MMIO_END - 1).unwrap_or(u32::MAX);
+    let mmio_start = u32::try_from(PCI_MMIO_START).unwrap_or(0);
+    let mmio = AmlSpace::new_memory(
+        AddressSpaceCacheable::NotCacheable,
+        true,
+        mmio_start,
+        mmio_end,
+        None,
+    );
+    let crs = ResourceTemplate::new(vec![&bus, &cfg_ports, &io_low, &io_high, &mmio]);
+    let (hid_n, cid_n, crs_n) = (
+        Name::new(Path::new("_HID"), &hid),
+        Name::new(Path::new("_CID"), &cid),
+        Name::new(Path::new("_CRS"), &crs),
+    );
+    let zero = 0u8;
+    let (adr, seg, uid, bbn) = (
+        Name::new(Path::new("_ADR"), &zero),
+        Name::new(Path::new("_SEG"), &zero),
+        Name::new(Path::new("_UID"), &zero),
+        Name::new(Path::new("_BBN"), &zero),
+    );
+    let dev = Device::new(
+        Path::new("_SB_.PCI0"),
+        vec![&hid_n, &cid_n, &adr, &seg, &uid, &bbn, &crs_n],
+    );
+    bytes_of(&dev)
+}
+
+/// The MCFG: ECAM for bus 0.
+fn mcfg() -> Vec<u8> {
+    let mut t = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    t.add_ecam(PCI_ECAM_ADDR, 0, 0, 0);
+    bytes_of(&t)
+}
+
+/// The DSDT: the `_S5` sleep object and the PCI host bridge.
 fn dsdt() -> Vec<u8> {
     let mut table = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     let slp_typ = S5_SLP_TYP;
@@ -59,6 +111,7 @@ fn dsdt() -> Vec<u8> {
         &Package::new(vec![&slp_typ, &slp_typ, &0u8, &0u8]),
     );
     table.append_slice(&bytes_of(&s5));
+    table.append_slice(&pci_root());
     table.as_slice().to_vec()
 }
 
@@ -140,9 +193,11 @@ pub fn write_tables(mem: &GuestMemoryMmap, apic_ids: &[u32]) -> Result<u64, Acpi
     let dsdt_addr = place(&dsdt(), 8)?;
     let fadt_addr = place(&fadt(dsdt_addr, facs_addr), 8)?;
     let madt_addr = place(&madt(apic_ids), 8)?;
+    let mcfg_addr = place(&mcfg(), 8)?;
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt.add_entry(fadt_addr);
     xsdt.add_entry(madt_addr);
+    xsdt.add_entry(mcfg_addr);
     let xsdt_addr = place(&bytes_of(&xsdt), 8)?;
     let rsdp = bytes_of(&Rsdp::new(OEM_ID, xsdt_addr));
     mem.write_slice(&rsdp, GuestAddress(rsdp_addr))?;

@@ -61,6 +61,13 @@ pub const KVM_TSS_ADDR: u64 = 0xfffb_d000;
 pub const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
 
 // The fixed areas must not overlap; checked when the crate compiles.
+/// PCI ECAM (configuration space) window for bus 0, reserved in the E820 map.
+pub const PCI_ECAM_ADDR: u64 = 0xe000_0000;
+/// Where 32-bit PCI BARs are placed: the MMIO hole below the ECAM window.
+pub const PCI_MMIO_START: u64 = MMIO_32_START;
+/// End (exclusive) of the 32-bit PCI BAR window.
+pub const PCI_MMIO_END: u64 = PCI_ECAM_ADDR;
+
 const _: () = {
     assert!(IDT_ADDR >= GDT_ADDR + 5 * 8);
     assert!(ZERO_PAGE_ADDR + 4096 <= BOOT_STACK_ADDR + 0x10);
@@ -139,6 +146,12 @@ pub fn e820_map(size: u64) -> Vec<E820Entry> {
             });
         }
     }
+    map.push(E820Entry {
+        addr: PCI_ECAM_ADDR,
+        size: devices::pci::ECAM_SIZE,
+        kind: E820Type::Reserved,
+    });
+    map.sort_by_key(|e| e.addr);
     map
 }
 

@@ -1,0 +1,434 @@
+//! The bridge binding, as Virtink's pre-runner sets it up, and its undoing.
+//!
+//! For pod link `L` (`eth0`, or `net<i>` for a multus network):
+//!
+//! 1. record `L`'s MAC, MTU, IPv4 addresses and the routes through it;
+//! 2. remove its addresses, take it down, rename it `L-nic`, give it a new MAC with the same
+//!    OUI (the guest will use the original);
+//! 3. create a dummy `L` holding the pod addresses, so the pod IP stays visible in the pod;
+//! 4. create bridge `br-L` with `L`'s MTU, enslave `L-nic` with learning off, bring all up;
+//! 5. create TAP `tap-L` on the bridge (the caller's [`Tap`] keeps it alive).
+//!
+//! Every step that changed something pushes its inverse onto an undo list; [`Binding`]
+//! replays it in reverse when dropped, and a failure halfway through replays what was done
+//! so far, so the namespace's links end as they were (names, MACs, addresses, routes) on
+//! every exit path that runs destructors.
+
+use std::net::Ipv4Addr;
+
+use crate::dhcp::StaticRoute;
+use crate::mac::MacAddr;
+use crate::netlink::{Ipv4Net, LinkChange, LinkKind, Netlink, Route4};
+use crate::tap::{Tap, TapError};
+
+/// `RTPROT_KERNEL`: routes the kernel derives from addresses.
+const RTPROT_KERNEL: u8 = 2;
+
+/// Why the binding cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// The pod link does not exist.
+    #[error("host link {0} not found in this network namespace")]
+    NoLink(String),
+    /// The link has no MAC to hand to the guest.
+    #[error("host link {0} has no Ethernet address")]
+    NoMac(String),
+    /// A netlink operation failed.
+    #[error("{what}: {source}")]
+    Netlink {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TAP.
+    #[error(transparent)]
+    Tap(#[from] TapError),
+}
+
+/// What the pod link had before it was taken over.
+#[derive(Debug, Clone)]
+pub struct PodLink {
+    /// Its name.
+    pub name: String,
+    /// Its MAC, which the guest gets.
+    pub mac: MacAddr,
+    /// Its MTU, which the bridge, the TAP and the guest get.
+    pub mtu: u32,
+    /// Its IPv4 addresses.
+    pub addresses: Vec<Ipv4Net>,
+    /// The routes through it (without those the kernel derives from addresses).
+    pub routes: Vec<Route4>,
+}
+
+impl PodLink {
+    /// The default gateway, if a default route goes through the link.
+    pub fn router(&self) -> Option<Ipv4Addr> {
+        self.routes
+            .iter()
+            .find(|r| r.prefix == 0)
+            .and_then(|r| r.gateway)
+    }
+
+    /// The routes for DHCP option 121: every route through the link, on-link ones with
+    /// gateway 0.0.0.0, the default route last.
+    pub fn static_routes(&self) -> Vec<StaticRoute> {
+        let mut routes: Vec<StaticRoute> = self
+            .routes
+            .iter()
+            .filter(|r| r.prefix > 0)
+            .map(|r| StaticRoute {
+                dst: r.dst,
+                prefix: r.prefix,
+                gateway: r.gateway.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            })
+            .collect();
+        if let Some(gw) = self.router() {
+            routes.push(StaticRoute {
+                dst: Ipv4Addr::UNSPECIFIED,
+                prefix: 0,
+                gateway: gw,
+            });
+        }
+        routes
+    }
+}
+
+#[derive(Debug)]
+enum Undo {
+    DeleteLink(String),
+    SetLink(String, LinkChange),
+    AddAddresses(String, Vec<Ipv4Net>),
+    AddRoutes(Vec<Route4>, String),
+}
+
+/// A taken-over pod link; dropping it restores the namespace.
+#[derive(Debug)]
+pub struct Binding {
+    /// The link as it was.
+    pub pod: PodLink,
+    /// The bridge's name.
+    pub bridge: String,
+    undo: Vec<Undo>,
+}
+
+fn nl_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BindError {
+    let what = what.into();
+    move |source| BindError::Netlink { what, source }
+}
+
+fn index_of(nl: &mut Netlink, name: &str) -> Result<u32, BindError> {
+    nl.link(name)
+        .map_err(nl_err(format!("cannot list links for {name}")))?
+        .map(|l| l.index)
+        .ok_or_else(|| BindError::NoLink(name.to_string()))
+}
+
+/// A MAC with `mac`'s OUI and other, random, lower bytes.
+fn new_mac(mac: MacAddr) -> MacAddr {
+    let mut o = mac.octets();
+    let mut random = [0u8; 3];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
+        .is_err()
+    {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        random.copy_from_slice(&t.to_le_bytes()[..3]);
+    }
+    o[3..].copy_from_slice(&random);
+    if o == mac.octets() {
+        o[5] ^= 1;
+    }
+    MacAddr::new(o)
+}
+
+impl Binding {
+    /// Takes over `link` and puts TAP `tap` on a new bridge in front of it.
+    pub fn take_over(nl: &mut Netlink, link: &str, tap: &str) -> Result<(Self, Tap), BindError> {
+        let mut binding = Binding {
+            pod: PodLink {
+                name: link.to_string(),
+                mac: MacAddr::new([0; 6]),
+                mtu: 0,
+                addresses: vec![],
+                routes: vec![],
+            },
+            bridge: format!("br-{link}"),
+            undo: vec![],
+        };
+        // On error, `binding` drops here and undoes what was done.
+        let tap = binding.set_up(nl, link, tap)?;
+        Ok((binding, tap))
+    }
+
+    fn set_up(&mut self, nl: &mut Netlink, link: &str, tap_name: &str) -> Result<Tap, BindError> {
+        let l = nl
+            .link(link)
+            .map_err(nl_err("cannot list links"))?
+            .ok_or_else(|| BindError::NoLink(link.to_string()))?;
+        let mac = l.mac.ok_or_else(|| BindError::NoMac(link.to_string()))?;
+        let addresses = nl
+            .addresses(l.index)
+            .map_err(nl_err(format!("cannot list the addresses of {link}")))?;
+        let routes: Vec<Route4> = nl
+            .routes()
+            .map_err(nl_err("cannot list routes"))?
+            .into_iter()
+            .filter(|r| r.oif == Some(l.index) && r.protocol != RTPROT_KERNEL)
+            .collect();
+        self.pod = PodLink {
+            name: link.to_string(),
+            mac,
+            mtu: l.mtu,
+            addresses: addresses.clone(),
+            routes: routes.clone(),
+        };
+        let nic = format!("{link}-nic");
+
+        // Routes come back after the addresses they depend on (undo runs in reverse).
+        self.undo.push(Undo::AddRoutes(routes, link.to_string()));
+        for a in &addresses {
+            nl.del_address(l.index, *a).map_err(nl_err(format!(
+                "cannot remove {}/{} from {link}",
+                a.addr, a.prefix
+            )))?;
+        }
+        self.undo
+            .push(Undo::AddAddresses(link.to_string(), addresses.clone()));
+        let down = LinkChange {
+            up: Some(false),
+            ..LinkChange::default()
+        };
+        nl.set_link(l.index, &down)
+            .map_err(nl_err(format!("cannot take {link} down")))?;
+        self.undo.push(Undo::SetLink(
+            link.to_string(),
+            LinkChange {
+                up: Some(l.up),
+                ..LinkChange::default()
+            },
+        ));
+        nl.set_link(
+            l.index,
+            &LinkChange {
+                name: Some(nic.clone()),
+                mac: Some(new_mac(mac)),
+                ..LinkChange::default()
+            },
+        )
+        .map_err(nl_err(format!("cannot rename {link} to {nic}")))?;
+        self.undo.push(Undo::SetLink(
+            nic.clone(),
+            LinkChange {
+                name: Some(link.to_string()),
+                mac: Some(mac),
+                master: Some(0),
+                up: Some(false),
+                ..LinkChange::default()
+            },
+        ));
+
+        // The dummy keeping the pod IP.
+        nl.add_link(link, LinkKind::Dummy, None)
+            .map_err(nl_err(format!("cannot create dummy {link}")))?;
+        self.undo.push(Undo::DeleteLink(link.to_string()));
+        let dummy = index_of(nl, link)?;
+        for a in &addresses {
+            nl.add_address(dummy, *a).map_err(nl_err(format!(
+                "cannot add {}/{} to dummy {link}",
+                a.addr, a.prefix
+            )))?;
+        }
+        let up = LinkChange {
+            up: Some(true),
+            ..LinkChange::default()
+        };
+        nl.set_link(dummy, &up)
+            .map_err(nl_err(format!("cannot bring dummy {link} up")))?;
+
+        // The bridge.
+        let bridge = self.bridge.clone();
+        nl.add_link(&bridge, LinkKind::Bridge, Some(l.mtu))
+            .map_err(nl_err(format!("cannot create bridge {bridge}")))?;
+        self.undo.push(Undo::DeleteLink(bridge.clone()));
+        let br = index_of(nl, &bridge)?;
+        nl.set_link(br, &up)
+            .map_err(nl_err(format!("cannot bring {bridge} up")))?;
+        nl.set_link(
+            l.index,
+            &LinkChange {
+                master: Some(br),
+                up: Some(true),
+                ..LinkChange::default()
+            },
+        )
+        .map_err(nl_err(format!("cannot add {nic} to {bridge}")))?;
+        nl.set_port_learning(l.index, false)
+            .map_err(nl_err(format!("cannot turn learning off on {nic}")))?;
+
+        let tap = attach_tap(nl, tap_name, br, l.mtu)?;
+        Ok(tap)
+    }
+}
+
+/// Opens (or creates) TAP `name` and puts it, up, on bridge `bridge` with `mtu`.
+pub fn attach_tap(nl: &mut Netlink, name: &str, bridge: u32, mtu: u32) -> Result<Tap, BindError> {
+    let tap = Tap::open(name)?;
+    let index = index_of(nl, name)?;
+    nl.set_link(
+        index,
+        &LinkChange {
+            mtu: Some(mtu),
+            master: Some(bridge),
+            up: Some(true),
+            ..LinkChange::default()
+        },
+    )
+    .map_err(nl_err(format!("cannot put {name} on its bridge")))?;
+    Ok(tap)
+}
+
+/// Finds bridge `name`, creating it (up) if missing. Returns its index, its MTU and
+/// whether it was created here.
+pub fn ensure_bridge(nl: &mut Netlink, name: &str) -> Result<(u32, u32, bool), BindError> {
+    if let Some(l) = nl.link(name).map_err(nl_err("cannot list links"))? {
+        return Ok((l.index, l.mtu, false));
+    }
+    nl.add_link(name, LinkKind::Bridge, None)
+        .map_err(nl_err(format!("cannot create bridge {name}")))?;
+    let l = nl
+        .link(name)
+        .map_err(nl_err("cannot list links"))?
+        .ok_or_else(|| BindError::NoLink(name.to_string()))?;
+    nl.set_link(
+        l.index,
+        &LinkChange {
+            up: Some(true),
+            ..LinkChange::default()
+        },
+    )
+    .map_err(nl_err(format!("cannot bring {name} up")))?;
+    Ok((l.index, l.mtu, true))
+}
+
+impl Drop for Binding {
+    fn drop(&mut self) {
+        let Ok(mut nl) = Netlink::open() else {
+            log::error!("cannot open netlink to restore {}", self.pod.name);
+            return;
+        };
+        while let Some(step) = self.undo.pop() {
+            let result = match &step {
+                Undo::DeleteLink(name) => match nl.link(name) {
+                    Ok(Some(l)) => nl.del_link(l.index),
+                    other => other.map(|_| ()),
+                },
+                Undo::SetLink(name, change) => match nl.link(name) {
+                    Ok(Some(l)) => {
+                        // Renaming needs the link down; the change says what it ends as.
+                        let _ = nl.set_link(
+                            l.index,
+                            &LinkChange {
+                                up: Some(false),
+                                ..LinkChange::default()
+                            },
+                        );
+                        nl.set_link(l.index, change)
+                    }
+                    other => other.map(|_| ()),
+                },
+                Undo::AddAddresses(name, addrs) => match nl.link(name) {
+                    Ok(Some(l)) => {
+                        addrs
+                            .iter()
+                            .try_for_each(|a| match nl.add_address(l.index, *a) {
+                                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+                                r => r,
+                            })
+                    }
+                    other => other.map(|_| ()),
+                },
+                Undo::AddRoutes(routes, name) => match nl.link(name) {
+                    Ok(Some(l)) => {
+                        // On-link routes first: a gateway must be reachable when its route
+                        // is added. Every route is tried; the first error is reported.
+                        let mut ordered = routes.clone();
+                        ordered.sort_by_key(|r| (r.gateway.is_some(), std::cmp::Reverse(r.prefix)));
+                        let mut first_err = Ok(());
+                        for r in ordered {
+                            let r = Route4 {
+                                oif: Some(l.index),
+                                ..r
+                            };
+                            match nl.add_route(&r) {
+                                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                                Err(e) => {
+                                    if first_err.is_ok() {
+                                        first_err = Err(e);
+                                    }
+                                }
+                                Ok(()) => {}
+                            }
+                        }
+                        first_err
+                    }
+                    other => other.map(|_| ()),
+                },
+            };
+            if let Err(e) = result {
+                log::error!("restoring {}: {step:?}: {e}", self.pod.name);
+            }
+        }
+        log::debug!("{} restored", self.pod.name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(dst: [u8; 4], prefix: u8, gw: Option<[u8; 4]>) -> Route4 {
+        Route4 {
+            dst: Ipv4Addr::from(dst),
+            prefix,
+            gateway: gw.map(Ipv4Addr::from),
+            oif: Some(2),
+            prefsrc: None,
+            scope: 0,
+            protocol: 3,
+            metric: None,
+        }
+    }
+
+    #[test]
+    fn calico_routes_become_option_121_with_the_default_last() {
+        let pod = PodLink {
+            name: "eth0".into(),
+            mac: MacAddr::new([2, 0, 0, 0, 0, 1]),
+            mtu: 1450,
+            addresses: vec![],
+            routes: vec![
+                route([0, 0, 0, 0], 0, Some([169, 254, 1, 1])),
+                route([169, 254, 1, 1], 32, None),
+            ],
+        };
+        assert_eq!(pod.router(), Some(Ipv4Addr::new(169, 254, 1, 1)));
+        let r = pod.static_routes();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].gateway, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(r[0].prefix, 32);
+        assert_eq!(r[1].prefix, 0);
+        assert_eq!(r[1].gateway, Ipv4Addr::new(169, 254, 1, 1));
+    }
+
+    #[test]
+    fn new_mac_keeps_the_oui() {
+        let m = MacAddr::new([0x0a, 0x58, 0x0a, 1, 2, 3]);
+        let n = new_mac(m);
+        assert_eq!(n.octets()[..3], m.octets()[..3]);
+        assert_ne!(n, m);
+    }
+}

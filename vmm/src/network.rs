@@ -1,0 +1,379 @@
+//! The host side of the guest's network interfaces, set up once before the first boot and
+//! kept across reboots.
+//!
+//! A `bridge` interface takes over its pod link when the link exists (see
+//! [`net::bridge`]: Virtink's pre-runner behaviour, with DHCP answered in process when the
+//! link had an IPv4 address). Outside a pod, a multus network whose
+//! NetworkAttachmentDefinition is in the manifest with CNI `type: bridge` gets its TAP on
+//! that bridge, created if missing. [`HostNetwork`] owns the TAPs and the taken-over links;
+//! dropping it puts the namespace back as it was.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use devices::virtio::net::NetCounters;
+use net::bridge::{self, BindError, Binding};
+use net::dhcp::{DhcpServer, Lease};
+use net::netlink::Netlink;
+use net::{MacAddr, Tap};
+
+use crate::config::{Binding as BindingKind, InterfaceConfig, Manifest, NetworkSource, VmConfig};
+
+/// `net.ns` inode of the initial network namespace on kernels that fix it.
+const PROC_NET_INIT_INO: u64 = 0xEFFF_FFF9;
+/// `pid` namespace inode of the initial PID namespace.
+const PROC_PID_INIT_INO: u64 = 0xEFFF_FFFC;
+/// A MAC for DHCP replies (never on the wire: replies go straight to the guest).
+const DHCP_SERVER_MAC: MacAddr = MacAddr::new([0x02, 0x00, 0x00, 0x00, 0x00, 0x01]);
+
+/// Why the host side cannot be set up (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// Taking over a link in the host's own namespace would cut the host off.
+    #[error(
+        "spec.instance.interfaces[{index}] ({name}): refusing to take over {link} in the \
+         host's initial network namespace; run vmm inside the VM's own network namespace \
+         (a pod, or `ip netns exec NAME vmm run ...`)"
+    )]
+    InitialNamespace {
+        /// Interface index.
+        index: usize,
+        /// Interface name.
+        name: String,
+        /// The link.
+        link: String,
+    },
+    /// No link and no bridge NAD to fall back on.
+    #[error("spec.instance.interfaces[{index}] ({name}): host link {link} not found{hint}")]
+    NoLink {
+        /// Interface index.
+        index: usize,
+        /// Interface name.
+        name: String,
+        /// The link.
+        link: String,
+        /// What would make it work.
+        hint: String,
+    },
+    /// A binding this build does not have.
+    #[error(
+        "spec.instance.interfaces[{index}] ({name}): {what} is not supported by this build yet"
+    )]
+    Unsupported {
+        /// Interface index.
+        index: usize,
+        /// Interface name.
+        name: String,
+        /// What.
+        what: String,
+    },
+    /// Netlink, TAP.
+    #[error("spec.instance.interfaces[{index}] ({name}): {source}")]
+    Bind {
+        /// Interface index.
+        index: usize,
+        /// Interface name.
+        name: String,
+        /// Why.
+        #[source]
+        source: BindError,
+    },
+}
+
+/// One NIC's host side.
+#[derive(Debug)]
+pub struct HostNic {
+    /// The interface name in the manifest.
+    pub name: String,
+    /// The guest's MAC.
+    pub mac: MacAddr,
+    /// The guest's MTU.
+    pub mtu: u16,
+    /// The TAP; each boot's device gets a duplicate of its descriptor.
+    pub tap: Tap,
+    /// The in-process DHCP server, when the link's address is delegated.
+    pub dhcp: Option<DhcpServer>,
+    /// Counters, across boots.
+    pub counters: Arc<NetCounters>,
+    /// Features the guest driver accepted.
+    pub acked: Arc<AtomicU64>,
+    /// The host link, bridge and TAP, for logs and `info`.
+    pub host: String,
+}
+
+/// Every NIC's host side; dropping it restores the namespace.
+#[derive(Debug, Default)]
+pub struct HostNetwork {
+    /// NICs in `interfaces` order.
+    pub nics: Vec<HostNic>,
+    bindings: Vec<Binding>,
+    created_bridges: Vec<String>,
+}
+
+impl Drop for HostNetwork {
+    fn drop(&mut self) {
+        // TAPs first (closing them removes those vmm created), then the links, in reverse.
+        self.nics.clear();
+        while let Some(b) = self.bindings.pop() {
+            drop(b);
+        }
+        if self.created_bridges.is_empty() {
+            return;
+        }
+        if let Ok(mut nl) = Netlink::open() {
+            for name in self.created_bridges.drain(..) {
+                if let Ok(Some(l)) = nl.link(&name)
+                    && let Err(e) = nl.del_link(l.index)
+                {
+                    log::error!("cannot delete bridge {name}: {e}");
+                }
+            }
+        }
+    }
+}
+
+fn ns_inode(path: &str) -> Option<u64> {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).ok()?).into()
+}
+
+/// Whether this process is in the host's initial network namespace.
+pub fn in_initial_netns() -> bool {
+    let Some(own) = ns_inode("/proc/self/ns/net") else {
+        return false;
+    };
+    if own == PROC_NET_INIT_INO {
+        return true;
+    }
+    // On kernels that number namespaces dynamically: compare with init's, when init is the
+    // host's (this process is in the initial PID namespace).
+    ns_inode("/proc/self/ns/pid") == Some(PROC_PID_INIT_INO)
+        && ns_inode("/proc/1/ns/net") == Some(own)
+}
+
+/// DNS servers and search domains from `resolv.conf` text (IPv4 servers only).
+pub fn parse_resolv_conf(text: &str) -> (Vec<Ipv4Addr>, Vec<String>) {
+    let mut dns = Vec::new();
+    let mut search = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("nameserver") => {
+                if let Some(a) = words.next().and_then(|w| w.parse().ok())
+                    && !dns.contains(&a)
+                {
+                    dns.push(a);
+                }
+            }
+            // The last search or domain line wins, as in the resolver.
+            Some("search" | "domain") => search = words.map(str::to_string).collect(),
+            _ => {}
+        }
+    }
+    (dns, search)
+}
+
+/// The CNI bridge name of a NAD whose config is `type: bridge` (default `cni0`).
+fn nad_bridge(manifest: &Manifest, network_name: &str) -> Option<Result<String, String>> {
+    let nad = manifest.network_attachments.iter().find(|n| {
+        n.metadata.name == network_name || network_name.ends_with(&format!("/{}", n.metadata.name))
+    })?;
+    let config: serde_json::Value = serde_json::from_str(&nad.spec.config).ok()?;
+    let kind = config.get("type").and_then(|t| t.as_str()).unwrap_or("");
+    if kind != "bridge" {
+        return Some(Err(format!(
+            "NetworkAttachmentDefinition {:?} has CNI type {kind:?}; outside a pod only \
+             type \"bridge\" is supported",
+            nad.metadata.name
+        )));
+    }
+    let bridge = config
+        .get("bridge")
+        .and_then(|b| b.as_str())
+        .unwrap_or("cni0")
+        .to_string();
+    Some(Ok(bridge))
+}
+
+fn mtu16(mtu: u32) -> u16 {
+    u16::try_from(mtu).unwrap_or(u16::MAX)
+}
+
+/// Sets up every interface's host side.
+pub fn set_up(cfg: &VmConfig, manifest: &Manifest) -> Result<HostNetwork, NetworkError> {
+    let mut host = HostNetwork::default();
+    if cfg.interfaces.is_empty() {
+        return Ok(host);
+    }
+    let (dns, search) =
+        parse_resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
+    for (index, iface) in cfg.interfaces.iter().enumerate() {
+        let nic = set_up_one(&mut host, index, iface, cfg, manifest, &dns, &search)?;
+        log::info!("interface {} ({}): {}", nic.name, nic.mac, nic.host);
+        host.nics.push(nic);
+    }
+    Ok(host)
+}
+
+fn set_up_one(
+    host: &mut HostNetwork,
+    index: usize,
+    iface: &InterfaceConfig,
+    cfg: &VmConfig,
+    manifest: &Manifest,
+    dns: &[Ipv4Addr],
+    search: &[String],
+) -> Result<HostNic, NetworkError> {
+    let name = iface.name.clone();
+    let bind_err = |source| NetworkError::Bind {
+        index,
+        name: name.clone(),
+        source,
+    };
+    match iface.binding {
+        BindingKind::Bridge => {}
+        BindingKind::Masquerade { .. } => {
+            return Err(NetworkError::Unsupported {
+                index,
+                name,
+                what: "the masquerade binding".into(),
+            });
+        }
+        BindingKind::Sriov => {
+            return Err(NetworkError::Unsupported {
+                index,
+                name,
+                what: "the sriov binding".into(),
+            });
+        }
+    }
+    let link = iface.pod_link();
+    let tap_name = format!("tap-{link}");
+    let mut nl = Netlink::open().map_err(|e| {
+        bind_err(BindError::Netlink {
+            what: "cannot open a netlink socket".into(),
+            source: e,
+        })
+    })?;
+    let exists = nl
+        .link(&link)
+        .map_err(|e| {
+            bind_err(BindError::Netlink {
+                what: "cannot list links".into(),
+                source: e,
+            })
+        })?
+        .is_some();
+    let counters = Arc::new(NetCounters::default());
+    let acked = Arc::new(AtomicU64::new(0));
+    if exists {
+        if in_initial_netns() {
+            return Err(NetworkError::InitialNamespace { index, name, link });
+        }
+        let (binding, tap) = Binding::take_over(&mut nl, &link, &tap_name).map_err(bind_err)?;
+        let pod = binding.pod.clone();
+        host.bindings.push(binding);
+        let dhcp = pod.addresses.first().map(|a| {
+            let router = pod.router();
+            DhcpServer::new(Lease {
+                client: pod.mac,
+                address: a.addr,
+                prefix: a.prefix,
+                router,
+                routes: pod.static_routes(),
+                dns: dns.to_vec(),
+                search: search.to_vec(),
+                mtu: Some(mtu16(pod.mtu)),
+                hostname: cfg.name.clone(),
+                server: router.unwrap_or(Ipv4Addr::new(169, 254, 0, 1)),
+                server_mac: DHCP_SERVER_MAC,
+            })
+        });
+        let delegated = pod
+            .addresses
+            .first()
+            .map_or("no IPv4 address: layer 2 only".to_string(), |a| {
+                format!("DHCP delegates {}/{}", a.addr, a.prefix)
+            });
+        return Ok(HostNic {
+            name,
+            mac: pod.mac,
+            mtu: mtu16(pod.mtu),
+            tap,
+            dhcp,
+            counters,
+            acked,
+            host: format!(
+                "{link} (now {link}-nic) on bridge br-{link}, TAP {tap_name}, MTU {}; {delegated}",
+                pod.mtu
+            ),
+        });
+    }
+    let hint = " (vmm takes over eth0 for the pod network and net<i> for multus network i)";
+    let bridge_name = match &iface.network {
+        NetworkSource::Multus { network_name } => match nad_bridge(manifest, network_name) {
+            Some(Ok(b)) => b,
+            Some(Err(why)) => {
+                return Err(NetworkError::NoLink {
+                    index,
+                    name,
+                    link,
+                    hint: format!("; {why}"),
+                });
+            }
+            None => {
+                return Err(NetworkError::NoLink {
+                    index,
+                    name,
+                    link,
+                    hint: format!(
+                        "{hint}, and the manifest has no bridge NetworkAttachmentDefinition \
+                         {network_name:?} to attach to instead"
+                    ),
+                });
+            }
+        },
+        NetworkSource::Pod => {
+            return Err(NetworkError::NoLink {
+                index,
+                name,
+                link,
+                hint: hint.to_string(),
+            });
+        }
+    };
+    let (br, mtu, created) = bridge::ensure_bridge(&mut nl, &bridge_name).map_err(bind_err)?;
+    if created {
+        host.created_bridges.push(bridge_name.clone());
+    }
+    let tap = bridge::attach_tap(&mut nl, &tap_name, br, mtu).map_err(bind_err)?;
+    Ok(HostNic {
+        name,
+        mac: iface.mac,
+        mtu: mtu16(mtu),
+        tap,
+        dhcp: None,
+        counters,
+        acked,
+        host: format!(
+            "TAP {tap_name} on bridge {bridge_name}{}, MTU {mtu}",
+            if created { " (created)" } else { "" }
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf() {
+        let (dns, search) = parse_resolv_conf(
+            "# comment\nnameserver 10.96.0.10\nnameserver fd00::10\nnameserver 10.96.0.10\n\
+             search default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n",
+        );
+        assert_eq!(dns, vec![Ipv4Addr::new(10, 96, 0, 10)]);
+        assert_eq!(search.len(), 3);
+        assert_eq!(search[0], "default.svc.cluster.local");
+    }
+}

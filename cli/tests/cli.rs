@@ -232,7 +232,7 @@ fn dry_run_prints_the_plan() {
         "cmdline     \"console=ttyS0\"",
         "16550A COM1",
         "stdout and /tmp/x.log",
-        "masquerade: NAT subnet 10.0.2.0/30, gateway 10.0.2.1, guest 10.0.2.2, all inbound ports forwarded",
+        "masquerade (not supported by this build yet): NAT subnet 10.0.2.0/30, gateway 10.0.2.1, guest 10.0.2.2, all inbound ports forwarded",
         "bridge: pod link net1 → bridge br-net1, TAP tap-net1",
     ] {
         assert!(plan.contains(want), "{want:?} missing from\n{plan}");

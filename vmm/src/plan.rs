@@ -100,10 +100,7 @@ fn render_interfaces(out: &mut String, manifest: &Manifest, cfg: &VmConfig) {
     if cfg.interfaces.is_empty() {
         return;
     }
-    let _ = writeln!(
-        out,
-        "  interfaces  (in guest order; not supported by this build yet)"
-    );
+    let _ = writeln!(out, "  interfaces  (in guest order, virtio-net on PCI)");
     for iface in &cfg.interfaces {
         let link = iface.pod_link();
         let network = match &iface.network {
@@ -121,7 +118,8 @@ fn render_interfaces(out: &mut String, manifest: &Manifest, cfg: &VmConfig) {
         };
         let backend = match &iface.binding {
             Binding::Bridge => format!(
-                "bridge: pod link {link} → bridge br-{link}, TAP tap-{link}, DHCP for the link's address"
+                "bridge: pod link {link} → bridge br-{link}, TAP tap-{link}, DHCP for the link's \
+                 address (without {link}: TAP tap-{link} on the bridge of a type: bridge NAD in the file)"
             ),
             Binding::Masquerade {
                 network: base,
@@ -140,12 +138,14 @@ fn render_interfaces(out: &mut String, manifest: &Manifest, cfg: &VmConfig) {
                     },
                 );
                 format!(
-                    "masquerade: NAT subnet {base}/{prefix}, gateway {}, guest {}, {ports}",
+                    "masquerade (not supported by this build yet): NAT subnet {base}/{prefix}, gateway {}, guest {}, {ports}",
                     Ipv4Addr::from(base_u32 + 1),
                     Ipv4Addr::from(base_u32 + 2)
                 )
             }
-            Binding::Sriov => format!("sriov: VF of link {link} passed through with VFIO"),
+            Binding::Sriov => format!(
+                "sriov (not supported by this build yet): VF of link {link} passed through with VFIO"
+            ),
         };
         let _ = writeln!(
             out,

@@ -4,7 +4,7 @@
 //! Only bus 0 and function 0 of each slot exist; every other address reads as all ones
 //! ("no device"), as on real hardware.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use super::config::{ConfigSpace, PciIds};
 use super::{BarMove, PciDevice};
@@ -69,7 +69,8 @@ impl BusDevice for BarWindow {
 /// Bus 0.
 pub struct PciRoot {
     slots: RwLock<Vec<Option<SharedPci>>>,
-    mmio: Arc<Bus>,
+    /// Weak: the MMIO bus holds the ECAM window, which holds the root.
+    mmio: Weak<Bus>,
 }
 
 impl std::fmt::Debug for PciRoot {
@@ -99,7 +100,7 @@ impl PciRoot {
         slots[0] = Some(Arc::new(Mutex::new(bridge)));
         Self {
             slots: RwLock::new(slots),
-            mmio,
+            mmio: Arc::downgrade(&mmio),
         }
     }
 
@@ -111,15 +112,16 @@ impl PciRoot {
             .position(Option::is_none)
             .ok_or(PciRootError::NoSlot)?;
         let bars = lock(&device).bars();
+        let mmio = self.mmio.upgrade().ok_or(PciRootError::NoSlot)?;
         let mut mapped = Vec::new();
         for (bar, addr, size) in bars {
             let window = Arc::new(Mutex::new(BarWindow {
                 device: device.clone(),
                 bar,
             }));
-            if let Err(e) = self.mmio.insert(window, addr, size) {
+            if let Err(e) = mmio.insert(window, addr, size) {
                 for addr in mapped {
-                    self.mmio.remove(addr);
+                    mmio.remove(addr);
                 }
                 return Err(e.into());
             }
@@ -159,15 +161,15 @@ impl PciRoot {
             return;
         };
         let moved = lock(&dev).write_config(reg, offset, data);
-        let Some(moved) = moved else {
+        let (Some(moved), Some(mmio)) = (moved, self.mmio.upgrade()) else {
             return;
         };
-        self.mmio.remove(moved.from);
+        mmio.remove(moved.from);
         let window = Arc::new(Mutex::new(BarWindow {
             device: dev.clone(),
             bar: moved.bar,
         }));
-        if let Err(e) = self.mmio.insert(window, moved.to, moved.size) {
+        if let Err(e) = mmio.insert(window, moved.to, moved.size) {
             log::warn!(
                 "PCI {bus:02x}:{slot:02x}.{function}: BAR {} moved to {:#x}: {e}; it is unmapped",
                 moved.bar,
@@ -348,6 +350,23 @@ mod tests {
         }));
         assert_eq!(root.add(dev.clone()).unwrap(), 1);
         (mmio, root, dev)
+    }
+
+    #[test]
+    fn dropping_the_buses_drops_the_functions() {
+        let (mmio, root, dev) = setup();
+        mmio.insert(
+            Arc::new(Mutex::new(PciEcam::new(root.clone()))),
+            0xe000_0000,
+            ECAM_SIZE,
+        )
+        .unwrap();
+        let weak = Arc::downgrade(&dev);
+        drop((mmio, root, dev));
+        assert!(
+            weak.upgrade().is_none(),
+            "no reference cycle keeps a device (and its worker thread) alive after a boot"
+        );
     }
 
     #[test]

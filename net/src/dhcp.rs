@@ -98,7 +98,7 @@ pub struct DhcpServer {
 
 /// A parsed client message.
 #[derive(Debug)]
-struct Request<'a> {
+struct Request {
     msg_type: u8,
     xid: [u8; 4],
     flags: u16,
@@ -106,7 +106,6 @@ struct Request<'a> {
     chaddr: MacAddr,
     requested: Option<Ipv4Addr>,
     server_id: Option<Ipv4Addr>,
-    _raw: &'a [u8],
 }
 
 fn be16(b: &[u8], at: usize) -> Option<u16> {
@@ -140,7 +139,7 @@ fn checksum(chunks: &[&[u8]]) -> u16 {
 }
 
 /// Parses a DHCP client message out of an Ethernet frame.
-fn parse(frame: &[u8]) -> Option<Request<'_>> {
+fn parse(frame: &[u8]) -> Option<Request> {
     if be16(frame, 12)? != ETHERTYPE_IPV4 {
         return None;
     }
@@ -176,7 +175,6 @@ fn parse(frame: &[u8]) -> Option<Request<'_>> {
         chaddr: MacAddr::new(bootp.get(28..34)?.try_into().ok()?),
         requested: None,
         server_id: None,
-        _raw: bootp,
     };
     let mut opts = bootp.get(BOOTP_FIXED + 4..)?;
     while let Some((&code, rest)) = opts.split_first() {
@@ -334,7 +332,7 @@ impl DhcpServer {
         o
     }
 
-    fn reply(&self, req: &Request<'_>, reply_type: u8) -> Vec<u8> {
+    fn reply(&self, req: &Request, reply_type: u8) -> Vec<u8> {
         let l = &self.lease;
         let mut bootp = vec![0u8; BOOTP_FIXED];
         bootp[0] = BOOTREPLY;

@@ -48,7 +48,6 @@ const CAP_DEVICE: u8 = 4;
 const NO_VECTOR: u16 = 0xffff;
 const STATUS_FEATURES_OK: u8 = 0x08;
 const STATUS_DRIVER_OK: u8 = 0x04;
-const STATUS_FAILED: u8 = 0x80;
 const STATUS_NEEDS_RESET: u8 = 0x40;
 
 /// Why the transport cannot be built.
@@ -414,11 +413,6 @@ impl VirtioPci {
         self.driver_feature_select = 0;
         self.queue_select = 0;
         self.status = 0;
-    }
-
-    /// Whether the driver gave up on the device.
-    pub fn failed(&self) -> bool {
-        self.status & STATUS_FAILED != 0
     }
 }
 

@@ -174,3 +174,190 @@ testhost_test!(
     },
     timeout = 120
 );
+
+/// Pod `eth0` (10.10.0.2/24) and multus `net1` (no address), each a veth to the peer.
+fn pod_with_net1() {
+    pod_and_peer(
+        "ip -n pod addr add 10.10.0.2/24 dev eth0
+         ip -n pod route add default via 10.10.0.1",
+        "ip -n peer addr add 10.10.0.1/24 dev veth-peer",
+    );
+    sh("ip link add veth-n1 type veth peer name veth-n1p
+        ip link set veth-n1 netns pod; ip link set veth-n1p netns peer
+        ip -n pod link set veth-n1 name net1
+        ip -n pod link set net1 address 0a:58:c0:a8:4d:05 up
+        ip -n peer addr add 192.168.77.1/24 dev veth-n1p
+        ip -n peer link set veth-n1p up");
+}
+
+fn two_nic_manifest(name: &str) -> Manifest {
+    Manifest::new(name).network(
+        "    - name: pod\n      bridge: {}\n    - name: data\n      bridge: {}\n",
+        "  - name: pod\n    pod: {}\n  - name: data\n    multus:\n      networkName: data-net\n",
+    )
+}
+
+testhost_test!(
+    fn multus_net1_without_an_address_beside_the_pod_interface_across_a_reboot() {
+        pod_with_net1();
+        let before = pod_state();
+        let dir = vmm_tests::TempDir::new("two-nics");
+        let socket = dir.path().join("api.sock");
+        let socket = socket.to_str().unwrap();
+        let mut guest = Guest::boot_in_netns(
+            "pod",
+            &two_nic_manifest("two-nics"),
+            &["--api-socket", socket],
+        );
+        guest.wait_ready(1);
+        // Two NICs in `interfaces` order, each with its pod link's MAC.
+        let macs = guest.check("cat /sys/class/net/eth0/address /sys/class/net/eth1/address");
+        assert_eq!(
+            macs.split_whitespace().collect::<Vec<_>>(),
+            ["0a:58:0a:0a:00:02", "0a:58:c0:a8:4d:05"]
+        );
+        let during = sh("ip -n pod -o link show");
+        for link in ["net1-nic", "br-net1", "tap-net1", "eth0-nic", "br-eth0"] {
+            assert!(during.contains(link), "{link} missing:\n{during}");
+        }
+
+        let configure = |guest: &mut Guest| {
+            let lease = guest.check("udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 5 -T 2");
+            assert!(lease.contains("ip=10.10.0.2 mask=24"), "{lease}");
+            // net1 had no address: plain layer 2, nobody answers DHCP there.
+            let (rc, out) = guest.exec("udhcpc -i eth1 -s /etc/udhcpc.script -q -n -t 2 -T 1");
+            assert_ne!(rc, 0, "a DHCP answer on net1:\n{out}");
+            guest.check("ip addr add 192.168.77.2/24 dev eth1 && ip link set eth1 up");
+            guest.check("ping -c 2 -W 5 10.10.0.1");
+            guest.check("ping -c 2 -W 5 192.168.77.1");
+        };
+        configure(&mut guest);
+
+        // A reboot keeps the host side; the new boot's devices work the same.
+        guest.send("reboot -f");
+        guest.wait_ready(2);
+        configure(&mut guest);
+
+        // The API reports each NIC's host side, negotiated features and counters (kept
+        // across the reboot: both boots' pings are in them).
+        let info = sh(&format!(
+            "curl -s -S --unix-socket {socket} http://localhost/v1/vm/info"
+        ));
+        let info: serde_json::Value = serde_json::from_str(&info).expect("info is JSON");
+        let nics = info["interfaces"].as_array().expect("interfaces");
+        assert_eq!(nics.len(), 2, "{info}");
+        for (nic, link) in nics.iter().zip(["eth0", "net1"]) {
+            assert!(
+                nic["host"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("TAP tap-{link}")),
+                "{nic}"
+            );
+            let features = nic["features"].to_string();
+            for f in ["VERSION_1", "MAC", "MTU", "CSUM", "GUEST_CSUM"] {
+                assert!(features.contains(&format!("\"{f}\"")), "{f}: {nic}");
+            }
+            // Two boots × (DHCP or ARP, two pings each way): at least 4 frames each way.
+            for counter in ["tx_frames", "rx_frames"] {
+                assert!(nic[counter].as_u64().unwrap() >= 4, "{counter}: {nic}");
+            }
+            assert!(nic["tx_bytes"].as_u64().unwrap() > 4 * 60, "{nic}");
+        }
+
+        // SIGTERM: the guest powers off, vmm exits 0 and puts both links back.
+        guest.signal(libc::SIGTERM);
+        assert_eq!(guest.wait_exit(EXIT), 0, "{}", guest.stderr());
+        assert_eq!(pod_state(), before, "both pod links are restored");
+        sh("ip netns del pod; ip netns del peer");
+    },
+    timeout = 360
+);
+
+testhost_test!(
+    fn bridge_network_attachments_outside_a_pod() {
+        // A lab namespace with bridge br-lab (192.168.88.1/24); br-scratch does not exist.
+        sh("ip netns add lab; ip -n lab link set lo up
+            ip -n lab link add br-lab type bridge
+            ip -n lab addr add 192.168.88.1/24 dev br-lab
+            ip -n lab link set br-lab up");
+        let nad = |name: &str, bridge: &str| {
+            format!(
+                "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\n\
+                 metadata:\n  name: {name}\n\
+                 spec:\n  config: '{{\"cniVersion\": \"0.3.1\", \"type\": \"bridge\", \"bridge\": \"{bridge}\"}}'\n"
+            )
+        };
+        let manifest = Manifest::new("lab")
+            .network(
+                "    - name: lab\n      bridge: {}\n    - name: scratch\n      bridge: {}\n",
+                "  - name: lab\n    multus:\n      networkName: lab-net\n  \
+                 - name: scratch\n    multus:\n      networkName: scratch-net\n",
+            )
+            .document(&nad("lab-net", "br-lab"))
+            .document(&nad("scratch-net", "br-scratch"));
+        let plan = sh(&format!(
+            "ip netns exec lab {} run --dry-run {}",
+            vmm_tests::vmm_bin().display(),
+            manifest.write(&std::env::temp_dir()).display()
+        ));
+        assert!(plan.contains("TAP tap-net0 on bridge br-lab"), "{plan}");
+        assert!(plan.contains("bridge br-scratch (created"), "{plan}");
+
+        let mut guest = Guest::boot_in_netns("lab", &manifest, &[]);
+        guest.wait_ready(1);
+        let during = sh("ip -n lab -o link show");
+        assert!(
+            during.contains("tap-net0") && during.contains("master br-lab"),
+            "{during}"
+        );
+        assert!(
+            during.contains("tap-net1") && during.contains("br-scratch"),
+            "{during}"
+        );
+        guest.check("ip addr add 192.168.88.2/24 dev eth0 && ip link set eth0 up");
+        guest.check("ping -c 3 -W 5 192.168.88.1");
+        guest.send("poweroff -f");
+        assert_eq!(guest.wait_exit(EXIT), 0, "{}", guest.stderr());
+        let after = sh("ip -n lab -o link show; ip -n lab -4 -o addr show");
+        assert!(!after.contains("tap-net"), "TAPs left behind:\n{after}");
+        assert!(
+            !after.contains("br-scratch"),
+            "created bridge left:\n{after}"
+        );
+        assert!(
+            after.contains("192.168.88.1/24"),
+            "br-lab changed:\n{after}"
+        );
+        sh("ip netns del lab");
+    },
+    timeout = 300
+);
+
+testhost_test!(
+    fn a_failure_halfway_through_setup_restores_the_pod() {
+        pod_with_net1();
+        // A link already called br-eth0: eth0 is renamed and its dummy made before the
+        // bridge cannot be created.
+        sh("ip -n pod link add br-eth0 type dummy");
+        let before = pod_state();
+        let mut vmm = Guest::boot_in_netns("pod", &two_nic_manifest("halfway"), &[]);
+        let code = vmm.wait_exit(EXIT);
+        let stderr = vmm.stderr();
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains("br-eth0"), "{stderr}");
+        assert_eq!(pod_state(), before, "eth0 restored after a failed bridge");
+
+        // eth0 fully taken over, then net1 fails: eth0 comes back too.
+        sh("ip -n pod link del br-eth0; ip -n pod link del net1");
+        let before = pod_state();
+        let mut vmm = Guest::boot_in_netns("pod", &two_nic_manifest("second"), &[]);
+        let code = vmm.wait_exit(EXIT);
+        let stderr = vmm.stderr();
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains("host link net1 not found"), "{stderr}");
+        assert_eq!(pod_state(), before, "eth0 restored after net1 failed");
+        sh("ip netns del pod; ip netns del peer");
+    },
+    timeout = 120
+);

@@ -32,6 +32,7 @@ pub struct Manifest {
     kernel_image: Option<PathBuf>,
     interfaces: String,
     networks: String,
+    documents: String,
 }
 
 impl Manifest {
@@ -49,6 +50,7 @@ impl Manifest {
             kernel_image: None,
             interfaces: String::new(),
             networks: String::new(),
+            documents: String::new(),
         }
     }
 
@@ -118,7 +120,7 @@ impl Manifest {
              metadata:\n  name: {name}\n\
              spec:\n{policy}  instance:\n    cpu:\n      sockets: {sockets}\n      coresPerSocket: {cores}\n{dedicated}\
              \x20   memory:\n{memory}\
-             \x20   kernel:\n      image: {image}\n      cmdline: \"{cmdline}\"\n{interfaces}{networks}",
+             \x20   kernel:\n      image: {image}\n      cmdline: \"{cmdline}\"\n{interfaces}{networks}{documents}",
             name = self.name,
             sockets = self.sockets,
             cores = self.cores,
@@ -138,6 +140,7 @@ impl Manifest {
             } else {
                 format!("  networks:\n{}", self.networks)
             },
+            documents = self.documents,
         )
     }
 
@@ -146,6 +149,13 @@ impl Manifest {
     pub fn network(mut self, interfaces: &str, networks: &str) -> Self {
         self.interfaces = interfaces.to_string();
         self.networks = networks.to_string();
+        self
+    }
+
+    /// Appends a YAML document (a NetworkAttachmentDefinition, say) after the VM's.
+    pub fn document(mut self, yaml: &str) -> Self {
+        self.documents.push_str("---\n");
+        self.documents.push_str(yaml);
         self
     }
 

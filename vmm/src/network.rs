@@ -15,7 +15,7 @@ use std::sync::atomic::AtomicU64;
 use devices::virtio::net::NetCounters;
 use net::bridge::{self, BindError, Binding};
 use net::dhcp::{DhcpServer, Lease};
-use net::netlink::Netlink;
+use net::netlink::{Ipv4Net, Link, Netlink};
 use net::{MacAddr, Tap};
 
 use crate::config::{Binding as BindingKind, InterfaceConfig, Manifest, NetworkSource, VmConfig};
@@ -215,6 +215,157 @@ pub fn set_up(cfg: &VmConfig, manifest: &Manifest) -> Result<HostNetwork, Networ
     Ok(host)
 }
 
+/// Where one bridge-bound interface's frames go, decided from the manifest and what the
+/// namespace holds, before anything changes.
+#[derive(Debug)]
+enum HostSide {
+    /// Pod link `link` exists: take it over.
+    TakeOver {
+        /// The link as it is now.
+        link: Link,
+        /// Its IPv4 addresses.
+        addresses: Vec<Ipv4Net>,
+    },
+    /// No such link, but the manifest has a `type: bridge` NAD: a TAP on its bridge.
+    NadBridge {
+        /// The bridge's name.
+        bridge: String,
+        /// The bridge, when it already exists.
+        existing: Option<Link>,
+    },
+}
+
+fn netlink_err(index: usize, name: &str, what: &str, source: std::io::Error) -> NetworkError {
+    NetworkError::Bind {
+        index,
+        name: name.to_string(),
+        source: BindError::Netlink {
+            what: what.to_string(),
+            source,
+        },
+    }
+}
+
+/// Decides where interface `index` goes; reads the namespace, changes nothing.
+fn host_side(
+    nl: &mut Netlink,
+    index: usize,
+    iface: &InterfaceConfig,
+    manifest: &Manifest,
+) -> Result<HostSide, NetworkError> {
+    let name = iface.name.clone();
+    let what = match iface.binding {
+        BindingKind::Bridge => None,
+        BindingKind::Masquerade { .. } => Some("the masquerade binding"),
+        BindingKind::Sriov => Some("the sriov binding"),
+    };
+    if let Some(what) = what {
+        return Err(NetworkError::Unsupported {
+            index,
+            name,
+            what: what.into(),
+        });
+    }
+    let link = iface.pod_link();
+    let found = nl
+        .link(&link)
+        .map_err(|e| netlink_err(index, &name, "cannot list links", e))?;
+    if let Some(l) = found {
+        if in_initial_netns() {
+            return Err(NetworkError::InitialNamespace { index, name, link });
+        }
+        let addresses = nl.addresses(l.index).map_err(|e| {
+            netlink_err(
+                index,
+                &name,
+                &format!("cannot list the addresses of {link}"),
+                e,
+            )
+        })?;
+        return Ok(HostSide::TakeOver { link: l, addresses });
+    }
+    let hint = " (vmm takes over eth0 for the pod network and net<i> for multus network i)";
+    let no_link = |hint: String| NetworkError::NoLink {
+        index,
+        name: name.clone(),
+        link: link.clone(),
+        hint,
+    };
+    let bridge = match &iface.network {
+        NetworkSource::Multus { network_name } => match nad_bridge(manifest, network_name) {
+            Some(Ok(b)) => b,
+            Some(Err(why)) => return Err(no_link(format!("; {why}"))),
+            None => {
+                return Err(no_link(format!(
+                    "{hint}, and the manifest has no bridge NetworkAttachmentDefinition \
+                     {network_name:?} to attach to instead"
+                )));
+            }
+        },
+        NetworkSource::Pod => return Err(no_link(hint.to_string())),
+    };
+    let existing = nl
+        .link(&bridge)
+        .map_err(|e| netlink_err(index, &name, "cannot list links", e))?;
+    Ok(HostSide::NadBridge { bridge, existing })
+}
+
+fn addresses_text(addresses: &[Ipv4Net]) -> String {
+    let list: Vec<String> = addresses
+        .iter()
+        .map(|a| format!("{}/{}", a.addr, a.prefix))
+        .collect();
+    if list.is_empty() {
+        "no IPv4 address".to_string()
+    } else {
+        list.join(", ")
+    }
+}
+
+/// For `--dry-run`: one line per interface saying which host link, bridge and TAP it will
+/// use, from what the namespace holds now (or why setting it up would fail).
+pub fn describe(cfg: &VmConfig, manifest: &Manifest) -> Vec<String> {
+    let mut nl = match Netlink::open() {
+        Ok(nl) => nl,
+        Err(e) => return vec![format!("cannot inspect the network namespace: {e}")],
+    };
+    cfg.interfaces
+        .iter()
+        .enumerate()
+        .map(|(index, iface)| {
+            let link = iface.pod_link();
+            let tap = format!("tap-{link}");
+            match host_side(&mut nl, index, iface, manifest) {
+                Ok(HostSide::TakeOver { link: l, addresses }) => {
+                    let mac = l.mac.map_or("none".to_string(), |m| m.to_string());
+                    let dhcp = addresses
+                        .first()
+                        .map_or("layer 2 only, no DHCP from vmm".to_string(), |a| {
+                            format!("DHCP delegates {}/{} to the guest", a.addr, a.prefix)
+                        });
+                    format!(
+                        "takes over {link} (MAC {mac}, MTU {}, {}): renamed {link}-nic on new \
+                         bridge br-{link}, a dummy {link} keeps the address, TAP {tap}; {dhcp}; \
+                         guest MAC {mac}",
+                        l.mtu,
+                        addresses_text(&addresses)
+                    )
+                }
+                Ok(HostSide::NadBridge { bridge, existing }) => match existing {
+                    Some(b) => format!(
+                        "no link {link}: TAP {tap} on bridge {bridge} (exists, MTU {})",
+                        b.mtu
+                    ),
+                    None => format!(
+                        "no link {link}: TAP {tap} on bridge {bridge} (created, removed at exit)"
+                    ),
+                },
+                Err(e) => format!("would fail: {e}"),
+            }
+        })
+        .collect()
+}
+
 fn set_up_one(
     host: &mut HostNetwork,
     index: usize,
@@ -230,136 +381,74 @@ fn set_up_one(
         name: name.clone(),
         source,
     };
-    match iface.binding {
-        BindingKind::Bridge => {}
-        BindingKind::Masquerade { .. } => {
-            return Err(NetworkError::Unsupported {
-                index,
-                name,
-                what: "the masquerade binding".into(),
-            });
-        }
-        BindingKind::Sriov => {
-            return Err(NetworkError::Unsupported {
-                index,
-                name,
-                what: "the sriov binding".into(),
-            });
-        }
-    }
+    let mut nl = Netlink::open()
+        .map_err(|e| netlink_err(index, &name, "cannot open a netlink socket", e))?;
     let link = iface.pod_link();
     let tap_name = format!("tap-{link}");
-    let mut nl = Netlink::open().map_err(|e| {
-        bind_err(BindError::Netlink {
-            what: "cannot open a netlink socket".into(),
-            source: e,
-        })
-    })?;
-    let exists = nl
-        .link(&link)
-        .map_err(|e| {
-            bind_err(BindError::Netlink {
-                what: "cannot list links".into(),
-                source: e,
-            })
-        })?
-        .is_some();
     let counters = Arc::new(NetCounters::default());
     let acked = Arc::new(AtomicU64::new(0));
-    if exists {
-        if in_initial_netns() {
-            return Err(NetworkError::InitialNamespace { index, name, link });
-        }
-        let (binding, tap) = Binding::take_over(&mut nl, &link, &tap_name).map_err(bind_err)?;
-        let pod = binding.pod.clone();
-        host.bindings.push(binding);
-        let dhcp = pod.addresses.first().map(|a| {
-            let router = pod.router();
-            DhcpServer::new(Lease {
-                client: pod.mac,
-                address: a.addr,
-                prefix: a.prefix,
-                router,
-                routes: pod.static_routes(),
-                dns: dns.to_vec(),
-                search: search.to_vec(),
-                mtu: Some(mtu16(pod.mtu)),
-                hostname: cfg.name.clone(),
-                server: router.unwrap_or(Ipv4Addr::new(169, 254, 0, 1)),
-                server_mac: DHCP_SERVER_MAC,
-            })
-        });
-        let delegated = pod
-            .addresses
-            .first()
-            .map_or("no IPv4 address: layer 2 only".to_string(), |a| {
-                format!("DHCP delegates {}/{}", a.addr, a.prefix)
+    match host_side(&mut nl, index, iface, manifest)? {
+        HostSide::TakeOver { .. } => {
+            let (binding, tap) = Binding::take_over(&mut nl, &link, &tap_name).map_err(bind_err)?;
+            let pod = binding.pod.clone();
+            host.bindings.push(binding);
+            let dhcp = pod.addresses.first().map(|a| {
+                let router = pod.router();
+                DhcpServer::new(Lease {
+                    client: pod.mac,
+                    address: a.addr,
+                    prefix: a.prefix,
+                    router,
+                    routes: pod.static_routes(),
+                    dns: dns.to_vec(),
+                    search: search.to_vec(),
+                    mtu: Some(mtu16(pod.mtu)),
+                    hostname: cfg.name.clone(),
+                    server: router.unwrap_or(Ipv4Addr::new(169, 254, 0, 1)),
+                    server_mac: DHCP_SERVER_MAC,
+                })
             });
-        return Ok(HostNic {
-            name,
-            mac: pod.mac,
-            mtu: mtu16(pod.mtu),
-            tap,
-            dhcp,
-            counters,
-            acked,
-            host: format!(
-                "{link} (now {link}-nic) on bridge br-{link}, TAP {tap_name}, MTU {}; {delegated}",
-                pod.mtu
-            ),
-        });
-    }
-    let hint = " (vmm takes over eth0 for the pod network and net<i> for multus network i)";
-    let bridge_name = match &iface.network {
-        NetworkSource::Multus { network_name } => match nad_bridge(manifest, network_name) {
-            Some(Ok(b)) => b,
-            Some(Err(why)) => {
-                return Err(NetworkError::NoLink {
-                    index,
-                    name,
-                    link,
-                    hint: format!("; {why}"),
+            let delegated = pod
+                .addresses
+                .first()
+                .map_or("no IPv4 address: layer 2 only".to_string(), |a| {
+                    format!("DHCP delegates {}/{}", a.addr, a.prefix)
                 });
-            }
-            None => {
-                return Err(NetworkError::NoLink {
-                    index,
-                    name,
-                    link,
-                    hint: format!(
-                        "{hint}, and the manifest has no bridge NetworkAttachmentDefinition \
-                         {network_name:?} to attach to instead"
-                    ),
-                });
-            }
-        },
-        NetworkSource::Pod => {
-            return Err(NetworkError::NoLink {
-                index,
+            Ok(HostNic {
                 name,
-                link,
-                hint: hint.to_string(),
-            });
+                mac: pod.mac,
+                mtu: mtu16(pod.mtu),
+                tap,
+                dhcp,
+                counters,
+                acked,
+                host: format!(
+                    "{link} (now {link}-nic) on bridge br-{link}, TAP {tap_name}, MTU {}; {delegated}",
+                    pod.mtu
+                ),
+            })
         }
-    };
-    let (br, mtu, created) = bridge::ensure_bridge(&mut nl, &bridge_name).map_err(bind_err)?;
-    if created {
-        host.created_bridges.push(bridge_name.clone());
+        HostSide::NadBridge { bridge, .. } => {
+            let (br, mtu, created) = bridge::ensure_bridge(&mut nl, &bridge).map_err(bind_err)?;
+            if created {
+                host.created_bridges.push(bridge.clone());
+            }
+            let tap = bridge::attach_tap(&mut nl, &tap_name, br, mtu).map_err(bind_err)?;
+            Ok(HostNic {
+                name,
+                mac: iface.mac,
+                mtu: mtu16(mtu),
+                tap,
+                dhcp: None,
+                counters,
+                acked,
+                host: format!(
+                    "TAP {tap_name} on bridge {bridge}{}, MTU {mtu}",
+                    if created { " (created)" } else { "" }
+                ),
+            })
+        }
     }
-    let tap = bridge::attach_tap(&mut nl, &tap_name, br, mtu).map_err(bind_err)?;
-    Ok(HostNic {
-        name,
-        mac: iface.mac,
-        mtu: mtu16(mtu),
-        tap,
-        dhcp: None,
-        counters,
-        acked,
-        host: format!(
-            "TAP {tap_name} on bridge {bridge_name}{}, MTU {mtu}",
-            if created { " (created)" } else { "" }
-        ),
-    })
 }
 
 #[cfg(test)]

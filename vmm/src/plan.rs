@@ -18,6 +18,7 @@ pub fn render(
     cfg: &VmConfig,
     kernel: Option<&(KernelFiles, KernelFormat)>,
     opts: &RunOptions,
+    hosts: &[String],
 ) -> String {
     let mut out = String::new();
     let spec = manifest.vm.spec.as_ref();
@@ -63,7 +64,7 @@ pub fn render(
         out,
         "    marker    boot-time marker at MMIO {BOOT_MARKER_ADDR:#x}"
     );
-    render_interfaces(&mut out, manifest, cfg);
+    render_interfaces(&mut out, manifest, cfg, hosts);
     render_disks(&mut out, manifest, opts);
     if let Some(api) = &opts.api_socket {
         let _ = writeln!(out, "  api         {}", api.display());
@@ -96,12 +97,13 @@ fn render_boot(out: &mut String, cfg: &VmConfig, kernel: Option<&(KernelFiles, K
     }
 }
 
-fn render_interfaces(out: &mut String, manifest: &Manifest, cfg: &VmConfig) {
+/// `hosts`: what each interface's host side will be ([`crate::network::describe`]).
+fn render_interfaces(out: &mut String, manifest: &Manifest, cfg: &VmConfig, hosts: &[String]) {
     if cfg.interfaces.is_empty() {
         return;
     }
     let _ = writeln!(out, "  interfaces  (in guest order, virtio-net on PCI)");
-    for iface in &cfg.interfaces {
+    for (index, iface) in cfg.interfaces.iter().enumerate() {
         let link = iface.pod_link();
         let network = match &iface.network {
             NetworkSource::Pod => "pod network".to_string(),
@@ -117,10 +119,7 @@ fn render_interfaces(out: &mut String, manifest: &Manifest, cfg: &VmConfig) {
             }
         };
         let backend = match &iface.binding {
-            Binding::Bridge => format!(
-                "bridge: pod link {link} → bridge br-{link}, TAP tap-{link}, DHCP for the link's \
-                 address (without {link}: TAP tap-{link} on the bridge of a type: bridge NAD in the file)"
-            ),
+            Binding::Bridge => format!("bridge: {}", hosts.get(index).map_or("?", String::as_str)),
             Binding::Masquerade {
                 network: base,
                 prefix,

@@ -210,7 +210,14 @@ pub fn dry_run(opts: &RunOptions) -> Result<String, RunError> {
         }
         None => None,
     };
-    Ok(crate::plan::render(&manifest, &cfg, kernel.as_ref(), opts))
+    let hosts = crate::network::describe(&cfg, &manifest);
+    Ok(crate::plan::render(
+        &manifest,
+        &cfg,
+        kernel.as_ref(),
+        opts,
+        &hosts,
+    ))
 }
 
 /// `vmm run`: boots the guest and runs it to the end. Returns the exit code.
@@ -584,15 +591,27 @@ impl Runner<'_> {
         let interfaces: Vec<serde_json::Value> = cfg
             .interfaces
             .iter()
-            .map(|i| {
+            .zip(&self.network.nics)
+            .map(|(i, nic)| {
+                let c = &nic.counters;
+                let n =
+                    |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
                 serde_json::json!({
                     "name": i.name,
-                    "mac": i.mac.to_string(),
+                    "mac": nic.mac.to_string(),
+                    "mtu": nic.mtu,
                     "binding": binding_name(&i.binding),
                     "network": match &i.network {
                         NetworkSource::Pod => "pod".to_string(),
                         NetworkSource::Multus { network_name } => format!("multus:{network_name}"),
                     },
+                    "host": nic.host,
+                    "features": devices::virtio::net::feature_names(n(&nic.acked)),
+                    "tx_frames": n(&c.tx_frames),
+                    "tx_bytes": n(&c.tx_bytes),
+                    "tx_dropped": n(&c.tx_dropped),
+                    "rx_frames": n(&c.rx_frames),
+                    "rx_bytes": n(&c.rx_bytes),
                 })
             })
             .collect();

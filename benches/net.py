@@ -1,0 +1,295 @@
+#!/usr/bin/env python3
+"""Network benchmark: vmm's TAP (bridge binding) beside QEMU -enable-kvm with a TAP, vhost
+off and on, on the same guest, and a plain veth pair as the limit.
+
+    benches/net.py [--seconds N]        drive the benchmark and print the table
+    benches/net.py --measure NAME ...   one contender (inside the test host)
+
+Each contender runs in a fresh KVM test host (QEMU under nested virtualization in TCG
+sometimes takes the test host down; a failed contender is retried, up to 3 attempts, and
+counted). In it, the same network: a "pod" namespace whose eth0 (10.10.0.2/24, MTU 1500) is
+one end of a veth pair, a "peer" namespace (10.10.0.1/24) at the other end running
+`iperf3 -s`. Then:
+
+  vmm          the guest on vmm with the bridge binding in the pod namespace: eth0 becomes
+               eth0-nic on bridge br-eth0 with TAP tap-eth0; the guest takes 10.10.0.2 by
+               DHCP from vmm
+  qemu vhost=off, qemu vhost=on
+               the guest on QEMU (q35, virtio-net-pci, -netdev tap) with the same topology
+               made by hand in the pod namespace: bridge br0 holding eth0 and TAP qtap; the
+               guest sets 10.10.0.2/24 itself
+  veth         no VM: iperf3 and ping from the pod namespace itself
+
+The guest is the test guest with iperf3 (images/out/guest/iperf: Debian's cloud kernel,
+busybox initramfs, Debian's iperf3), 1 vCPU, 512 MiB. Measured in the guest (or the pod
+namespace): `iperf3 -c 10.10.0.1 -t N` (guest → peer) and with `-R` (peer → guest), the
+receiver's rate; `ping -c 20 -i 0.2`, the mean RTT. One run; the table shows the values and
+their ratio to vmm. Absolute numbers inside the test host are those of an emulated machine;
+the ratios, side by side in one run, are what to compare.
+"""
+
+import argparse
+import json
+import os
+import re
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTENDERS = ["vmm", "qemu vhost=off", "qemu vhost=on", "veth"]
+ATTEMPTS = 3
+MEMORY_MIB = 512
+CMDLINE = "console=ttyS0 loglevel=4"
+GUEST_MAC = "0a:58:0a:0a:00:02"
+PEER = "10.10.0.1"
+
+
+def sh(script):
+    subprocess.run(["sh", "-ec", script], check=True)
+
+
+# --- inside the test host -------------------------------------------------------------------
+
+
+def network():
+    """Pod and peer namespaces joined by a veth pair; iperf3 server in the peer."""
+    sh(f"""
+        ip netns add pod; ip netns add peer
+        ip link add veth-pod type veth peer name veth-peer
+        ip link set veth-pod netns pod; ip link set veth-peer netns peer
+        ip -n pod link set veth-pod name eth0
+        ip -n pod link set eth0 address {GUEST_MAC}
+        ip -n pod link set lo up; ip -n peer link set lo up
+        ip -n pod addr add 10.10.0.2/24 dev eth0
+        ip -n peer addr add {PEER}/24 dev veth-peer
+        ip -n pod link set eth0 up; ip -n peer link set veth-peer up
+        ip netns exec peer iperf3 -s -D -B {PEER}
+        for i in $(seq 100); do
+            ip netns exec peer ss -ltn | grep -q {PEER}:5201 && exit 0; sleep 0.1
+        done
+        echo iperf3 server did not start >&2; exit 1
+    """)
+
+
+class Agent:
+    """The test guest's agent on a VMM's serial console (see images/guest/init)."""
+
+    def __init__(self, argv):
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        self.seen = b""
+        self.next_id = 1
+
+    def wait_for(self, pattern, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = re.search(pattern, self.seen)
+            if m:
+                return m
+            ready, _, _ = select.select([self.proc.stdout], [], [], 1.0)
+            if ready:
+                chunk = os.read(self.proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                self.seen += chunk.replace(b"\r", b"")
+        tail = self.seen.decode(errors="replace")[-2000:]
+        raise RuntimeError(f"no {pattern!r} on the console (exit {self.proc.poll()}):\n{tail}")
+
+    def run(self, cmd, timeout=120):
+        n = self.next_id
+        self.next_id += 1
+        start = len(self.seen)
+        self.proc.stdin.write(f"{n} {cmd}\n".encode())
+        self.proc.stdin.flush()
+        m = self.wait_for(rb"VMMTEST-DONE %d (\d+)\n" % n, timeout)
+        out = self.seen[start:m.start()].decode(errors="replace")
+        self.seen = self.seen[m.end():]
+        if m.group(1) != b"0":
+            raise RuntimeError(f"{cmd!r} failed ({m.group(1).decode()}):\n{out}")
+        return out
+
+    def stop(self):
+        try:
+            self.proc.stdin.write(f"{self.next_id} poweroff -f\n".encode())
+            self.proc.stdin.flush()
+            self.proc.wait(timeout=60)
+        except (BrokenPipeError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+
+
+def vmm_argv(args):
+    manifest = Path("/run/bench-net.yaml")
+    manifest.write_text(f"""apiVersion: virt.virtink.smartx.com/v1alpha1
+kind: VirtualMachine
+metadata:
+  name: bench
+spec:
+  instance:
+    cpu:
+      sockets: 1
+      coresPerSocket: 1
+    memory:
+      size: {MEMORY_MIB}Mi
+    kernel:
+      image: {args.image}
+      cmdline: "{CMDLINE}"
+    interfaces:
+      - name: pod
+        bridge: {{}}
+  networks:
+    - name: pod
+      pod: {{}}
+""")
+    return ["ip", "netns", "exec", "pod", args.vmm, "run", str(manifest)]
+
+
+def qemu_argv(args, vhost):
+    # The bridge binding's topology, by hand: the guest owns 10.10.0.2.
+    sh("""
+        ip -n pod addr flush dev eth0
+        ip -n pod link add br0 type bridge
+        ip -n pod tuntap add dev qtap mode tap
+        ip -n pod link set eth0 master br0
+        ip -n pod link set qtap master br0
+        ip -n pod link set br0 up; ip -n pod link set qtap up
+    """)
+    qemu = Path(args.qemu)
+    image = Path(args.image)
+    return [
+        "ip", "netns", "exec", "pod",
+        str(qemu / "bin/qemu-system-x86_64"),
+        "-L", str(qemu / "share/qemu"), "-L", str(qemu / "share/seabios"),
+        "-machine", "q35", "-enable-kvm", "-cpu", "host", "-smp", "1",
+        "-m", f"{MEMORY_MIB}M", "-nodefaults", "-no-user-config", "-display", "none",
+        "-monitor", "none", "-serial", "stdio", "-no-reboot",
+        "-netdev", f"tap,id=n0,ifname=qtap,script=no,downscript=no,vhost={vhost}",
+        "-device", f"virtio-net-pci,netdev=n0,mac={GUEST_MAC}",
+        "-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd"),
+        "-append", CMDLINE,
+    ]
+
+
+def iperf_rate(out):
+    """The receiver's rate in Mbit/s from iperf3's text output."""
+    m = re.search(r"([\d.]+) Mbits/sec.*receiver", out)
+    if not m:
+        raise RuntimeError(f"no iperf3 receiver line in:\n{out}")
+    return float(m.group(1))
+
+
+def ping_rtt(out):
+    """The mean RTT in ms from ping's summary (busybox or iputils)."""
+    m = re.search(r"= [\d.]+/([\d.]+)/", out)
+    if not m:
+        raise RuntimeError(f"no ping summary in:\n{out}")
+    return float(m.group(1))
+
+
+def measurements(run, seconds):
+    """Runs the three measurements with `run(cmd)` (in the guest or the pod namespace)."""
+    client = f"iperf3 -c {PEER} -t {seconds} -f m"
+    # A short warm-up: ARP, TCP slow start, page cache.
+    run(f"iperf3 -c {PEER} -t 1 -f m")
+    return {
+        "tx": iperf_rate(run(client)),
+        "rx": iperf_rate(run(client + " -R")),
+        "rtt": ping_rtt(run(f"ping -c 20 -i 0.2 {PEER}")),
+    }
+
+
+def measure(name, args):
+    network()
+    if name == "veth":
+        def run(cmd):
+            return subprocess.run(["ip", "netns", "exec", "pod", "sh", "-c", cmd], check=True,
+                                  capture_output=True, text=True).stdout
+        result = measurements(run, args.seconds)
+    else:
+        argv = vmm_argv(args) if name == "vmm" else qemu_argv(args, name.split("=")[1])
+        agent = Agent(argv)
+        try:
+            agent.wait_for(rb"VMMTEST-READY", 240)
+            if name == "vmm":
+                agent.run("udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 5 -T 2")
+            else:
+                agent.run("ip addr add 10.10.0.2/24 dev eth0 && ip link set eth0 up")
+            result = measurements(lambda cmd: agent.run(cmd, 60 + 3 * args.seconds),
+                                  args.seconds)
+        finally:
+            agent.stop()
+    print(json.dumps(result))
+    return 0
+
+
+# --- outside: the driver --------------------------------------------------------------------
+
+
+def in_testhost(name, args):
+    cmd = [str(ROOT / "tests/testhost"), "run", "--timeout", "600", "--",
+           "/usr/bin/python3", str(Path(__file__).resolve()), "--measure", name,
+           "--seconds", str(args.seconds), "--vmm", args.vmm, "--image", args.image,
+           "--qemu", args.qemu]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    for line in reversed(out.stdout.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    tail = "\n".join(out.stdout.strip().splitlines()[-8:])
+    print(f"  {name}: failed (exit {out.returncode}):\n{tail}", file=sys.stderr)
+    return None
+
+
+def drive(args):
+    results, failures = {}, {name: 0 for name in CONTENDERS}
+    for name in CONTENDERS:
+        for _ in range(ATTEMPTS):
+            r = in_testhost(name, args)
+            if r is not None:
+                results[name] = r
+                print(f"{name}: guest→peer {r['tx']:.0f} Mbit/s, peer→guest {r['rx']:.0f} "
+                      f"Mbit/s, RTT {r['rtt']:.3f} ms", file=sys.stderr, flush=True)
+                break
+            failures[name] += 1
+    rows = [("TCP guest → peer", "tx", lambda v: f"{v:.0f} Mbit/s"),
+            ("TCP peer → guest", "rx", lambda v: f"{v:.0f} Mbit/s"),
+            ("ping RTT (mean of 20)", "rtt", lambda v: f"{v:.3f} ms")]
+    width = 24
+    print(f"\nNetwork, inside the KVM test host (TCG, nested KVM): one run, iperf3 -t "
+          f"{args.seconds}, one TCP stream; guest 1 vCPU, {MEMORY_MIB} MiB, MTU 1500")
+    print("".ljust(24) + "".join(n.rjust(width) for n in CONTENDERS))
+    for label, key, fmt in rows:
+        base = results.get("vmm", {}).get(key)
+        cells = []
+        for name in CONTENDERS:
+            value = results.get(name, {}).get(key)
+            if value is None:
+                cells.append("failed".rjust(width))
+                continue
+            cell = fmt(value)
+            if name != "vmm" and base:
+                cell += f" ({value / base:.2f}×)"
+            cells.append(cell.rjust(width))
+        print(label.ljust(24) + "".join(cells))
+    print("failed attempts".ljust(24) + "".join(str(failures[n]).rjust(width)
+                                                for n in CONTENDERS))
+    return 0 if len(results) == len(CONTENDERS) else 1
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--measure", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--vmm", default=str(ROOT / "target/release/vmm"))
+    parser.add_argument("--image", default=str(ROOT / "images/out/guest/iperf"))
+    parser.add_argument("--qemu", default=str(ROOT / "images/out/qemu/usr"))
+    args = parser.parse_args()
+    if args.measure:
+        return measure(args.measure, args)
+    return drive(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,8 +16,8 @@ one end of a veth pair, a "peer" namespace (10.10.0.1/24) at the other end runni
                DHCP from vmm
   qemu vhost=off, qemu vhost=on
                the guest on QEMU (q35, virtio-net-pci, -netdev tap) with the same topology
-               made by hand in the pod namespace: bridge br0 holding eth0 and TAP qtap; the
-               guest sets 10.10.0.2/24 itself
+               made by hand in the pod namespace: bridge br0 holding eth0 (given another
+               MAC, as the binding does) and TAP qtap; the guest sets 10.10.0.2/24 itself
   veth         no VM: iperf3 and ping from the pod namespace itself
 
 The guest is the test guest with iperf3 (images/out/guest/iperf: Debian's cloud kernel,
@@ -96,7 +96,11 @@ class Agent:
                     break
                 self.seen += chunk.replace(b"\r", b"")
         tail = self.seen.decode(errors="replace")[-2000:]
-        raise RuntimeError(f"no {pattern!r} on the console (exit {self.proc.poll()}):\n{tail}")
+        if self.proc.poll() is None and time.monotonic() < deadline:
+            self.proc.wait(timeout=10)
+        err = self.proc.stderr.read().decode(errors="replace")[-2000:] if self.proc.poll() else ""
+        raise RuntimeError(f"no {pattern!r} on the console (exit {self.proc.poll()}):\n{tail}"
+                           f"\n{err}")
 
     def run(self, cmd, timeout=120):
         n = self.next_id
@@ -148,9 +152,12 @@ spec:
 
 
 def qemu_argv(args, vhost):
-    # The bridge binding's topology, by hand: the guest owns 10.10.0.2.
+    # The bridge binding's topology, by hand: the guest owns 10.10.0.2 and eth0's MAC, the
+    # link on the bridge gets another.
     sh("""
         ip -n pod addr flush dev eth0
+        ip -n pod link set eth0 down
+        ip -n pod link set eth0 address 0a:58:0a:0a:00:99 up
         ip -n pod link add br0 type bridge
         ip -n pod tuntap add dev qtap mode tap
         ip -n pod link set eth0 master br0
@@ -167,7 +174,7 @@ def qemu_argv(args, vhost):
         "-m", f"{MEMORY_MIB}M", "-nodefaults", "-no-user-config", "-display", "none",
         "-monitor", "none", "-serial", "stdio", "-no-reboot",
         "-netdev", f"tap,id=n0,ifname=qtap,script=no,downscript=no,vhost={vhost}",
-        "-device", f"virtio-net-pci,netdev=n0,mac={GUEST_MAC}",
+        "-device", f"virtio-net-pci,netdev=n0,mac={GUEST_MAC},romfile=",
         "-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd"),
         "-append", CMDLINE,
     ]

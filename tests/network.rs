@@ -4,27 +4,13 @@
 //! whose `eth0` it takes over) joined by a veth pair to a "peer" namespace. Traffic goes
 //! only between them.
 
-use std::process::Command;
 use std::time::Duration;
 
 use vmm_tests::guest::{Guest, Manifest};
+use vmm_tests::netns::sh;
 use vmm_tests::testhost_test;
 
 const EXIT: Duration = Duration::from_secs(60);
-
-fn sh(script: &str) -> String {
-    let out = Command::new("sh")
-        .args(["-ec", script])
-        .output()
-        .expect("run sh");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{script}\n{text}");
-    text
-}
 
 /// A pod namespace with `eth0` (MAC 0a:58:0a:0a:00:02, `pod_setup` for addresses and
 /// routes) wired to a peer namespace whose end has `peer_setup`.

@@ -232,7 +232,7 @@ fn dry_run_prints_the_plan() {
         "cmdline     \"console=ttyS0\"",
         "16550A COM1",
         "stdout and /tmp/x.log",
-        "masquerade (not supported by this build yet): NAT subnet 10.0.2.0/30, gateway 10.0.2.1, guest 10.0.2.2, all inbound ports forwarded",
+        "masquerade: in-process NAT on 10.0.2.0/30, gateway 10.0.2.1, guest 10.0.2.2, MTU 65520, all inbound ports forwarded",
         // No net1 here and no NAD in the file: the plan says why the run would fail.
         "bridge: would fail: spec.instance.interfaces[1] (data): host link net1 not found",
     ] {
@@ -271,12 +271,14 @@ fn bindings_not_built_yet_are_refused_before_anything_is_touched() {
     let dir = Dir::new("iface");
     let kernel = dir.fake_bzimage("vmlinuz");
     let spec = manifest(&kernel, "")
-        + "    interfaces:\n      - name: pod\n        masquerade: {}\n  networks:\n    - name: pod\n      pod: {}\n";
+        + "    interfaces:\n      - name: vf\n        sriov: {}\n  networks:\n    - name: vf\n      multus:\n        networkName: sriov-net\n";
     let out = vmm(&["run", dir.write("vm.yaml", &spec).to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(
-        err.contains("spec.instance.interfaces[0] (pod): the masquerade binding is not supported by this build yet"),
+        err.contains(
+            "spec.instance.interfaces[0] (vf): the sriov binding is not supported by this build yet"
+        ),
         "{err}"
     );
 }

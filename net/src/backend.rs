@@ -41,6 +41,10 @@ pub trait FrameBackend: Send {
     /// means the backend is full; the frame is dropped, as a NIC drops on a full queue.
     fn send(&mut self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize>;
 
+    /// The device has handed over every frame the guest queued for now; a backend that
+    /// batches work may do it here.
+    fn tx_done(&mut self) {}
+
     /// The guest (re)negotiated what it accepts.
     fn set_offloads(&mut self, offloads: Offloads) -> io::Result<()>;
 }

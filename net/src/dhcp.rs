@@ -393,41 +393,13 @@ impl DhcpServer {
     }
 }
 
+/// Client messages and reply parsing for tests here and in the masquerade engine.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
 
-    const CLIENT: MacAddr = MacAddr::new([0x52, 0x54, 0, 1, 2, 3]);
-
-    fn lease() -> Lease {
-        Lease {
-            client: CLIENT,
-            address: Ipv4Addr::new(10, 244, 1, 7),
-            prefix: 32,
-            router: Some(Ipv4Addr::new(169, 254, 1, 1)),
-            routes: vec![
-                StaticRoute {
-                    dst: Ipv4Addr::new(169, 254, 1, 1),
-                    prefix: 32,
-                    gateway: Ipv4Addr::UNSPECIFIED,
-                },
-                StaticRoute {
-                    dst: Ipv4Addr::UNSPECIFIED,
-                    prefix: 0,
-                    gateway: Ipv4Addr::new(169, 254, 1, 1),
-                },
-            ],
-            dns: vec![Ipv4Addr::new(10, 96, 0, 10)],
-            search: vec!["default.svc.cluster.local".into(), "cluster.local".into()],
-            mtu: Some(1450),
-            hostname: "vm1".into(),
-            server: Ipv4Addr::new(169, 254, 1, 1),
-            server_mac: MacAddr::new([0x02, 0, 0, 0, 0, 1]),
-        }
-    }
-
     /// A client message as udhcpc sends it.
-    fn client_msg(mac: MacAddr, msg_type: u8, requested: Option<Ipv4Addr>) -> Vec<u8> {
+    pub(crate) fn client_msg(mac: MacAddr, msg_type: u8, requested: Option<Ipv4Addr>) -> Vec<u8> {
         let mut bootp = vec![0u8; BOOTP_FIXED];
         bootp[0] = BOOTREQUEST;
         bootp[1] = 1;
@@ -457,7 +429,7 @@ mod tests {
     }
 
     /// The options of a reply frame, code → concatenated value.
-    fn options(reply: &[u8]) -> std::collections::BTreeMap<u8, Vec<u8>> {
+    pub(crate) fn options(reply: &[u8]) -> std::collections::BTreeMap<u8, Vec<u8>> {
         let bootp = &reply[ETH_HDR + 20 + 8..];
         let mut opts = &bootp[BOOTP_FIXED + 4..];
         let mut out = std::collections::BTreeMap::<u8, Vec<u8>>::new();
@@ -470,6 +442,41 @@ mod tests {
             opts = &rest[1 + len..];
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{client_msg, options};
+    use super::*;
+
+    const CLIENT: MacAddr = MacAddr::new([0x52, 0x54, 0, 1, 2, 3]);
+
+    fn lease() -> Lease {
+        Lease {
+            client: CLIENT,
+            address: Ipv4Addr::new(10, 244, 1, 7),
+            prefix: 32,
+            router: Some(Ipv4Addr::new(169, 254, 1, 1)),
+            routes: vec![
+                StaticRoute {
+                    dst: Ipv4Addr::new(169, 254, 1, 1),
+                    prefix: 32,
+                    gateway: Ipv4Addr::UNSPECIFIED,
+                },
+                StaticRoute {
+                    dst: Ipv4Addr::UNSPECIFIED,
+                    prefix: 0,
+                    gateway: Ipv4Addr::new(169, 254, 1, 1),
+                },
+            ],
+            dns: vec![Ipv4Addr::new(10, 96, 0, 10)],
+            search: vec!["default.svc.cluster.local".into(), "cluster.local".into()],
+            mtu: Some(1450),
+            hostname: "vm1".into(),
+            server: Ipv4Addr::new(169, 254, 1, 1),
+            server_mac: MacAddr::new([0x02, 0, 0, 0, 0, 1]),
+        }
     }
 
     #[test]

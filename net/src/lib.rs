@@ -9,6 +9,7 @@ pub mod bridge;
 pub mod dhcp;
 pub mod local_dhcp;
 pub mod mac;
+pub mod nat;
 pub mod netlink;
 pub mod tap;
 

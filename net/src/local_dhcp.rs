@@ -143,6 +143,10 @@ impl<B: FrameBackend> FrameBackend for LocalDhcp<B> {
         self.inner.send(bufs)
     }
 
+    fn tx_done(&mut self) {
+        self.inner.tx_done();
+    }
+
     fn set_offloads(&mut self, offloads: Offloads) -> io::Result<()> {
         self.inner.set_offloads(offloads)
     }

@@ -8,6 +8,7 @@
 //! (no images, no QEMU) fails and says why.
 
 pub mod guest;
+pub mod netns;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

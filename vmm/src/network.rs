@@ -15,8 +15,10 @@ use std::sync::atomic::AtomicU64;
 use devices::virtio::net::NetCounters;
 use net::bridge::{self, BindError, Binding};
 use net::dhcp::{DhcpServer, Lease};
+use net::local_dhcp::LocalDhcp;
+use net::nat::{Limits, NatBackend, NatConfig};
 use net::netlink::{Ipv4Net, Link, Netlink};
-use net::{MacAddr, Tap};
+use net::{FrameBackend, MacAddr, Tap};
 
 use crate::config::{Binding as BindingKind, InterfaceConfig, Manifest, NetworkSource, VmConfig};
 
@@ -24,6 +26,9 @@ use crate::config::{Binding as BindingKind, InterfaceConfig, Manifest, NetworkSo
 const PROC_NET_INIT_INO: u64 = 0xEFFF_FFF9;
 /// `pid` namespace inode of the initial PID namespace.
 const PROC_PID_INIT_INO: u64 = 0xEFFF_FFFC;
+/// The masquerade guest's MTU: the virtual link is not the pod's, and large frames cut the
+/// per-packet cost on both sides (slirp4netns and pasta use the same).
+pub const MASQUERADE_MTU: u16 = 65520;
 /// A MAC for DHCP replies (never on the wire: replies go straight to the guest).
 const DHCP_SERVER_MAC: MacAddr = MacAddr::new([0x02, 0x00, 0x00, 0x00, 0x00, 0x01]);
 
@@ -90,16 +95,47 @@ pub struct HostNic {
     pub mac: MacAddr,
     /// The guest's MTU.
     pub mtu: u16,
-    /// The TAP; each boot's device gets a duplicate of its descriptor.
-    pub tap: Tap,
-    /// The in-process DHCP server, when the link's address is delegated.
-    pub dhcp: Option<DhcpServer>,
+    /// Where its frames go.
+    pub backend: NicBackend,
     /// Counters, across boots.
     pub counters: Arc<NetCounters>,
     /// Features the guest driver accepted.
     pub acked: Arc<AtomicU64>,
     /// The host link, bridge and TAP, for logs and `info`.
     pub host: String,
+}
+
+/// Where a NIC's frames go.
+#[derive(Debug)]
+pub enum NicBackend {
+    /// A TAP (each boot's device gets a duplicate of its descriptor), with the in-process
+    /// DHCP server when the link's address is delegated.
+    Tap {
+        /// The TAP.
+        tap: Tap,
+        /// The DHCP server.
+        dhcp: Option<DhcpServer>,
+    },
+    /// The masquerade engine (a fresh one each boot).
+    Nat(NatConfig),
+}
+
+impl HostNic {
+    /// A frame backend for one boot's device.
+    pub fn frame_backend(&self) -> std::io::Result<Box<dyn FrameBackend>> {
+        Ok(match &self.backend {
+            NicBackend::Tap { tap, dhcp } => {
+                let tap = tap.try_clone().map_err(|e| {
+                    std::io::Error::other(format!("cannot duplicate TAP {}: {e}", tap.name()))
+                })?;
+                match dhcp {
+                    Some(server) => Box::new(LocalDhcp::new(tap, server.clone())?),
+                    None => Box::new(tap),
+                }
+            }
+            NicBackend::Nat(cfg) => Box::new(NatBackend::new(cfg.clone())?),
+        })
+    }
 }
 
 /// Every NIC's host side; dropping it restores the namespace.
@@ -226,6 +262,8 @@ enum HostSide {
         /// Its IPv4 addresses.
         addresses: Vec<Ipv4Net>,
     },
+    /// The masquerade binding: no host link at all.
+    Nat,
     /// No such link, but the manifest has a `type: bridge` NAD: a TAP on its bridge.
     NadBridge {
         /// The bridge's name.
@@ -256,7 +294,7 @@ fn host_side(
     let name = iface.name.clone();
     let what = match iface.binding {
         BindingKind::Bridge => None,
-        BindingKind::Masquerade { .. } => Some("the masquerade binding"),
+        BindingKind::Masquerade { .. } => return Ok(HostSide::Nat),
         BindingKind::Sriov => Some("the sriov binding"),
     };
     if let Some(what) = what {
@@ -351,6 +389,7 @@ pub fn describe(cfg: &VmConfig, manifest: &Manifest) -> Vec<String> {
                         addresses_text(&addresses)
                     )
                 }
+                Ok(HostSide::Nat) => "in-process NAT, no host link".to_string(),
                 Ok(HostSide::NadBridge { bridge, existing }) => match existing {
                     Some(b) => format!(
                         "no link {link}: TAP {tap} on bridge {bridge} (exists, MTU {})",
@@ -381,13 +420,43 @@ fn set_up_one(
         name: name.clone(),
         source,
     };
+    let counters = Arc::new(NetCounters::default());
+    let acked = Arc::new(AtomicU64::new(0));
+    if let BindingKind::Masquerade {
+        network, prefix, ..
+    } = iface.binding
+    {
+        let cfg = NatConfig {
+            network,
+            prefix,
+            guest_mac: iface.mac,
+            mtu: MASQUERADE_MTU,
+            dns: dns.to_vec(),
+            search: search.to_vec(),
+            hostname: cfg.name.clone(),
+            limits: Limits::default(),
+        };
+        let host = format!(
+            "in-process NAT: gateway {}, guest {}/{prefix}, MTU {MASQUERADE_MTU}",
+            cfg.gateway(),
+            cfg.guest()
+        );
+        return Ok(HostNic {
+            name,
+            mac: iface.mac,
+            mtu: MASQUERADE_MTU,
+            backend: NicBackend::Nat(cfg),
+            counters,
+            acked,
+            host,
+        });
+    }
     let mut nl = Netlink::open()
         .map_err(|e| netlink_err(index, &name, "cannot open a netlink socket", e))?;
     let link = iface.pod_link();
     let tap_name = format!("tap-{link}");
-    let counters = Arc::new(NetCounters::default());
-    let acked = Arc::new(AtomicU64::new(0));
     match host_side(&mut nl, index, iface, manifest)? {
+        HostSide::Nat => unreachable!("handled above"),
         HostSide::TakeOver { .. } => {
             let (binding, tap) = Binding::take_over(&mut nl, &link, &tap_name).map_err(bind_err)?;
             let pod = binding.pod.clone();
@@ -418,8 +487,7 @@ fn set_up_one(
                 name,
                 mac: pod.mac,
                 mtu: mtu16(pod.mtu),
-                tap,
-                dhcp,
+                backend: NicBackend::Tap { tap, dhcp },
                 counters,
                 acked,
                 host: format!(
@@ -438,8 +506,7 @@ fn set_up_one(
                 name,
                 mac: iface.mac,
                 mtu: mtu16(mtu),
-                tap,
-                dhcp: None,
+                backend: NicBackend::Tap { tap, dhcp: None },
                 counters,
                 acked,
                 host: format!(

@@ -137,9 +137,10 @@ fn render_interfaces(out: &mut String, manifest: &Manifest, cfg: &VmConfig, host
                     },
                 );
                 format!(
-                    "masquerade (not supported by this build yet): NAT subnet {base}/{prefix}, gateway {}, guest {}, {ports}",
+                    "masquerade: in-process NAT on {base}/{prefix}, gateway {}, guest {}, MTU {}, {ports}",
                     Ipv4Addr::from(base_u32 + 1),
-                    Ipv4Addr::from(base_u32 + 2)
+                    Ipv4Addr::from(base_u32 + 2),
+                    crate::network::MASQUERADE_MTU
                 )
             }
             Binding::Sriov => format!(

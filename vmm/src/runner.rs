@@ -178,13 +178,12 @@ fn check_volumes(
 fn check_supported(cfg: &VmConfig) -> Result<(), RunError> {
     for (i, iface) in cfg.interfaces.iter().enumerate() {
         let what = match iface.binding {
-            config::Binding::Bridge => continue,
-            config::Binding::Masquerade { .. } => "masquerade",
+            config::Binding::Bridge | config::Binding::Masquerade { .. } => continue,
             config::Binding::Sriov => "sriov",
         };
         return Err(RunError::Unsupported(format!(
             "spec.instance.interfaces[{i}] ({}): the {what} binding is not supported by this \
-             build yet; use bridge",
+             build yet; use bridge or masquerade",
             iface.name
         )));
     }

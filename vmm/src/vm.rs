@@ -383,17 +383,9 @@ fn add_pci_devices(
             name: nic.name.clone(),
             why,
         };
-        let tap = nic
-            .tap
-            .try_clone()
-            .map_err(|e| pci_err(format!("cannot duplicate TAP {}: {e}", nic.tap.name())))?;
-        let backend: Box<dyn net::FrameBackend> = match &nic.dhcp {
-            Some(server) => Box::new(
-                net::local_dhcp::LocalDhcp::new(tap, server.clone())
-                    .map_err(|e| pci_err(format!("DHCP responder: {e}")))?,
-            ),
-            None => Box::new(tap),
-        };
+        let backend = nic
+            .frame_backend()
+            .map_err(|e| pci_err(format!("frame backend: {e}")))?;
         let device = Net::new(
             nic.mac,
             nic.mtu,

@@ -522,6 +522,7 @@ impl Worker {
                 break;
             }
         }
+        self.backend.tx_done();
         if used && self.tx.needs_notification(mem)? {
             self.interrupt.notify_queue(TX);
         }

@@ -1,0 +1,107 @@
+//! The masquerade engine as a virtual NIC's frame backend.
+
+use std::io;
+use std::os::fd::RawFd;
+
+use vm_memory::VolatileSlice;
+
+use super::engine::{Nat, NatConfig};
+use crate::backend::{FrameBackend, Offloads, VNET_HDR_LEN};
+
+/// The largest frame taken from the guest: a 64 KiB TSO segment with its headers.
+const MAX_FRAME: usize = VNET_HDR_LEN + 14 + 65535;
+
+/// Copies `parts`, one after the other, into `bufs`; returns how many bytes fitted.
+fn scatter(bufs: &[VolatileSlice<'_>], parts: &[&[u8]]) -> usize {
+    let mut written = 0;
+    let mut parts = parts.iter().map(|p| &p[..]);
+    let mut part: &[u8] = parts.next().unwrap_or(&[]);
+    for b in bufs {
+        let mut off = 0;
+        while off < b.len() {
+            while part.is_empty() {
+                match parts.next() {
+                    Some(p) => part = p,
+                    None => return written,
+                }
+            }
+            let n = part.len().min(b.len() - off);
+            if let Ok(dst) = b.subslice(off, n) {
+                dst.copy_from(&part[..n]);
+            }
+            part = &part[n..];
+            off += n;
+            written += n;
+        }
+    }
+    written
+}
+
+/// Frames between the guest and a [`Nat`] engine. Frames to the guest carry a zero virtio
+/// header (complete checksums, no segmentation); frames from it may be partial-checksum
+/// or TSO segments, which the engine takes as they are.
+#[derive(Debug)]
+pub struct NatBackend {
+    nat: Nat,
+    frame: Vec<u8>,
+}
+
+impl NatBackend {
+    /// A fresh engine for `cfg`.
+    pub fn new(cfg: NatConfig) -> io::Result<Self> {
+        Ok(Self {
+            nat: Nat::new(cfg)?,
+            frame: Vec::with_capacity(MAX_FRAME),
+        })
+    }
+
+    /// The engine.
+    pub fn nat(&self) -> &Nat {
+        &self.nat
+    }
+}
+
+impl FrameBackend for NatBackend {
+    fn poll_fd(&self) -> RawFd {
+        self.nat.poll_fd()
+    }
+
+    fn recv(&mut self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
+        let frame = match self.nat.to_guest() {
+            Some(f) => f,
+            None => {
+                self.nat.process();
+                self.nat.to_guest().ok_or(io::ErrorKind::WouldBlock)?
+            }
+        };
+        // A zero header, then the frame, across the guest's buffers.
+        Ok(scatter(bufs, &[&[0u8; VNET_HDR_LEN], &frame]))
+    }
+
+    fn send(&mut self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
+        self.frame.clear();
+        let mut total = 0;
+        for b in bufs {
+            let n = b.len().min(MAX_FRAME - self.frame.len());
+            let start = self.frame.len();
+            self.frame.resize(start + n, 0);
+            if let Ok(s) = b.subslice(0, n) {
+                s.copy_to(&mut self.frame[start..]);
+            }
+            total += b.len();
+        }
+        if self.frame.len() > VNET_HDR_LEN {
+            self.nat.from_guest(&self.frame[VNET_HDR_LEN..]);
+        }
+        Ok(total)
+    }
+
+    fn tx_done(&mut self) {
+        self.nat.process();
+    }
+
+    fn set_offloads(&mut self, _: Offloads) -> io::Result<()> {
+        // Frames to the guest are complete; nothing to configure.
+        Ok(())
+    }
+}

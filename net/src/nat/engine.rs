@@ -1,0 +1,1229 @@
+//! The NAT engine: frames in from the guest, frames out to it, host sockets in between.
+//! See the [module documentation](super) for how it works.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
+use smoltcp::socket::tcp;
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    EthernetRepr, HardwareAddress, Icmpv4Message, Icmpv4Packet, IpAddress, IpCidr,
+    IpListenEndpoint, IpProtocol, Ipv4Packet, Ipv4Repr, TcpPacket, UdpPacket, UdpRepr,
+};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use vmm_sys_util::timerfd::TimerFd;
+
+use crate::dhcp::{DhcpServer, Lease};
+use crate::mac::MacAddr;
+
+/// The gateway's MAC (locally administered).
+pub const GATEWAY_MAC: MacAddr = MacAddr::new([0x02, 0x56, 0x4d, 0x4d, 0x00, 0x01]);
+
+const ETH_HDR: usize = 14;
+const IP_HDR: usize = 20;
+const UDP_HDR: usize = 8;
+const ICMP_HDR: usize = 8;
+/// Epoll events handled per wait.
+const EVENTS: usize = 64;
+/// How often idle flows are looked for.
+const SWEEP: Duration = Duration::from_secs(1);
+
+/// Bounds on what the guest can make the engine hold. See the module documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// TCP flows at once (connecting or spliced).
+    pub tcp_flows: usize,
+    /// UDP flows at once.
+    pub udp_flows: usize,
+    /// ICMP echo flows at once.
+    pub icmp_flows: usize,
+    /// Buffer per direction per TCP flow, bytes.
+    pub tcp_buffer: usize,
+    /// Frames waiting for the guest.
+    pub to_guest_frames: usize,
+    /// A UDP or ICMP flow without traffic for this long is closed.
+    pub udp_idle: Duration,
+    /// A TCP flow in which no byte moved for this long is reset.
+    pub tcp_idle: Duration,
+    /// A host connection not established within this is given up (RST to the guest).
+    pub connect_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            tcp_flows: 1024,
+            udp_flows: 1024,
+            icmp_flows: 64,
+            tcp_buffer: 256 << 10,
+            to_guest_frames: 256,
+            udp_idle: Duration::from_secs(60),
+            tcp_idle: Duration::from_secs(24 * 3600),
+            connect_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the engine is set up with.
+#[derive(Debug, Clone)]
+pub struct NatConfig {
+    /// The subnet's base address (`masquerade.cidr`).
+    pub network: Ipv4Addr,
+    /// Its prefix length (at most 30).
+    pub prefix: u8,
+    /// The guest's MAC.
+    pub guest_mac: MacAddr,
+    /// The guest's MTU (told by DHCP; the largest frame built for it).
+    pub mtu: u16,
+    /// The pod's DNS servers (from resolv.conf).
+    pub dns: Vec<Ipv4Addr>,
+    /// The pod's DNS search list.
+    pub search: Vec<String>,
+    /// The guest's host name.
+    pub hostname: String,
+    /// Bounds.
+    pub limits: Limits,
+}
+
+impl NatConfig {
+    /// The gateway's address: base + 1.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network).wrapping_add(1))
+    }
+
+    /// The guest's address: base + 2.
+    pub fn guest(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network).wrapping_add(2))
+    }
+}
+
+/// Counters, for logs and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NatStats {
+    /// TCP flows now.
+    pub tcp_flows: usize,
+    /// UDP flows now.
+    pub udp_flows: usize,
+    /// ICMP flows now.
+    pub icmp_flows: usize,
+    /// Guest frames dropped (malformed, not for us, over a limit).
+    pub dropped: u64,
+    /// TCP connections refused because the flow table was full.
+    pub tcp_refused_full: u64,
+}
+
+// --- the smoltcp device: two frame queues -----------------------------------------------
+
+struct Queues {
+    /// Frames from the guest for smoltcp.
+    rx: VecDeque<Vec<u8>>,
+    /// Frames for the guest.
+    tx: VecDeque<Vec<u8>>,
+    tx_limit: usize,
+    mtu: usize,
+}
+
+struct RxToken(Vec<u8>);
+struct TxToken<'a>(&'a mut VecDeque<Vec<u8>>);
+
+impl phy::RxToken for RxToken {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl phy::TxToken for TxToken<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut frame = vec![0u8; len];
+        let r = f(&mut frame);
+        self.0.push_back(frame);
+        r
+    }
+}
+
+impl phy::Device for Queues {
+    type RxToken<'a> = RxToken;
+    type TxToken<'a> = TxToken<'a>;
+
+    fn receive(
+        &mut self,
+        _: smoltcp::time::Instant,
+    ) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        // A reply (ACK, RST, ARP) may go over the limit by one frame per received one.
+        let frame = self.rx.pop_front()?;
+        Some((RxToken(frame), TxToken(&mut self.tx)))
+    }
+
+    fn transmit(&mut self, _: smoltcp::time::Instant) -> Option<Self::TxToken<'_>> {
+        (self.tx.len() < self.tx_limit).then_some(TxToken(&mut self.tx))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = self.mtu + ETH_HDR;
+        // The guest's checksums may be partial (offloaded): not verified. Computed for it.
+        let mut csum = ChecksumCapabilities::ignored();
+        csum.ipv4 = Checksum::Tx;
+        csum.tcp = Checksum::Tx;
+        caps.checksum = csum;
+        caps
+    }
+}
+
+// --- flows -------------------------------------------------------------------------------
+
+/// Epoll token kinds (top byte).
+const KIND_TCP: u64 = 1 << 56;
+const KIND_UDP: u64 = 2 << 56;
+const KIND_ICMP: u64 = 3 << 56;
+const TOKEN_TIMER: u64 = 4 << 56;
+const TOKEN_READY: u64 = 5 << 56;
+const KIND_MASK: u64 = 0xff << 56;
+
+enum TcpState {
+    /// The host connect is under way; the guest's SYN waits.
+    Connecting { syn: Vec<u8>, deadline: Instant },
+    /// The guest's side is a smoltcp socket.
+    Spliced {
+        handle: SocketHandle,
+        readable: bool,
+        writable: bool,
+        host_eof: bool,
+        host_shut: bool,
+    },
+}
+
+struct TcpFlow {
+    key: (u16, SocketAddrV4),
+    host: TcpStream,
+    state: TcpState,
+    last: Instant,
+}
+
+struct DgramFlow {
+    key: (u16, SocketAddrV4),
+    sock: UdpSocket,
+    readable: bool,
+    last: Instant,
+}
+
+/// The engine.
+pub struct Nat {
+    cfg: NatConfig,
+    gateway: Ipv4Addr,
+    guest: Ipv4Addr,
+    /// Where the gateway's port 53 goes, when the pod's resolver is on loopback.
+    dns_redirect: Option<SocketAddrV4>,
+    dhcp: DhcpServer,
+    iface: Interface,
+    dev: Queues,
+    sockets: SocketSet<'static>,
+    epoll: Epoll,
+    timer: TimerFd,
+    ready: EventFd,
+    next_id: u64,
+    tcp: HashMap<u64, TcpFlow>,
+    tcp_keys: HashMap<(u16, SocketAddrV4), u64>,
+    udp: HashMap<u64, DgramFlow>,
+    udp_keys: HashMap<(u16, SocketAddrV4), u64>,
+    icmp: HashMap<u64, DgramFlow>,
+    icmp_keys: HashMap<(u16, SocketAddrV4), u64>,
+    icmp_forbidden: bool,
+    start: Instant,
+    next_sweep: Instant,
+    stats: NatStats,
+    buf: Vec<u8>,
+    /// Tests reach their own listeners on loopback; the guest never does.
+    loopback_ok: bool,
+}
+
+impl std::fmt::Debug for Nat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nat")
+            .field("gateway", &self.gateway)
+            .field("guest", &self.guest)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+fn is_routable(dst: Ipv4Addr) -> bool {
+    !(dst.is_loopback()
+        || dst.is_unspecified()
+        || dst.octets()[0] == 0
+        || dst.is_multicast()
+        || dst.is_broadcast())
+}
+
+fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::sa_family_t::try_from(libc::AF_INET).unwrap_or_default(),
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*a.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// The size of `T` as a socket option or address length.
+fn socklen<T>() -> libc::socklen_t {
+    libc::socklen_t::try_from(std::mem::size_of::<T>()).unwrap_or(libc::socklen_t::MAX)
+}
+
+/// A non-blocking socket of `kind` and `protocol`, `connect`ed (or connecting) to `dst`.
+fn connect(kind: libc::c_int, protocol: libc::c_int, dst: SocketAddrV4) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the result is checked before use.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            kind | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            protocol,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let addr = sockaddr(dst);
+    // SAFETY: `addr` is a valid sockaddr_in of the length given, alive for the call.
+    let rc = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            std::ptr::from_ref(&addr).cast(),
+            socklen::<libc::sockaddr_in>(),
+        )
+    };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+    }
+    Ok(fd)
+}
+
+/// The pending error of a socket (`SO_ERROR`), which clears it.
+fn socket_error(fd: RawFd) -> io::Result<()> {
+    let mut err: libc::c_int = 0;
+    let mut len = socklen::<libc::c_int>();
+    // SAFETY: `err` and `len` are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            std::ptr::from_mut(&mut err).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if err != 0 {
+        return Err(io::Error::from_raw_os_error(err));
+    }
+    Ok(())
+}
+
+/// Makes closing `fd` send an RST rather than a FIN.
+pub(crate) fn set_linger_zero(fd: RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `linger` is a valid struct of the size given; failure only loses the RST.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::from_ref(&linger).cast(),
+            socklen::<libc::linger>(),
+        );
+    }
+}
+
+impl Nat {
+    /// An engine for `cfg`.
+    pub fn new(cfg: NatConfig) -> io::Result<Self> {
+        let gateway = cfg.gateway();
+        let guest = cfg.guest();
+        let loopback_dns = cfg.dns.iter().copied().find(Ipv4Addr::is_loopback);
+        let dns_redirect = loopback_dns.map(|a| SocketAddrV4::new(a, 53));
+        let mut guest_dns: Vec<Ipv4Addr> = cfg
+            .dns
+            .iter()
+            .copied()
+            .filter(|a| !a.is_loopback())
+            .collect();
+        if loopback_dns.is_some() {
+            guest_dns.insert(0, gateway);
+        }
+        let dhcp = DhcpServer::new(Lease {
+            client: cfg.guest_mac,
+            address: guest,
+            prefix: cfg.prefix,
+            router: Some(gateway),
+            routes: vec![],
+            dns: guest_dns,
+            search: cfg.search.clone(),
+            mtu: Some(cfg.mtu),
+            hostname: cfg.hostname.clone(),
+            server: gateway,
+            server_mac: GATEWAY_MAC,
+        });
+        let mut dev = Queues {
+            rx: VecDeque::new(),
+            tx: VecDeque::new(),
+            tx_limit: cfg.limits.to_guest_frames.max(1),
+            mtu: usize::from(cfg.mtu),
+        };
+        let start = Instant::now();
+        let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(
+            GATEWAY_MAC.octets(),
+        )));
+        config.random_seed = random_seed();
+        let mut iface = Interface::new(config, &mut dev, smoltcp::time::Instant::ZERO);
+        iface.update_ip_addrs(|addrs| {
+            let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(gateway), cfg.prefix));
+        });
+        iface.set_any_ip(true);
+        iface
+            .routes_mut()
+            .add_default_ipv4_route(gateway)
+            .map_err(|_| io::Error::other("smoltcp route table full"))?;
+        let epoll = Epoll::new()?;
+        let timer = TimerFd::new()?;
+        let ready = EventFd::new(EFD_NONBLOCK)?;
+        epoll.ctl(
+            ControlOperation::Add,
+            timer.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, TOKEN_TIMER),
+        )?;
+        epoll.ctl(
+            ControlOperation::Add,
+            ready.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, TOKEN_READY),
+        )?;
+        let mut nat = Self {
+            gateway,
+            guest,
+            dns_redirect,
+            dhcp,
+            iface,
+            dev,
+            sockets: SocketSet::new(vec![]),
+            epoll,
+            timer,
+            ready,
+            next_id: 0,
+            tcp: HashMap::new(),
+            tcp_keys: HashMap::new(),
+            udp: HashMap::new(),
+            udp_keys: HashMap::new(),
+            icmp: HashMap::new(),
+            icmp_keys: HashMap::new(),
+            icmp_forbidden: false,
+            start,
+            next_sweep: start + SWEEP,
+            stats: NatStats::default(),
+            buf: vec![0u8; 65536],
+            loopback_ok: false,
+            cfg,
+        };
+        nat.teach_guest_mac();
+        nat.arm_timer(SWEEP);
+        Ok(nat)
+    }
+
+    /// A descriptor that polls readable when [`Nat::process`] has work.
+    pub fn poll_fd(&self) -> RawFd {
+        self.epoll.as_raw_fd()
+    }
+
+    /// The current counts.
+    pub fn stats(&self) -> NatStats {
+        NatStats {
+            tcp_flows: self.tcp.len(),
+            udp_flows: self.udp.len(),
+            icmp_flows: self.icmp.len(),
+            ..self.stats
+        }
+    }
+
+    /// The next frame for the guest, if one is waiting.
+    pub fn to_guest(&mut self) -> Option<Vec<u8>> {
+        let frame = self.dev.tx.pop_front();
+        if self.dev.tx.is_empty() && self.dev.rx.is_empty() {
+            let _ = self.ready.read();
+        }
+        frame
+    }
+
+    fn now(&self) -> smoltcp::time::Instant {
+        smoltcp::time::Instant::from_micros(
+            i64::try_from(self.start.elapsed().as_micros()).unwrap_or(i64::MAX),
+        )
+    }
+
+    fn drop_frame(&mut self) {
+        self.stats.dropped += 1;
+    }
+
+    fn token(&mut self, kind: u64) -> u64 {
+        self.next_id = (self.next_id + 1) & !KIND_MASK;
+        kind | self.next_id
+    }
+
+    fn signal(&self) {
+        if !self.dev.tx.is_empty() || !self.dev.rx.is_empty() {
+            let _ = self.ready.write(1);
+        }
+    }
+
+    fn arm_timer(&mut self, after: Duration) {
+        let after = after.max(Duration::from_micros(100));
+        if let Err(e) = self.timer.reset(after, None) {
+            log::warn!("masquerade: cannot arm the timer: {e}");
+        }
+    }
+
+    /// Tells smoltcp the guest's MAC with an ARP reply "from" the guest, so that it never
+    /// has to ask (the guest's address and MAC are known). Repeated every sweep, before
+    /// smoltcp's neighbour cache would expire the entry.
+    fn teach_guest_mac(&mut self) {
+        let repr = ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Reply,
+            source_hardware_addr: EthernetAddress(self.cfg.guest_mac.octets()),
+            source_protocol_addr: self.guest,
+            target_hardware_addr: EthernetAddress(GATEWAY_MAC.octets()),
+            target_protocol_addr: self.gateway,
+        };
+        let mut frame = vec![0u8; ETH_HDR + repr.buffer_len()];
+        EthernetRepr {
+            src_addr: EthernetAddress(self.cfg.guest_mac.octets()),
+            dst_addr: EthernetAddress(GATEWAY_MAC.octets()),
+            ethertype: EthernetProtocol::Arp,
+        }
+        .emit(&mut EthernetFrame::new_unchecked(&mut frame[..]));
+        repr.emit(&mut ArpPacket::new_unchecked(&mut frame[ETH_HDR..]));
+        self.dev.rx.push_back(frame);
+        self.poll_iface();
+    }
+
+    // --- from the guest ------------------------------------------------------------------
+
+    /// Takes one Ethernet frame the guest sent. Work it causes is done by the next
+    /// [`Nat::process`].
+    pub fn from_guest(&mut self, frame: &[u8]) {
+        let Ok(eth) = EthernetFrame::new_checked(frame) else {
+            return self.drop_frame();
+        };
+        match eth.ethertype() {
+            EthernetProtocol::Arp => self.arp_from_guest(frame, eth.payload()),
+            EthernetProtocol::Ipv4 => self.ipv4_from_guest(frame, eth.payload()),
+            _ => self.drop_frame(),
+        }
+        self.signal();
+    }
+
+    fn arp_from_guest(&mut self, frame: &[u8], payload: &[u8]) {
+        let Ok(repr) = ArpPacket::new_checked(payload).and_then(|p| ArpRepr::parse(&p)) else {
+            return self.drop_frame();
+        };
+        let ArpRepr::EthernetIpv4 {
+            operation,
+            target_protocol_addr,
+            ..
+        } = repr
+        else {
+            return self.drop_frame();
+        };
+        // Only ARP about the gateway reaches smoltcp (see the module documentation).
+        match operation {
+            ArpOperation::Request if target_protocol_addr == self.gateway => {}
+            ArpOperation::Reply if target_protocol_addr == self.gateway => {}
+            _ => return self.drop_frame(),
+        }
+        self.dev.rx.push_back(frame.to_vec());
+    }
+
+    fn ipv4_from_guest(&mut self, frame: &[u8], payload: &[u8]) {
+        if DhcpServer::might_be_dhcp(frame) {
+            if let Some(reply) = self.dhcp.handle(frame) {
+                self.dev.tx.push_back(reply);
+            }
+            return;
+        }
+        let Ok(ip) = Ipv4Packet::new_checked(payload) else {
+            return self.drop_frame();
+        };
+        let dst = ip.dst_addr();
+        if ip.src_addr() != self.guest
+            || ip.more_frags()
+            || ip.frag_offset() != 0
+            || !(is_routable(dst) || (self.loopback_ok && dst.is_loopback()))
+        {
+            return self.drop_frame();
+        }
+        match ip.next_header() {
+            IpProtocol::Tcp => self.tcp_from_guest(frame, dst, ip.payload()),
+            IpProtocol::Udp => self.udp_from_guest(dst, ip.payload()),
+            IpProtocol::Icmp => self.icmp_from_guest(frame, dst, ip.payload()),
+            _ => self.drop_frame(),
+        }
+    }
+
+    fn tcp_from_guest(&mut self, frame: &[u8], dst: Ipv4Addr, segment: &[u8]) {
+        let Ok(tcp) = TcpPacket::new_checked(segment) else {
+            return self.drop_frame();
+        };
+        let key = (tcp.src_port(), SocketAddrV4::new(dst, tcp.dst_port()));
+        if !tcp.syn() || tcp.ack() || self.tcp_keys.contains_key(&key) {
+            // Part of a flow (a retransmitted SYN while connecting is dropped: the
+            // first one is held) or stray: smoltcp finds its socket or answers RST.
+            if let Some(id) = self.tcp_keys.get(&key)
+                && matches!(self.tcp[id].state, TcpState::Connecting { .. })
+            {
+                return;
+            }
+            self.dev.rx.push_back(frame.to_vec());
+            return;
+        }
+        let target = if dst == self.gateway {
+            match self.dns_redirect {
+                Some(resolver) if key.1.port() == 53 => Some(resolver),
+                _ => None,
+            }
+        } else {
+            Some(key.1)
+        };
+        if self.tcp.len() >= self.cfg.limits.tcp_flows {
+            self.stats.tcp_refused_full += 1;
+        }
+        let Some(target) = target.filter(|_| self.tcp.len() < self.cfg.limits.tcp_flows) else {
+            // No listener: smoltcp answers the SYN with RST.
+            self.dev.rx.push_back(frame.to_vec());
+            return;
+        };
+        let host = match connect(libc::SOCK_STREAM, 0, target) {
+            Ok(fd) => TcpStream::from(fd),
+            Err(e) => {
+                log::debug!("masquerade: connect {target}: {e}");
+                self.dev.rx.push_back(frame.to_vec());
+                return;
+            }
+        };
+        let id = self.token(KIND_TCP);
+        let events =
+            EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
+        if self
+            .epoll
+            .ctl(
+                ControlOperation::Add,
+                host.as_raw_fd(),
+                EpollEvent::new(events, id),
+            )
+            .is_err()
+        {
+            self.dev.rx.push_back(frame.to_vec());
+            return;
+        }
+        let now = Instant::now();
+        self.tcp_keys.insert(key, id);
+        self.tcp.insert(
+            id,
+            TcpFlow {
+                key,
+                host,
+                state: TcpState::Connecting {
+                    syn: frame.to_vec(),
+                    deadline: now + self.cfg.limits.connect_timeout,
+                },
+                last: now,
+            },
+        );
+    }
+
+    fn udp_from_guest(&mut self, dst: Ipv4Addr, datagram: &[u8]) {
+        let Ok(udp) = UdpPacket::new_checked(datagram) else {
+            return self.drop_frame();
+        };
+        let key = (udp.src_port(), SocketAddrV4::new(dst, udp.dst_port()));
+        let target = if dst == self.gateway {
+            match self.dns_redirect {
+                Some(resolver) if key.1.port() == 53 => resolver,
+                _ => return self.drop_frame(),
+            }
+        } else {
+            key.1
+        };
+        let payload = udp.payload();
+        let id = match self.udp_keys.get(&key) {
+            Some(id) => *id,
+            None => match self.open_dgram(KIND_UDP, key, target) {
+                Some(id) => id,
+                None => return self.drop_frame(),
+            },
+        };
+        let Some(flow) = self.udp.get_mut(&id) else {
+            return;
+        };
+        flow.last = Instant::now();
+        if let Err(e) = flow.sock.send(payload) {
+            log::debug!("masquerade: UDP to {target}: {e}");
+        }
+    }
+
+    fn icmp_from_guest(&mut self, frame: &[u8], dst: Ipv4Addr, message: &[u8]) {
+        let Ok(icmp) = Icmpv4Packet::new_checked(message) else {
+            return self.drop_frame();
+        };
+        if icmp.msg_type() != Icmpv4Message::EchoRequest || icmp.msg_code() != 0 {
+            return self.drop_frame();
+        }
+        if dst == self.gateway {
+            // The gateway answers its own echo.
+            let mut reply = message.to_vec();
+            reply[0] = 0; // echo reply
+            let mut packet = Icmpv4Packet::new_unchecked(&mut reply[..]);
+            packet.fill_checksum();
+            let _ = frame;
+            self.push_ip(self.gateway, IpProtocol::Icmp, &reply);
+            return;
+        }
+        let key = (icmp.echo_ident(), SocketAddrV4::new(dst, 0));
+        let id = match self.icmp_keys.get(&key) {
+            Some(id) => *id,
+            None => match self.open_dgram(KIND_ICMP, key, key.1) {
+                Some(id) => id,
+                None => return self.drop_frame(),
+            },
+        };
+        let Some(flow) = self.icmp.get_mut(&id) else {
+            return;
+        };
+        flow.last = Instant::now();
+        // The kernel sets the identifier and checksum.
+        if let Err(e) = flow.sock.send(message) {
+            log::debug!("masquerade: ICMP echo to {dst}: {e}");
+        }
+    }
+
+    /// Opens a UDP or ICMP flow, evicting the least recently used one when full.
+    fn open_dgram(
+        &mut self,
+        kind: u64,
+        key: (u16, SocketAddrV4),
+        target: SocketAddrV4,
+    ) -> Option<u64> {
+        let (limit, protocol) = if kind == KIND_UDP {
+            (self.cfg.limits.udp_flows, 0)
+        } else {
+            (self.cfg.limits.icmp_flows, libc::IPPROTO_ICMP)
+        };
+        let table = if kind == KIND_UDP {
+            &self.udp
+        } else {
+            &self.icmp
+        };
+        if table.len() >= limit {
+            let oldest = table
+                .iter()
+                .min_by_key(|(_, f)| f.last)
+                .map(|(id, _)| *id)?;
+            self.close_dgram(oldest);
+        }
+        let sock = match connect(libc::SOCK_DGRAM, protocol, target) {
+            Ok(fd) => UdpSocket::from(fd),
+            Err(e) => {
+                if kind == KIND_ICMP && matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM))
+                {
+                    if !self.icmp_forbidden {
+                        log::warn!(
+                            "masquerade: this host forbids unprivileged ICMP echo sockets \
+                             (sysctl net.ipv4.ping_group_range); the guest's pings are dropped"
+                        );
+                        self.icmp_forbidden = true;
+                    }
+                } else {
+                    log::debug!("masquerade: socket for {target}: {e}");
+                }
+                return None;
+            }
+        };
+        let id = self.token(kind);
+        let events = EventSet::IN | EventSet::EDGE_TRIGGERED;
+        self.epoll
+            .ctl(
+                ControlOperation::Add,
+                sock.as_raw_fd(),
+                EpollEvent::new(events, id),
+            )
+            .ok()?;
+        let flow = DgramFlow {
+            key,
+            sock,
+            readable: false,
+            last: Instant::now(),
+        };
+        if kind == KIND_UDP {
+            self.udp_keys.insert(key, id);
+            self.udp.insert(id, flow);
+        } else {
+            self.icmp_keys.insert(key, id);
+            self.icmp.insert(id, flow);
+        }
+        Some(id)
+    }
+
+    fn close_dgram(&mut self, id: u64) {
+        let flow = if id & KIND_MASK == KIND_UDP {
+            self.udp.remove(&id).inspect(|f| {
+                self.udp_keys.remove(&f.key);
+            })
+        } else {
+            self.icmp.remove(&id).inspect(|f| {
+                self.icmp_keys.remove(&f.key);
+            })
+        };
+        if let Some(f) = flow {
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                f.sock.as_raw_fd(),
+                EpollEvent::default(),
+            );
+        }
+    }
+
+    // --- to the guest --------------------------------------------------------------------
+
+    /// Queues an IPv4 packet from `src` to the guest with `payload` (already complete).
+    fn push_ip(&mut self, src: Ipv4Addr, protocol: IpProtocol, payload: &[u8]) {
+        let ip = Ipv4Repr {
+            src_addr: src,
+            dst_addr: self.guest,
+            next_header: protocol,
+            payload_len: payload.len(),
+            hop_limit: 64,
+        };
+        let mut frame = vec![0u8; ETH_HDR + IP_HDR + payload.len()];
+        let eth = EthernetRepr {
+            src_addr: EthernetAddress(GATEWAY_MAC.octets()),
+            dst_addr: EthernetAddress(self.cfg.guest_mac.octets()),
+            ethertype: EthernetProtocol::Ipv4,
+        };
+        eth.emit(&mut EthernetFrame::new_unchecked(&mut frame[..]));
+        ip.emit(
+            &mut Ipv4Packet::new_unchecked(&mut frame[ETH_HDR..]),
+            &ChecksumCapabilities::default(),
+        );
+        frame[ETH_HDR + IP_HDR..].copy_from_slice(payload);
+        self.dev.tx.push_back(frame);
+    }
+
+    /// Reads what a UDP or ICMP flow's socket has, while the guest's queue has room.
+    fn read_dgram(&mut self, id: u64) {
+        let udp = id & KIND_MASK == KIND_UDP;
+        let max_payload = usize::from(self.cfg.mtu).saturating_sub(IP_HDR);
+        loop {
+            if self.dev.tx.len() >= self.dev.tx_limit {
+                return; // stays readable; read when the guest has taken frames
+            }
+            let table = if udp { &mut self.udp } else { &mut self.icmp };
+            let Some(flow) = table.get_mut(&id) else {
+                return;
+            };
+            if !flow.readable {
+                return;
+            }
+            let n = match flow.sock.recv(&mut self.buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    if e.kind() == io::ErrorKind::WouldBlock {
+                        flow.readable = false;
+                    } else {
+                        log::debug!("masquerade: datagram flow: {e}");
+                        flow.readable = false;
+                    }
+                    return;
+                }
+            };
+            flow.last = Instant::now();
+            let key = flow.key;
+            let src = *key.1.ip();
+            if udp {
+                if n + UDP_HDR > max_payload {
+                    self.stats.dropped += 1;
+                    continue;
+                }
+                let mut segment = vec![0u8; UDP_HDR + n];
+                let repr = UdpRepr {
+                    src_port: key.1.port(),
+                    dst_port: key.0,
+                };
+                repr.emit(
+                    &mut UdpPacket::new_unchecked(&mut segment[..]),
+                    &IpAddress::Ipv4(src),
+                    &IpAddress::Ipv4(self.guest),
+                    n,
+                    |p| p.copy_from_slice(&self.buf[..n]),
+                    &ChecksumCapabilities::default(),
+                );
+                self.push_ip(src, IpProtocol::Udp, &segment);
+            } else {
+                if n < ICMP_HDR || n > max_payload || self.buf[0] != 0 {
+                    self.stats.dropped += 1;
+                    continue;
+                }
+                // The guest's identifier back in place.
+                let mut message = self.buf[..n].to_vec();
+                let mut packet = Icmpv4Packet::new_unchecked(&mut message[..]);
+                packet.set_echo_ident(key.0);
+                packet.fill_checksum();
+                self.push_ip(src, IpProtocol::Icmp, &message);
+            }
+        }
+    }
+
+    // --- the loop ------------------------------------------------------------------------
+
+    /// Handles host socket events and timers, runs smoltcp, moves data between the two.
+    pub fn process(&mut self) {
+        let mut events = [EpollEvent::default(); EVENTS];
+        let mut dgrams = Vec::new();
+        loop {
+            let n = match self.epoll.wait(0, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("masquerade: epoll: {e}");
+                    0
+                }
+            };
+            for ev in &events[..n] {
+                let id = ev.data();
+                match id & KIND_MASK {
+                    TOKEN_TIMER => {
+                        let _ = self.timer.wait();
+                    }
+                    TOKEN_READY => {}
+                    KIND_TCP => self.tcp_event(id, ev.event_set()),
+                    KIND_UDP => {
+                        if let Some(f) = self.udp.get_mut(&id) {
+                            f.readable = true;
+                            dgrams.push(id);
+                        }
+                    }
+                    KIND_ICMP => {
+                        if let Some(f) = self.icmp.get_mut(&id) {
+                            f.readable = true;
+                            dgrams.push(id);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if n < EVENTS {
+                break;
+            }
+        }
+        self.poll_iface();
+        let ids: Vec<u64> = self.tcp.keys().copied().collect();
+        for id in ids {
+            self.pump(id);
+        }
+        self.poll_iface();
+        // Datagram flows left readable when the guest's queue was full, and new ones.
+        dgrams.extend(
+            self.udp
+                .iter()
+                .filter(|(_, f)| f.readable)
+                .map(|(id, _)| *id),
+        );
+        dgrams.extend(
+            self.icmp
+                .iter()
+                .filter(|(_, f)| f.readable)
+                .map(|(id, _)| *id),
+        );
+        dgrams.sort_unstable();
+        dgrams.dedup();
+        for id in dgrams {
+            self.read_dgram(id);
+        }
+        let now = Instant::now();
+        if now >= self.next_sweep {
+            self.teach_guest_mac();
+            self.sweep(now);
+            self.next_sweep = now + SWEEP;
+        }
+        let smol = self
+            .iface
+            .poll_delay(self.now(), &self.sockets)
+            .map(|d| Duration::from_micros(d.total_micros()));
+        let until_sweep = self.next_sweep.saturating_duration_since(now);
+        self.arm_timer(smol.map_or(until_sweep, |d| d.min(until_sweep)));
+        self.signal();
+        if self.dev.tx.is_empty() && self.dev.rx.is_empty() {
+            let _ = self.ready.read();
+        }
+    }
+
+    /// Lets the guest reach loopback, for unit tests that run their peers there.
+    #[cfg(test)]
+    pub(crate) fn allow_loopback(&mut self) {
+        self.loopback_ok = true;
+    }
+
+    fn poll_iface(&mut self) {
+        let now = self.now();
+        self.iface.poll(now, &mut self.dev, &mut self.sockets);
+    }
+
+    fn tcp_event(&mut self, id: u64, events: EventSet) {
+        let Some(flow) = self.tcp.get_mut(&id) else {
+            return;
+        };
+        match &mut flow.state {
+            TcpState::Connecting { .. } => {
+                if events.intersects(EventSet::OUT | EventSet::ERROR | EventSet::HANG_UP) {
+                    self.finish_connect(id);
+                }
+            }
+            TcpState::Spliced {
+                readable, writable, ..
+            } => {
+                if events.intersects(
+                    EventSet::IN | EventSet::READ_HANG_UP | EventSet::ERROR | EventSet::HANG_UP,
+                ) {
+                    *readable = true;
+                }
+                if events.intersects(EventSet::OUT | EventSet::ERROR | EventSet::HANG_UP) {
+                    *writable = true;
+                }
+            }
+        }
+    }
+
+    fn finish_connect(&mut self, id: u64) {
+        let Some(flow) = self.tcp.get_mut(&id) else {
+            return;
+        };
+        let TcpState::Connecting { syn, .. } = &mut flow.state else {
+            return;
+        };
+        let syn = std::mem::take(syn);
+        if let Err(e) = socket_error(flow.host.as_raw_fd()) {
+            log::debug!("masquerade: connect {}: {e}", flow.key.1);
+            // No listener: smoltcp answers the guest's SYN with RST.
+            self.remove_tcp(id, false);
+            self.dev.rx.push_back(syn);
+            self.poll_iface();
+            return;
+        }
+        let bytes = self.cfg.limits.tcp_buffer;
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0u8; bytes]),
+            tcp::SocketBuffer::new(vec![0u8; bytes]),
+        );
+        let dst = flow.key.1;
+        if socket
+            .listen(IpListenEndpoint {
+                addr: Some(IpAddress::Ipv4(*dst.ip())),
+                port: dst.port(),
+            })
+            .is_err()
+        {
+            self.remove_tcp(id, true);
+            return;
+        }
+        socket.set_nagle_enabled(false);
+        let handle = self.sockets.add(socket);
+        flow.state = TcpState::Spliced {
+            handle,
+            readable: true,
+            writable: true,
+            host_eof: false,
+            host_shut: false,
+        };
+        // Feed the SYN now, while this is the only listener it can match.
+        self.dev.rx.push_back(syn);
+        self.poll_iface();
+        if self.sockets.get::<tcp::Socket>(handle).state() == tcp::State::Listen {
+            self.remove_tcp(id, true);
+        }
+    }
+
+    /// Moves what can move between a spliced flow's two sides; closes it when done.
+    fn pump(&mut self, id: u64) {
+        let Some(flow) = self.tcp.get_mut(&id) else {
+            return;
+        };
+        let TcpState::Spliced {
+            handle,
+            readable,
+            writable,
+            host_eof,
+            host_shut,
+        } = &mut flow.state
+        else {
+            return;
+        };
+        let sock = self.sockets.get_mut::<tcp::Socket>(*handle);
+        let mut moved = false;
+        let mut failed = false;
+        // Guest → host.
+        while *writable && sock.can_recv() {
+            let host = &mut flow.host;
+            match sock.recv(|buf| match host.write(buf) {
+                Ok(n) => (n, Ok(n)),
+                Err(e) => (0, Err(e)),
+            }) {
+                Ok(Ok(0)) | Err(_) => break,
+                Ok(Ok(_)) => moved = true,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => *writable = false,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(_)) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        let guest_fin = matches!(
+            sock.state(),
+            tcp::State::CloseWait
+                | tcp::State::LastAck
+                | tcp::State::Closing
+                | tcp::State::TimeWait
+        );
+        if guest_fin && !*host_shut && sock.recv_queue() == 0 {
+            let _ = flow.host.shutdown(Shutdown::Write);
+            *host_shut = true;
+        }
+        // Host → guest.
+        while *readable && !*host_eof && sock.can_send() {
+            let host = &mut flow.host;
+            match sock.send(|buf| match host.read(buf) {
+                Ok(n) => (n, Ok(n)),
+                Err(e) => (0, Err(e)),
+            }) {
+                Ok(Ok(0)) => {
+                    *host_eof = true;
+                    sock.close();
+                }
+                Ok(Ok(_)) => moved = true,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => *readable = false,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(_)) | Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if moved {
+            flow.last = Instant::now();
+        }
+        if failed {
+            // The host side broke: RST to the guest.
+            sock.abort();
+            self.remove_tcp(id, true);
+            return;
+        }
+        match sock.state() {
+            tcp::State::Closed | tcp::State::TimeWait => {
+                // Closed cleanly when both sides finished; otherwise the guest reset it.
+                let clean = *host_eof && *host_shut;
+                self.remove_tcp(id, !clean);
+            }
+            _ => {}
+        }
+    }
+
+    fn remove_tcp(&mut self, id: u64, reset_host: bool) {
+        let Some(flow) = self.tcp.remove(&id) else {
+            return;
+        };
+        self.tcp_keys.remove(&flow.key);
+        let _ = self.epoll.ctl(
+            ControlOperation::Delete,
+            flow.host.as_raw_fd(),
+            EpollEvent::default(),
+        );
+        if reset_host {
+            set_linger_zero(flow.host.as_raw_fd());
+        }
+        if let TcpState::Spliced { handle, .. } = flow.state {
+            // An aborted socket still owes the guest its RST: send it before removing.
+            if self.sockets.get::<tcp::Socket>(handle).state() != tcp::State::Closed {
+                self.sockets.get_mut::<tcp::Socket>(handle).abort();
+            }
+            self.poll_iface();
+            self.sockets.remove(handle);
+        }
+    }
+
+    /// Closes flows that have been idle too long and connections that took too long.
+    fn sweep(&mut self, now: Instant) {
+        let limits = self.cfg.limits;
+        let stale: Vec<(u64, bool)> = self
+            .tcp
+            .iter()
+            .filter_map(|(id, f)| match &f.state {
+                TcpState::Connecting { deadline, .. } if now >= *deadline => Some((*id, true)),
+                TcpState::Spliced { .. } if now.duration_since(f.last) >= limits.tcp_idle => {
+                    Some((*id, false))
+                }
+                _ => None,
+            })
+            .collect();
+        for (id, connecting) in stale {
+            if connecting {
+                // Unreachable: RST to the guest, as for a refused connection.
+                if let Some(TcpState::Connecting { syn, .. }) =
+                    self.tcp.get_mut(&id).map(|f| &mut f.state)
+                {
+                    let syn = std::mem::take(syn);
+                    self.remove_tcp(id, true);
+                    self.dev.rx.push_back(syn);
+                    self.poll_iface();
+                }
+            } else {
+                self.remove_tcp(id, true);
+            }
+        }
+        let idle = |flows: &HashMap<u64, DgramFlow>| -> Vec<u64> {
+            flows
+                .iter()
+                .filter(|(_, f)| now.duration_since(f.last) >= limits.udp_idle)
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        for id in idle(&self.udp).into_iter().chain(idle(&self.icmp)) {
+            self.close_dgram(id);
+        }
+    }
+}
+
+fn random_seed() -> u64 {
+    let mut seed = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut seed))
+        .is_err()
+    {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        return d.as_secs() ^ u64::from(d.subsec_nanos()).rotate_left(32);
+    }
+    u64::from_le_bytes(seed)
+}

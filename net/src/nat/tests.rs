@@ -1,0 +1,574 @@
+//! The engine against a guest made of a second smoltcp stack, and hand-made frames; peers are
+//! sockets on this machine's loopback (which only tests let the guest reach).
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::time::{Duration, Instant};
+
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{self, DeviceCapabilities, Medium};
+use smoltcp::socket::tcp;
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    EthernetRepr, HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr, IpProtocol,
+    Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
+};
+
+use super::engine::{GATEWAY_MAC, Limits, Nat, NatConfig};
+use crate::mac::MacAddr;
+
+const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
+const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+fn config(limits: Limits) -> NatConfig {
+    NatConfig {
+        network: Ipv4Addr::new(10, 0, 2, 0),
+        prefix: 30,
+        guest_mac: MacAddr::new(GUEST_MAC),
+        mtu: 1500,
+        dns: vec![Ipv4Addr::new(127, 0, 0, 53), Ipv4Addr::new(10, 96, 0, 10)],
+        search: vec!["svc.cluster.local".into()],
+        hostname: "vm".into(),
+        limits,
+    }
+}
+
+fn nat(limits: Limits) -> Nat {
+    let mut nat = Nat::new(config(limits)).expect("engine");
+    nat.allow_loopback();
+    nat
+}
+
+fn drain(nat: &mut Nat) -> Vec<Vec<u8>> {
+    nat.process();
+    std::iter::from_fn(|| nat.to_guest()).collect()
+}
+
+// --- a guest on smoltcp ---------------------------------------------------------------------
+
+#[derive(Default)]
+struct Wire {
+    rx: VecDeque<Vec<u8>>,
+    tx: VecDeque<Vec<u8>>,
+}
+
+struct Rx(Vec<u8>);
+struct Tx<'a>(&'a mut VecDeque<Vec<u8>>);
+
+impl phy::RxToken for Rx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl phy::TxToken for Tx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut v = vec![0; len];
+        let r = f(&mut v);
+        self.0.push_back(v);
+        r
+    }
+}
+
+impl phy::Device for Wire {
+    type RxToken<'a> = Rx;
+    type TxToken<'a> = Tx<'a>;
+    fn receive(&mut self, _: smoltcp::time::Instant) -> Option<(Rx, Tx<'_>)> {
+        let f = self.rx.pop_front()?;
+        Some((Rx(f), Tx(&mut self.tx)))
+    }
+    fn transmit(&mut self, _: smoltcp::time::Instant) -> Option<Tx<'_>> {
+        Some(Tx(&mut self.tx))
+    }
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = 1514;
+        caps
+    }
+}
+
+struct GuestStack {
+    iface: Interface,
+    wire: Wire,
+    sockets: SocketSet<'static>,
+    start: Instant,
+}
+
+impl GuestStack {
+    fn new() -> Self {
+        let mut wire = Wire::default();
+        let cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(GUEST_MAC)));
+        let mut iface = Interface::new(cfg, &mut wire, smoltcp::time::Instant::ZERO);
+        iface.update_ip_addrs(|a| {
+            a.push(IpCidr::new(IpAddress::Ipv4(GUEST), 30)).unwrap();
+        });
+        iface.routes_mut().add_default_ipv4_route(GATEWAY).unwrap();
+        Self {
+            iface,
+            wire,
+            sockets: SocketSet::new(vec![]),
+            start: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> smoltcp::time::Instant {
+        smoltcp::time::Instant::from_millis(
+            i64::try_from(self.start.elapsed().as_millis()).unwrap(),
+        )
+    }
+
+    fn connect(&mut self, port: u16, local_port: u16) -> SocketHandle {
+        let mut s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 1 << 20]),
+            tcp::SocketBuffer::new(vec![0; 1 << 20]),
+        );
+        s.connect(
+            self.iface.context(),
+            (IpAddress::Ipv4(LOOPBACK), port),
+            local_port,
+        )
+        .unwrap();
+        self.sockets.add(s)
+    }
+
+    fn sock(&mut self, h: SocketHandle) -> &mut tcp::Socket<'static> {
+        self.sockets.get_mut::<tcp::Socket>(h)
+    }
+
+    /// One round trip of frames between the guest and the engine.
+    fn exchange(&mut self, nat: &mut Nat) {
+        let now = self.now();
+        self.iface.poll(now, &mut self.wire, &mut self.sockets);
+        while let Some(f) = self.wire.tx.pop_front() {
+            nat.from_guest(&f);
+        }
+        for f in drain(nat) {
+            self.wire.rx.push_back(f);
+        }
+        let now = self.now();
+        self.iface.poll(now, &mut self.wire, &mut self.sockets);
+    }
+
+    /// Exchanges until `done` or the deadline.
+    fn run_until(&mut self, nat: &mut Nat, what: &str, mut done: impl FnMut(&mut Self) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done(self) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            self.exchange(nat);
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+// --- hand-made frames -----------------------------------------------------------------------
+
+fn eth(dst: [u8; 6], ethertype: EthernetProtocol, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8; 14 + payload.len()];
+    EthernetRepr {
+        src_addr: EthernetAddress(GUEST_MAC),
+        dst_addr: EthernetAddress(dst),
+        ethertype,
+    }
+    .emit(&mut EthernetFrame::new_unchecked(&mut f[..]));
+    f[14..].copy_from_slice(payload);
+    f
+}
+
+fn ipv4(dst: Ipv4Addr, protocol: IpProtocol, payload: &[u8]) -> Vec<u8> {
+    let repr = Ipv4Repr {
+        src_addr: GUEST,
+        dst_addr: dst,
+        next_header: protocol,
+        payload_len: payload.len(),
+        hop_limit: 64,
+    };
+    let mut p = vec![0u8; 20 + payload.len()];
+    repr.emit(
+        &mut Ipv4Packet::new_unchecked(&mut p[..]),
+        &Default::default(),
+    );
+    p[20..].copy_from_slice(payload);
+    eth(GATEWAY_MAC.octets(), EthernetProtocol::Ipv4, &p)
+}
+
+fn arp(operation: ArpOperation, sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let repr = ArpRepr::EthernetIpv4 {
+        operation,
+        source_hardware_addr: EthernetAddress(GUEST_MAC),
+        source_protocol_addr: sender,
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: target,
+    };
+    let mut p = vec![0u8; repr.buffer_len()];
+    repr.emit(&mut ArpPacket::new_unchecked(&mut p[..]));
+    eth([0xff; 6], EthernetProtocol::Arp, &p)
+}
+
+fn udp(dst: Ipv4Addr, src_port: u16, dst_port: u16, data: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 8 + data.len()];
+    UdpRepr { src_port, dst_port }.emit(
+        &mut UdpPacket::new_unchecked(&mut p[..]),
+        &IpAddress::Ipv4(GUEST),
+        &IpAddress::Ipv4(dst),
+        data.len(),
+        |b| b.copy_from_slice(data),
+        &Default::default(),
+    );
+    ipv4(dst, IpProtocol::Udp, &p)
+}
+
+fn syn(dst: Ipv4Addr, src_port: u16, dst_port: u16) -> Vec<u8> {
+    let repr = TcpRepr {
+        src_port,
+        dst_port,
+        control: TcpControl::Syn,
+        seq_number: TcpSeqNumber(1000),
+        ack_number: None,
+        window_len: 64240,
+        window_scale: None,
+        max_seg_size: Some(1460),
+        sack_permitted: false,
+        sack_ranges: [None, None, None],
+        timestamp: None,
+        payload: &[],
+    };
+    let mut p = vec![0u8; repr.buffer_len()];
+    repr.emit(
+        &mut TcpPacket::new_unchecked(&mut p[..]),
+        &IpAddress::Ipv4(GUEST),
+        &IpAddress::Ipv4(dst),
+        &Default::default(),
+    );
+    ipv4(dst, IpProtocol::Tcp, &p)
+}
+
+/// The IPv4 packets among `frames`, parsed: (src, protocol, payload).
+fn packets(frames: &[Vec<u8>]) -> Vec<(Ipv4Addr, IpProtocol, Vec<u8>)> {
+    frames
+        .iter()
+        .filter_map(|f| {
+            let e = EthernetFrame::new_checked(&f[..]).ok()?;
+            assert_eq!(e.dst_addr(), EthernetAddress(GUEST_MAC));
+            let ip = Ipv4Packet::new_checked(e.payload()).ok()?;
+            assert!(ip.verify_checksum());
+            assert_eq!(ip.dst_addr(), GUEST);
+            Some((ip.src_addr(), ip.next_header(), ip.payload().to_vec()))
+        })
+        .collect()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind((LOOPBACK, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+// --- tests ----------------------------------------------------------------------------------
+
+#[test]
+fn arp_is_answered_for_the_gateway_only() {
+    let mut nat = nat(Limits::default());
+    nat.from_guest(&arp(ArpOperation::Request, GUEST, GATEWAY));
+    let out = drain(&mut nat);
+    assert_eq!(out.len(), 1);
+    let e = EthernetFrame::new_checked(&out[0][..]).unwrap();
+    let ArpRepr::EthernetIpv4 {
+        operation,
+        source_hardware_addr,
+        source_protocol_addr,
+        ..
+    } = ArpRepr::parse(&ArpPacket::new_checked(e.payload()).unwrap()).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(operation, ArpOperation::Reply);
+    assert_eq!(source_hardware_addr, EthernetAddress(GATEWAY_MAC.octets()));
+    assert_eq!(source_protocol_addr, GATEWAY);
+
+    // The guest's own address (an announcement), another host: no answer.
+    for target in [GUEST, Ipv4Addr::new(10, 0, 2, 3), Ipv4Addr::new(8, 8, 8, 8)] {
+        nat.from_guest(&arp(ArpOperation::Request, GUEST, target));
+        assert!(drain(&mut nat).is_empty(), "answered ARP for {target}");
+    }
+}
+
+#[test]
+fn the_gateway_answers_echo() {
+    let mut nat = nat(Limits::default());
+    let repr = Icmpv4Repr::EchoRequest {
+        ident: 0x1234,
+        seq_no: 7,
+        data: b"ping-data",
+    };
+    let mut p = vec![0u8; repr.buffer_len()];
+    repr.emit(
+        &mut Icmpv4Packet::new_unchecked(&mut p[..]),
+        &Default::default(),
+    );
+    nat.from_guest(&ipv4(GATEWAY, IpProtocol::Icmp, &p));
+    let out = packets(&drain(&mut nat));
+    assert_eq!(out.len(), 1);
+    let (src, proto, payload) = &out[0];
+    assert_eq!((*src, *proto), (GATEWAY, IpProtocol::Icmp));
+    let icmp = Icmpv4Packet::new_checked(&payload[..]).unwrap();
+    assert!(icmp.verify_checksum());
+    assert_eq!(
+        Icmpv4Repr::parse(&icmp, &Default::default()).unwrap(),
+        Icmpv4Repr::EchoReply {
+            ident: 0x1234,
+            seq_no: 7,
+            data: b"ping-data"
+        }
+    );
+}
+
+#[test]
+fn loopback_and_other_unroutable_destinations_are_dropped() {
+    let mut nat = Nat::new(config(Limits::default())).unwrap();
+    let listener = TcpListener::bind((LOOPBACK, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    for dst in [
+        LOOPBACK,
+        Ipv4Addr::new(127, 1, 2, 3),
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::new(224, 0, 0, 1),
+        Ipv4Addr::BROADCAST,
+    ] {
+        nat.from_guest(&syn(dst, 40000, port));
+        nat.from_guest(&udp(dst, 40000, port, b"x"));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(drain(&mut nat).is_empty());
+    assert_eq!(listener.accept().unwrap_err().kind(), ErrorKind::WouldBlock);
+    let stats = nat.stats();
+    assert_eq!((stats.tcp_flows, stats.udp_flows), (0, 0));
+    assert_eq!(stats.dropped, 10);
+}
+
+#[test]
+fn tcp_to_the_gateway_is_refused_and_udp_to_it_dropped() {
+    let mut nat = nat(Limits::default());
+    nat.from_guest(&syn(GATEWAY, 40001, 22));
+    let out = packets(&drain(&mut nat));
+    assert_eq!(out.len(), 1, "one RST");
+    let tcp = TcpPacket::new_checked(&out[0].2[..]).unwrap();
+    assert!(tcp.rst());
+    // UDP to the gateway other than DNS: dropped.
+    nat.from_guest(&udp(GATEWAY, 40002, 123, b"ntp"));
+    assert!(drain(&mut nat).is_empty());
+    assert_eq!(nat.stats().udp_flows, 0);
+}
+
+#[test]
+fn a_tcp_flow_is_spliced_both_ways_with_half_close() {
+    let mut nat = nat(Limits::default());
+    let listener = TcpListener::bind((LOOPBACK, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let peer = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap(); // until the guest's FIN
+        let reply: Vec<u8> = got.iter().rev().copied().collect();
+        s.write_all(&reply).unwrap();
+        got.len()
+    });
+    let mut guest = GuestStack::new();
+    let h = guest.connect(port, 49152);
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut sent = 0;
+    guest.run_until(&mut nat, "the guest's data to go out", |g| {
+        let s = g.sock(h);
+        if s.can_send() && sent < data.len() {
+            sent += s.send_slice(&data[sent..]).unwrap();
+        }
+        if sent == data.len() && s.state() == tcp::State::Established {
+            s.close(); // FIN: the peer's read_to_end returns
+        }
+        sent == data.len() && !s.may_send()
+    });
+    let mut back = Vec::new();
+    guest.run_until(&mut nat, "the peer's reply and FIN", |g| {
+        let s = g.sock(h);
+        while s.can_recv() {
+            s.recv(|b| {
+                back.extend_from_slice(b);
+                (b.len(), ())
+            })
+            .unwrap();
+        }
+        !s.may_recv() && back.len() == data.len()
+    });
+    assert_eq!(peer.join().unwrap(), data.len());
+    let want: Vec<u8> = data.iter().rev().copied().collect();
+    assert!(back == want, "the reply differs");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while nat_flows(&mut nat) != 0 {
+        assert!(Instant::now() < deadline, "the flow is still there");
+        guest.exchange(&mut nat);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn nat_flows(nat: &mut Nat) -> usize {
+    nat.process();
+    nat.stats().tcp_flows
+}
+
+#[test]
+fn a_refused_connection_is_a_reset() {
+    let mut nat = nat(Limits::default());
+    let port = free_port();
+    let mut guest = GuestStack::new();
+    let h = guest.connect(port, 49153);
+    guest.run_until(&mut nat, "the RST", |g| {
+        g.sock(h).state() == tcp::State::Closed
+    });
+    assert_eq!(nat_flows(&mut nat), 0);
+}
+
+#[test]
+fn a_host_reset_reaches_the_guest() {
+    let mut nat = nat(Limits::default());
+    let listener = TcpListener::bind((LOOPBACK, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut guest = GuestStack::new();
+    let h = guest.connect(port, 49154);
+    guest.run_until(&mut nat, "established", |g| {
+        g.sock(h).state() == tcp::State::Established
+    });
+    let (s, _) = listener.accept().unwrap();
+    super::engine::set_linger_zero(std::os::fd::AsRawFd::as_raw_fd(&s));
+    drop(s); // RST
+    guest.run_until(&mut nat, "the RST", |g| {
+        g.sock(h).state() == tcp::State::Closed
+    });
+    assert_eq!(nat_flows(&mut nat), 0);
+}
+
+#[test]
+fn udp_goes_out_and_replies_come_back_from_the_destination() {
+    let mut nat = nat(Limits::default());
+    let peer = UdpSocket::bind((LOOPBACK, 0)).unwrap();
+    let port = peer.local_addr().unwrap().port();
+    peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    nat.from_guest(&udp(LOOPBACK, 5353, port, b"question"));
+    nat.process();
+    let mut buf = [0u8; 64];
+    let (n, from) = peer.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"question");
+    peer.send_to(b"answer", from).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let reply = loop {
+        let out = packets(&drain(&mut nat));
+        if let Some(p) = out.into_iter().next() {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "no reply");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!((reply.0, reply.1), (LOOPBACK, IpProtocol::Udp));
+    let u = UdpPacket::new_checked(&reply.2[..]).unwrap();
+    assert!(u.verify_checksum(&IpAddress::Ipv4(LOOPBACK), &IpAddress::Ipv4(GUEST)));
+    assert_eq!((u.src_port(), u.dst_port()), (port, 5353));
+    assert_eq!(u.payload(), b"answer");
+    assert_eq!(nat.stats().udp_flows, 1);
+}
+
+#[test]
+fn udp_flows_are_bounded_by_evicting_the_oldest() {
+    let limits = Limits {
+        udp_flows: 8,
+        ..Limits::default()
+    };
+    let mut nat = nat(limits);
+    let peer = UdpSocket::bind((LOOPBACK, 0)).unwrap();
+    let port = peer.local_addr().unwrap().port();
+    for src in 0..100 {
+        nat.from_guest(&udp(LOOPBACK, 10000 + src, port, b"x"));
+    }
+    assert_eq!(nat.stats().udp_flows, 8);
+}
+
+#[test]
+fn a_syn_flood_is_bounded_and_other_flows_keep_working() {
+    let limits = Limits {
+        tcp_flows: 16,
+        ..Limits::default()
+    };
+    let mut nat = nat(limits);
+    // A peer that accepts and never speaks: each SYN becomes a flow.
+    let listener = TcpListener::bind((LOOPBACK, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    for src in 0..500 {
+        nat.from_guest(&syn(LOOPBACK, 20000 + src, port));
+        nat.process();
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let frames = drain(&mut nat);
+    let stats = nat.stats();
+    assert!(stats.tcp_flows <= 16, "{stats:?}");
+    assert!(stats.tcp_refused_full >= 484, "{stats:?}");
+    let resets = packets(&frames)
+        .iter()
+        .filter(|(_, _, p)| TcpPacket::new_checked(&p[..]).is_ok_and(|t| t.rst()))
+        .count();
+    assert!(resets >= 484, "{resets} RSTs");
+}
+
+#[test]
+fn malformed_frames_are_dropped_without_panic() {
+    let mut nat = nat(Limits::default());
+    let good = [
+        syn(LOOPBACK, 1, 2),
+        udp(LOOPBACK, 1, 2, b"abc"),
+        arp(ArpOperation::Request, GUEST, GATEWAY),
+    ];
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for frame in &good {
+        for len in 0..frame.len() {
+            nat.from_guest(&frame[..len]);
+        }
+        for _ in 0..2000 {
+            let mut f = frame.clone();
+            let i = usize::try_from(next()).unwrap() % f.len();
+            f[i] = next().to_le_bytes()[0];
+            nat.from_guest(&f);
+        }
+    }
+    nat.process();
+    while nat.to_guest().is_some() {}
+}
+
+#[test]
+fn dhcp_gives_the_guest_its_address_and_the_gateway_as_router_and_dns() {
+    use crate::dhcp::testing::{client_msg, options};
+    let mut nat = nat(Limits::default());
+    nat.from_guest(&client_msg(MacAddr::new(GUEST_MAC), 1, None));
+    let out = drain(&mut nat);
+    assert_eq!(out.len(), 1, "one offer");
+    let opts = options(&out[0]);
+    let yiaddr = &out[0][14 + 20 + 8 + 16..14 + 20 + 8 + 20];
+    assert_eq!(yiaddr, GUEST.octets());
+    assert_eq!(opts[&1], [255, 255, 255, 252], "netmask of a /30");
+    assert_eq!(opts[&3], GATEWAY.octets(), "router");
+    // The pod's first resolver is on loopback: the guest asks the gateway, then the other.
+    assert_eq!(opts[&6], [10, 0, 2, 1, 10, 96, 0, 10]);
+    assert_eq!(opts[&26], 1500u16.to_be_bytes());
+    assert_eq!(opts[&12], b"vm");
+    // Another MAC gets nothing.
+    nat.from_guest(&client_msg(MacAddr::new([2, 0, 0, 0, 0, 9]), 1, None));
+    assert!(drain(&mut nat).is_empty());
+}

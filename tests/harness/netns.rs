@@ -1,0 +1,46 @@
+//! Shell steps for the network tests: namespaces, links, peers' servers.
+
+use std::process::Command;
+
+/// Runs `script` with `sh -e`; its stdout and stderr. Panics, showing both, if it fails.
+pub fn sh(script: &str) -> String {
+    let out = Command::new("sh")
+        .args(["-ec", script])
+        .output()
+        .expect("run sh");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{script}\n{text}");
+    text
+}
+
+/// A minimal DNS server (Python) answering every A query with `answer`, on UDP `bind`:53,
+/// started in namespace `netns` (or this one when empty) in the background.
+pub fn dns_server(netns: &str, bind: &str, answer: &str) {
+    let prefix = if netns.is_empty() {
+        String::new()
+    } else {
+        format!("ip netns exec {netns} ")
+    };
+    let octets = answer.replace('.', ",");
+    sh(&format!(
+        "cat > /tmp/dns-{bind}.py <<'PY'
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(('{bind}', 53))
+while True:
+    q, peer = s.recvfrom(512)
+    end = q.index(0, 12) + 5
+    r = q[:2] + b'\\x81\\x80' + q[4:6] + b'\\x00\\x01\\x00\\x00\\x00\\x00' + q[12:end]
+    r += b'\\xc0\\x0c\\x00\\x01\\x00\\x01\\x00\\x00\\x00\\x3c\\x00\\x04' + bytes([{octets}])
+    s.sendto(r, peer)
+PY
+        {prefix}python3 /tmp/dns-{bind}.py >/dev/null 2>&1 &
+        for i in $(seq 100); do
+          {prefix}ss -lun | grep -q '{bind}:53 ' && exit 0; sleep 0.1
+        done; echo the DNS server did not start; exit 1"
+    ));
+}

@@ -110,3 +110,154 @@ testhost_test!(
     },
     timeout = 300
 );
+
+testhost_test!(
+    fn every_free_port_reaches_the_guest_and_a_ports_list_narrows_it() {
+        pod_and_peer();
+        // A service of the pod itself holds TCP 8082 before vmm starts: it stays the pod's.
+        sh(
+            "mkdir -p /tmp/pod-www && echo from-the-pod > /tmp/pod-www/index.html
+            cd /tmp/pod-www
+            ip netns exec pod python3 -m http.server 8082 >/dev/null 2>&1 &
+            for i in $(seq 100); do
+              ip netns exec pod ss -ltn | grep -q ':8082 ' && exit 0; sleep 0.1
+            done; exit 1",
+        );
+        let manifest = masquerade_manifest("inbound", "{}")
+            .kernel_image(&vmm_tests::iperf_guest_image())
+            .memory("512Mi");
+        let mut guest = Guest::boot_in_netns("pod", &manifest, &[]);
+        guest.wait_ready(1);
+        assert!(
+            guest
+                .stderr()
+                .contains("already in use in the pod: 8082/Tcp"),
+            "{}",
+            guest.stderr()
+        );
+        guest.check("udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 5 -T 2");
+        guest.check(
+            "mkdir -p /www && echo hello-from-guest > /www/index.html && httpd -p 8080 -h /www",
+        );
+        let fetch = |port: u16| {
+            sh(&format!(
+                "ip netns exec peer python3 -c \"import urllib.request; \
+                 print(urllib.request.urlopen('http://10.10.0.2:{port}/', timeout=20).read().decode())\""
+            ))
+        };
+        assert!(fetch(8080).contains("hello-from-guest"));
+        assert!(fetch(8082).contains("from-the-pod"));
+        // The guest sees the peer's own address.
+        guest.check("nc -l -p 9000 >/tmp/got & sleep 0.5");
+        sh("ip netns exec peer python3 -c \"import socket, time; \
+            s = socket.create_connection(('10.10.0.2', 9000), timeout=20); \
+            s.sendall(b'from-peer'); time.sleep(4)\" &
+            sleep 2");
+        let conns = guest.check("netstat -tn");
+        assert!(conns.contains("10.10.0.1:"), "{conns}");
+        // UDP into the guest (and back out from the same port): iperf3's UDP test, whose
+        // control connection is TCP.
+        guest.check("iperf3 -s -D");
+        let udp = sh("sleep 1; ip netns exec peer iperf3 -c 10.10.0.2 -u -b 2M -t 2 -f m");
+        assert!(udp.contains("receiver"), "{udp}");
+        let lost = udp
+            .lines()
+            .find(|l| l.contains("receiver"))
+            .and_then(|l| l.split('(').nth(1))
+            .and_then(|l| l.split('%').next())
+            .and_then(|p| p.parse::<f64>().ok())
+            .unwrap_or(100.0);
+        assert!(lost < 50.0, "{udp}");
+        guest.send("poweroff -f");
+        assert_eq!(guest.wait_exit(EXIT), 0, "{}", guest.stderr());
+        // The pod's own service is untouched and vmm's listeners are gone.
+        assert!(fetch(8082).contains("from-the-pod"));
+        let listening = sh("ip netns exec pod ss -ltn | wc -l");
+        assert!(listening.trim().parse::<u32>().unwrap() < 5, "{listening}");
+
+        // A ports list: only 8080/TCP is forwarded.
+        let manifest = masquerade_manifest(
+            "ports",
+            "\n        ports:\n          - name: http\n            port: 8080",
+        );
+        let mut guest = Guest::boot_in_netns("pod", &manifest, &[]);
+        guest.wait_ready(1);
+        guest.check("udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 5 -T 2");
+        guest.check(
+            "mkdir -p /www && echo hello-again > /www/index.html && \
+             httpd -p 8080 -h /www && httpd -p 8081 -h /www",
+        );
+        assert!(fetch(8080).contains("hello-again"));
+        let refused = std::process::Command::new("ip")
+            .args(["netns", "exec", "peer", "python3", "-c"])
+            .arg("import urllib.request; urllib.request.urlopen('http://10.10.0.2:8081/', timeout=10)")
+            .output()
+            .unwrap();
+        assert!(!refused.status.success());
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("refused"),
+            "{}",
+            String::from_utf8_lossy(&refused.stderr)
+        );
+        guest.send("poweroff -f");
+        assert_eq!(guest.wait_exit(EXIT), 0, "{}", guest.stderr());
+        sh("ip netns del pod; ip netns del peer");
+    },
+    timeout = 400
+);
+
+testhost_test!(
+    fn without_net_admin_or_net_raw_on_a_custom_subnet() {
+        pod_and_peer();
+        // Unprivileged ICMP as a fresh namespace has it: forbidden.
+        sh("ip netns exec pod sysctl -qw net.ipv4.ping_group_range='1 0'");
+        let md5 = peer_web_server(100_000);
+        let manifest = masquerade_manifest("nocaps", "\n        cidr: 192.168.100.0/24");
+        let mut guest = Guest::boot_wrapped(
+            &[
+                "ip",
+                "netns",
+                "exec",
+                "pod",
+                "setpriv",
+                "--bounding-set",
+                "-net_admin,-net_raw",
+                "--inh-caps",
+                "-net_admin,-net_raw",
+            ],
+            &manifest,
+            &[],
+        );
+        guest.wait_ready(1);
+        // vmm really runs without them (CAP_NET_ADMIN is bit 12, CAP_NET_RAW bit 13).
+        let status = std::fs::read_to_string(format!("/proc/{}/status", guest.pid())).unwrap();
+        let eff = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+            .unwrap();
+        assert_eq!(eff & (1 << 12 | 1 << 13), 0, "{status}");
+
+        let lease = guest.check("udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 5 -T 2");
+        assert!(lease.contains("ip=192.168.100.2 mask=24"), "{lease}");
+        assert!(lease.contains("router=192.168.100.1"), "{lease}");
+        let got = guest.check("wget -q -O - http://10.10.0.1:8000/blob | md5sum");
+        assert_eq!(got.split_whitespace().next(), Some(md5.as_str()));
+        // The gateway still answers echo itself; beyond it, pings are dropped and the log
+        // says why.
+        guest.check("ping -c 1 -W 5 192.168.100.1");
+        let (rc, _) = guest.exec("ping -c 1 -W 3 10.10.0.1");
+        assert_ne!(rc, 0);
+        assert!(
+            guest
+                .stderr()
+                .contains("forbids unprivileged ICMP echo sockets"),
+            "{}",
+            guest.stderr()
+        );
+        guest.send("poweroff -f");
+        assert_eq!(guest.wait_exit(EXIT), 0, "{}", guest.stderr());
+        sh("ip netns del pod; ip netns del peer");
+    },
+    timeout = 300
+);

@@ -232,7 +232,7 @@ fn dry_run_prints_the_plan() {
         "cmdline     \"console=ttyS0\"",
         "16550A COM1",
         "stdout and /tmp/x.log",
-        "masquerade: in-process NAT on 10.0.2.0/30, gateway 10.0.2.1, guest 10.0.2.2, MTU 65520, all inbound ports forwarded",
+        "masquerade: in-process NAT on 10.0.2.0/30, gateway 10.0.2.1, guest 10.0.2.2, MTU 65520, inbound: every free TCP and UDP port outside the ephemeral range",
         // No net1 here and no NAD in the file: the plan says why the run would fail.
         "bridge: would fail: spec.instance.interfaces[1] (data): host link net1 not found",
     ] {

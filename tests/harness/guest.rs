@@ -247,23 +247,29 @@ impl std::fmt::Debug for Guest {
 impl Guest {
     /// Starts `vmm run` on `manifest` with `extra` arguments before the file.
     pub fn start(manifest: &Path, extra: &[&str]) -> Self {
-        Self::start_in(None, manifest, extra)
+        Self::start_in(&[], manifest, extra)
     }
 
     /// Like [`Guest::boot`], with vmm in network namespace `netns`.
     pub fn boot_in_netns(netns: &str, manifest: &Manifest, extra: &[&str]) -> Self {
+        Self::boot_wrapped(&["ip", "netns", "exec", netns], manifest, extra)
+    }
+
+    /// Like [`Guest::boot`], with vmm started by the command `wrapper` (`ip netns exec`,
+    /// `setpriv`, ...), which must exec it.
+    pub fn boot_wrapped(wrapper: &[&str], manifest: &Manifest, extra: &[&str]) -> Self {
         let dir = TempDir::new("guest");
         let path = manifest.write(dir.path());
-        let mut guest = Self::start_in(Some(netns), &path, extra);
+        let mut guest = Self::start_in(wrapper, &path, extra);
         guest._dir = Some(dir);
         guest
     }
 
-    fn start_in(netns: Option<&str>, manifest: &Path, extra: &[&str]) -> Self {
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(vmm_bin());
+    fn start_in(wrapper: &[&str], manifest: &Path, extra: &[&str]) -> Self {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(vmm_bin());
                 c
             }
             None => Command::new(vmm_bin()),

@@ -60,6 +60,18 @@ pub fn guest_image() -> PathBuf {
     dir
 }
 
+/// The test guest with iperf3 (`images/out/guest/iperf`), for tests that need a UDP server
+/// in the guest.
+pub fn iperf_guest_image() -> PathBuf {
+    let dir = guest_image().join("iperf");
+    assert!(
+        dir.join("initrd").exists(),
+        "the iperf guest image is missing in {}: run images/build",
+        dir.display()
+    );
+    dir
+}
+
 /// A directory for this test's files, fresh and removed on drop.
 #[derive(Debug)]
 pub struct TempDir(PathBuf);

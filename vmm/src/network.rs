@@ -16,7 +16,7 @@ use devices::virtio::net::NetCounters;
 use net::bridge::{self, BindError, Binding};
 use net::dhcp::{DhcpServer, Lease};
 use net::local_dhcp::LocalDhcp;
-use net::nat::{Limits, NatBackend, NatConfig};
+use net::nat::{Forward, Limits, Listeners, NatBackend, NatConfig, Protocol};
 use net::netlink::{Ipv4Net, Link, Netlink};
 use net::{FrameBackend, MacAddr, Tap};
 
@@ -116,8 +116,9 @@ pub enum NicBackend {
         /// The DHCP server.
         dhcp: Option<DhcpServer>,
     },
-    /// The masquerade engine (a fresh one each boot).
-    Nat(NatConfig),
+    /// The masquerade engine (a fresh one each boot) and the forwarded ports' sockets
+    /// (bound once).
+    Nat(NatConfig, Arc<Listeners>),
 }
 
 impl HostNic {
@@ -133,7 +134,9 @@ impl HostNic {
                     None => Box::new(tap),
                 }
             }
-            NicBackend::Nat(cfg) => Box::new(NatBackend::new(cfg.clone())?),
+            NicBackend::Nat(cfg, listeners) => {
+                Box::new(NatBackend::new(cfg.clone(), listeners.clone())?)
+            }
         })
     }
 }
@@ -423,9 +426,25 @@ fn set_up_one(
     let counters = Arc::new(NetCounters::default());
     let acked = Arc::new(AtomicU64::new(0));
     if let BindingKind::Masquerade {
-        network, prefix, ..
+        network,
+        prefix,
+        ref ports,
     } = iface.binding
     {
+        let forward = ports.as_ref().map_or(Forward::All, |list| {
+            Forward::Ports(
+                list.iter()
+                    .map(|(port, proto)| {
+                        let proto = match proto {
+                            crate::config::Protocol::Tcp => Protocol::Tcp,
+                            crate::config::Protocol::Udp => Protocol::Udp,
+                        };
+                        (*port, proto)
+                    })
+                    .collect(),
+            )
+        });
+        let listeners = Listeners::bind(&forward);
         let cfg = NatConfig {
             network,
             prefix,
@@ -437,15 +456,16 @@ fn set_up_one(
             limits: Limits::default(),
         };
         let host = format!(
-            "in-process NAT: gateway {}, guest {}/{prefix}, MTU {MASQUERADE_MTU}",
+            "in-process NAT: gateway {}, guest {}/{prefix}, MTU {MASQUERADE_MTU}; {}",
             cfg.gateway(),
-            cfg.guest()
+            cfg.guest(),
+            listeners.summary()
         );
         return Ok(HostNic {
             name,
             mac: iface.mac,
             mtu: MASQUERADE_MTU,
-            backend: NicBackend::Nat(cfg),
+            backend: NicBackend::Nat(cfg, Arc::new(listeners)),
             counters,
             acked,
             host,

@@ -127,7 +127,10 @@ fn render_interfaces(out: &mut String, manifest: &Manifest, cfg: &VmConfig, host
             } => {
                 let base_u32 = u32::from(*base);
                 let ports = ports.as_ref().map_or_else(
-                    || "all inbound ports forwarded".to_string(),
+                    || {
+                        "inbound: every free TCP and UDP port outside the ephemeral range"
+                            .to_string()
+                    },
                     |p| {
                         let list: Vec<String> = p
                             .iter()

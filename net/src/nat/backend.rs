@@ -2,10 +2,12 @@
 
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::Arc;
 
 use vm_memory::VolatileSlice;
 
 use super::engine::{Nat, NatConfig};
+use super::inbound::Listeners;
 use crate::backend::{FrameBackend, Offloads, VNET_HDR_LEN};
 
 /// The largest frame taken from the guest: a 64 KiB TSO segment with its headers.
@@ -47,10 +49,10 @@ pub struct NatBackend {
 }
 
 impl NatBackend {
-    /// A fresh engine for `cfg`.
-    pub fn new(cfg: NatConfig) -> io::Result<Self> {
+    /// A fresh engine for `cfg`, with inbound traffic from `listeners`.
+    pub fn new(cfg: NatConfig, listeners: Arc<Listeners>) -> io::Result<Self> {
         Ok(Self {
-            nat: Nat::new(cfg)?,
+            nat: Nat::new(cfg, listeners)?,
             frame: Vec::with_capacity(MAX_FRAME),
         })
     }

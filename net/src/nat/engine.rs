@@ -5,6 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
@@ -19,6 +20,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use vmm_sys_util::timerfd::TimerFd;
 
+use super::inbound::Listeners;
 use crate::dhcp::{DhcpServer, Lease};
 use crate::mac::MacAddr;
 
@@ -185,6 +187,8 @@ const KIND_UDP: u64 = 2 << 56;
 const KIND_ICMP: u64 = 3 << 56;
 const TOKEN_TIMER: u64 = 4 << 56;
 const TOKEN_READY: u64 = 5 << 56;
+const KIND_LISTEN_TCP: u64 = 6 << 56;
+const KIND_LISTEN_UDP: u64 = 7 << 56;
 const KIND_MASK: u64 = 0xff << 56;
 
 enum TcpState {
@@ -204,6 +208,14 @@ struct TcpFlow {
     key: (u16, SocketAddrV4),
     host: TcpStream,
     state: TcpState,
+    last: Instant,
+}
+
+/// A peer that sent a datagram to a forwarded UDP port; the guest's replies go back
+/// through that port's socket.
+struct InboundUdp {
+    listener: usize,
+    peer: SocketAddrV4,
     last: Instant,
 }
 
@@ -236,6 +248,11 @@ pub struct Nat {
     icmp: HashMap<u64, DgramFlow>,
     icmp_keys: HashMap<(u16, SocketAddrV4), u64>,
     icmp_forbidden: bool,
+    listeners: Arc<Listeners>,
+    /// Listeners with connections or datagrams waiting (edge-triggered: kept until drained).
+    tcp_listen_ready: Vec<usize>,
+    udp_listen_ready: Vec<usize>,
+    inbound_udp: HashMap<(u16, SocketAddrV4), InboundUdp>,
     start: Instant,
     next_sweep: Instant,
     stats: NatStats,
@@ -262,7 +279,7 @@ fn is_routable(dst: Ipv4Addr) -> bool {
         || dst.is_broadcast())
 }
 
-fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
+pub(crate) fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::sa_family_t::try_from(libc::AF_INET).unwrap_or_default(),
         sin_port: a.port().to_be(),
@@ -274,7 +291,7 @@ fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
 }
 
 /// The size of `T` as a socket option or address length.
-fn socklen<T>() -> libc::socklen_t {
+pub(crate) fn socklen<T>() -> libc::socklen_t {
     libc::socklen_t::try_from(std::mem::size_of::<T>()).unwrap_or(libc::socklen_t::MAX)
 }
 
@@ -353,8 +370,8 @@ pub(crate) fn set_linger_zero(fd: RawFd) {
 }
 
 impl Nat {
-    /// An engine for `cfg`.
-    pub fn new(cfg: NatConfig) -> io::Result<Self> {
+    /// An engine for `cfg`, forwarding what arrives on `listeners` to the guest.
+    pub fn new(cfg: NatConfig, listeners: Arc<Listeners>) -> io::Result<Self> {
         let gateway = cfg.gateway();
         let guest = cfg.guest();
         let loopback_dns = cfg.dns.iter().copied().find(Ipv4Addr::is_loopback);
@@ -414,7 +431,27 @@ impl Nat {
             ready.as_raw_fd(),
             EpollEvent::new(EventSet::IN, TOKEN_READY),
         )?;
+        let listen = EventSet::IN | EventSet::EDGE_TRIGGERED;
+        for (i, (_, l)) in listeners.tcp.iter().enumerate() {
+            epoll.ctl(
+                ControlOperation::Add,
+                l.as_raw_fd(),
+                EpollEvent::new(listen, KIND_LISTEN_TCP | i as u64),
+            )?;
+        }
+        for (i, (_, l)) in listeners.udp.iter().enumerate() {
+            epoll.ctl(
+                ControlOperation::Add,
+                l.as_raw_fd(),
+                EpollEvent::new(listen, KIND_LISTEN_UDP | i as u64),
+            )?;
+        }
         let mut nat = Self {
+            // Connections and datagrams that arrived before this boot's engine existed.
+            tcp_listen_ready: (0..listeners.tcp.len()).collect(),
+            udp_listen_ready: (0..listeners.udp.len()).collect(),
+            listeners,
+            inbound_udp: HashMap::new(),
             gateway,
             guest,
             dns_redirect,
@@ -454,7 +491,7 @@ impl Nat {
     pub fn stats(&self) -> NatStats {
         NatStats {
             tcp_flows: self.tcp.len(),
-            udp_flows: self.udp.len(),
+            udp_flows: self.udp.len() + self.inbound_udp.len(),
             icmp_flows: self.icmp.len(),
             ..self.stats
         }
@@ -659,6 +696,15 @@ impl Nat {
             return self.drop_frame();
         };
         let key = (udp.src_port(), SocketAddrV4::new(dst, udp.dst_port()));
+        if let Some(inbound) = self.inbound_udp.get_mut(&key) {
+            // A reply to a peer that wrote to a forwarded port: from that port.
+            inbound.last = Instant::now();
+            let (_, sock) = &self.listeners.udp[inbound.listener];
+            if let Err(e) = sock.send_to(udp.payload(), inbound.peer) {
+                log::debug!("masquerade: UDP reply to {}: {e}", inbound.peer);
+            }
+            return;
+        }
         let target = if dst == self.gateway {
             match self.dns_redirect {
                 Some(resolver) if key.1.port() == 53 => resolver,
@@ -918,6 +964,14 @@ impl Nat {
                     }
                     TOKEN_READY => {}
                     KIND_TCP => self.tcp_event(id, ev.event_set()),
+                    KIND_LISTEN_TCP => {
+                        self.tcp_listen_ready
+                            .push(usize::try_from(id & !KIND_MASK).unwrap_or(0));
+                    }
+                    KIND_LISTEN_UDP => {
+                        self.udp_listen_ready
+                            .push(usize::try_from(id & !KIND_MASK).unwrap_or(0));
+                    }
                     KIND_UDP => {
                         if let Some(f) = self.udp.get_mut(&id) {
                             f.readable = true;
@@ -937,6 +991,7 @@ impl Nat {
                 break;
             }
         }
+        self.accept_inbound();
         self.poll_iface();
         let ids: Vec<u64> = self.tcp.keys().copied().collect();
         for id in ids {
@@ -961,6 +1016,7 @@ impl Nat {
         for id in dgrams {
             self.read_dgram(id);
         }
+        self.read_inbound_udp();
         let now = Instant::now();
         if now >= self.next_sweep {
             self.teach_guest_mac();
@@ -988,6 +1044,168 @@ impl Nat {
     fn poll_iface(&mut self) {
         let now = self.now();
         self.iface.poll(now, &mut self.dev, &mut self.sockets);
+    }
+
+    /// The address a peer appears from in the guest: its own, unless the guest could not
+    /// answer it (loopback, the NAT subnet itself), then the gateway's.
+    fn visible_source(&self, peer: Ipv4Addr) -> Ipv4Addr {
+        let subnet = |a: Ipv4Addr| {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(self.cfg.prefix))
+                .unwrap_or(0);
+            u32::from(a) & mask == u32::from(self.cfg.network) & mask
+        };
+        if is_routable(peer) && !subnet(peer) {
+            peer
+        } else {
+            self.gateway
+        }
+    }
+
+    /// Accepts waiting inbound connections and starts the guest's side of each.
+    fn accept_inbound(&mut self) {
+        self.tcp_listen_ready.sort_unstable();
+        self.tcp_listen_ready.dedup();
+        let ready = std::mem::take(&mut self.tcp_listen_ready);
+        for i in ready {
+            let listeners = self.listeners.clone();
+            let Some((port, listener)) = listeners.tcp.get(i) else {
+                continue;
+            };
+            loop {
+                let (stream, peer) = match listener.accept() {
+                    Ok((s, std::net::SocketAddr::V4(p))) => (s, p),
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => break, // WouldBlock, or an error of that one connection
+                };
+                self.start_inbound(stream, peer, *port);
+            }
+        }
+    }
+
+    fn start_inbound(&mut self, stream: TcpStream, peer: SocketAddrV4, port: u16) {
+        let src = SocketAddrV4::new(self.visible_source(*peer.ip()), peer.port());
+        let key = (port, src);
+        if self.tcp.len() >= self.cfg.limits.tcp_flows || self.tcp_keys.contains_key(&key) {
+            self.stats.tcp_refused_full += u64::from(self.tcp.len() >= self.cfg.limits.tcp_flows);
+            set_linger_zero(stream.as_raw_fd());
+            return;
+        }
+        if stream.set_nonblocking(true).is_err() {
+            return;
+        }
+        let bytes = self.cfg.limits.tcp_buffer;
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0u8; bytes]),
+            tcp::SocketBuffer::new(vec![0u8; bytes]),
+        );
+        socket.set_nagle_enabled(false);
+        let remote = (IpAddress::Ipv4(self.guest), port);
+        let local = IpListenEndpoint {
+            addr: Some(IpAddress::Ipv4(*src.ip())),
+            port: src.port(),
+        };
+        if let Err(e) = socket.connect(self.iface.context(), remote, local) {
+            log::debug!("masquerade: inbound from {peer} to port {port}: {e}");
+            set_linger_zero(stream.as_raw_fd());
+            return;
+        }
+        let id = self.token(KIND_TCP);
+        let events =
+            EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
+        if self
+            .epoll
+            .ctl(
+                ControlOperation::Add,
+                stream.as_raw_fd(),
+                EpollEvent::new(events, id),
+            )
+            .is_err()
+        {
+            return;
+        }
+        let handle = self.sockets.add(socket);
+        self.tcp_keys.insert(key, id);
+        self.tcp.insert(
+            id,
+            TcpFlow {
+                key,
+                host: stream,
+                state: TcpState::Spliced {
+                    handle,
+                    readable: true,
+                    writable: true,
+                    host_eof: false,
+                    host_shut: false,
+                },
+                last: Instant::now(),
+            },
+        );
+    }
+
+    /// Datagrams to forwarded UDP ports, to the guest while its queue has room.
+    fn read_inbound_udp(&mut self) {
+        self.udp_listen_ready.sort_unstable();
+        self.udp_listen_ready.dedup();
+        let ready = std::mem::take(&mut self.udp_listen_ready);
+        let listeners = self.listeners.clone();
+        let max_payload = usize::from(self.cfg.mtu).saturating_sub(IP_HDR + UDP_HDR);
+        for i in ready {
+            let Some((port, sock)) = listeners.udp.get(i) else {
+                continue;
+            };
+            loop {
+                if self.dev.tx.len() >= self.dev.tx_limit {
+                    self.udp_listen_ready.push(i); // drained later
+                    break;
+                }
+                let (n, peer) = match sock.recv_from(&mut self.buf) {
+                    Ok((n, std::net::SocketAddr::V4(p))) => (n, p),
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                };
+                if n > max_payload {
+                    self.stats.dropped += 1;
+                    continue;
+                }
+                let src = SocketAddrV4::new(self.visible_source(*peer.ip()), peer.port());
+                let key = (*port, src);
+                if !self.inbound_udp.contains_key(&key)
+                    && self.inbound_udp.len() >= self.cfg.limits.udp_flows
+                    && let Some(oldest) = self
+                        .inbound_udp
+                        .iter()
+                        .min_by_key(|(_, f)| f.last)
+                        .map(|(k, _)| *k)
+                {
+                    self.inbound_udp.remove(&oldest);
+                }
+                self.inbound_udp.insert(
+                    key,
+                    InboundUdp {
+                        listener: i,
+                        peer,
+                        last: Instant::now(),
+                    },
+                );
+                let mut segment = vec![0u8; UDP_HDR + n];
+                UdpRepr {
+                    src_port: src.port(),
+                    dst_port: *port,
+                }
+                .emit(
+                    &mut UdpPacket::new_unchecked(&mut segment[..]),
+                    &IpAddress::Ipv4(*src.ip()),
+                    &IpAddress::Ipv4(self.guest),
+                    n,
+                    |p| p.copy_from_slice(&self.buf[..n]),
+                    &ChecksumCapabilities::default(),
+                );
+                self.push_ip(*src.ip(), IpProtocol::Udp, &segment);
+            }
+        }
     }
 
     fn tcp_event(&mut self, id: u64, events: EventSet) {
@@ -1211,6 +1429,8 @@ impl Nat {
         for id in idle(&self.udp).into_iter().chain(idle(&self.icmp)) {
             self.close_dgram(id);
         }
+        self.inbound_udp
+            .retain(|_, f| now.duration_since(f.last) < limits.udp_idle);
     }
 }
 

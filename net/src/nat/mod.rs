@@ -64,9 +64,11 @@
 
 pub mod backend;
 pub mod engine;
+pub mod inbound;
 
 pub use backend::NatBackend;
 pub use engine::{GATEWAY_MAC, Limits, Nat, NatConfig, NatStats};
+pub use inbound::{Forward, Listeners, Protocol};
 
 #[cfg(test)]
 mod tests;

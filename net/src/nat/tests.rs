@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
@@ -37,7 +38,7 @@ fn config(limits: Limits) -> NatConfig {
 }
 
 fn nat(limits: Limits) -> Nat {
-    let mut nat = Nat::new(config(limits)).expect("engine");
+    let mut nat = Nat::new(config(limits), Arc::default()).expect("engine");
     nat.allow_loopback();
     nat
 }
@@ -330,7 +331,7 @@ fn the_gateway_answers_echo() {
 
 #[test]
 fn loopback_and_other_unroutable_destinations_are_dropped() {
-    let mut nat = Nat::new(config(Limits::default())).unwrap();
+    let mut nat = Nat::new(config(Limits::default()), Arc::default()).unwrap();
     let listener = TcpListener::bind((LOOPBACK, 0)).unwrap();
     let port = listener.local_addr().unwrap().port();
     listener.set_nonblocking(true).unwrap();
@@ -571,4 +572,116 @@ fn dhcp_gives_the_guest_its_address_and_the_gateway_as_router_and_dns() {
     // Another MAC gets nothing.
     nat.from_guest(&client_msg(MacAddr::new([2, 0, 0, 0, 0, 9]), 1, None));
     assert!(drain(&mut nat).is_empty());
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn inbound_tcp_reaches_a_guest_listener_and_a_closed_guest_port_resets() {
+    use super::inbound::{Forward, Listeners, Protocol};
+    let open = free_port();
+    let closed = free_port();
+    let listeners = Arc::new(Listeners::bind(&Forward::Ports(vec![
+        (open, Protocol::Tcp),
+        (closed, Protocol::Tcp),
+    ])));
+    assert_eq!(listeners.tcp.len(), 2);
+    let mut nat = Nat::new(config(Limits::default()), listeners).unwrap();
+    let mut guest = GuestStack::new();
+    let mut server = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; 65536]),
+        tcp::SocketBuffer::new(vec![0; 65536]),
+    );
+    server.listen(open).unwrap();
+    let h = guest.sockets.add(server);
+    let peer = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect((LOOPBACK, open)).unwrap();
+        s.write_all(b"hello guest").unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut back = String::new();
+        s.read_to_string(&mut back).unwrap();
+        back
+    });
+    let mut got = Vec::new();
+    guest.run_until(&mut nat, "the peer's bytes", |g| {
+        let s = g.sock(h);
+        while s.can_recv() {
+            s.recv(|b| {
+                got.extend_from_slice(b);
+                (b.len(), ())
+            })
+            .unwrap();
+        }
+        s.state() == tcp::State::CloseWait
+    });
+    assert_eq!(got, b"hello guest");
+    // A loopback peer appears from the gateway's address.
+    let remote = guest.sock(h).remote_endpoint().unwrap();
+    assert_eq!(remote.addr, IpAddress::Ipv4(GATEWAY));
+    guest.sock(h).send_slice(b"hello peer").unwrap();
+    guest.sock(h).close();
+    guest.run_until(&mut nat, "the reply to leave", |g| {
+        matches!(g.sock(h).state(), tcp::State::TimeWait | tcp::State::Closed)
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !peer.is_finished() {
+        assert!(Instant::now() < deadline, "the peer never got its EOF");
+        guest.exchange(&mut nat);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(peer.join().unwrap(), "hello peer");
+
+    // Nothing listens on `closed` in the guest: its RST resets the peer's connection.
+    let peer = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect((LOOPBACK, closed)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 1];
+        s.read(&mut buf).map_err(|e| e.kind())
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !peer.is_finished() {
+        assert!(Instant::now() < deadline, "no reset");
+        guest.exchange(&mut nat);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(peer.join().unwrap(), Err(ErrorKind::ConnectionReset));
+}
+
+#[test]
+fn inbound_udp_reaches_the_guest_and_its_reply_leaves_from_the_port() {
+    use super::inbound::{Forward, Listeners, Protocol};
+    let port = free_udp_port();
+    let listeners = Arc::new(Listeners::bind(&Forward::Ports(vec![(
+        port,
+        Protocol::Udp,
+    )])));
+    let mut nat = Nat::new(config(Limits::default()), listeners).unwrap();
+    let peer = UdpSocket::bind((LOOPBACK, 0)).unwrap();
+    let peer_port = peer.local_addr().unwrap().port();
+    peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    peer.send_to(b"query", (LOOPBACK, port)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let datagram = loop {
+        if let Some(p) = packets(&drain(&mut nat)).into_iter().next() {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "nothing reached the guest");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!((datagram.0, datagram.1), (GATEWAY, IpProtocol::Udp));
+    let u = UdpPacket::new_checked(&datagram.2[..]).unwrap();
+    assert_eq!((u.src_port(), u.dst_port()), (peer_port, port));
+    assert_eq!(u.payload(), b"query");
+    // The guest answers the address and port it saw.
+    nat.from_guest(&udp(GATEWAY, port, peer_port, b"answer"));
+    let mut buf = [0u8; 16];
+    let (n, from) = peer.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"answer");
+    assert_eq!(from.port(), port, "the reply comes from the forwarded port");
 }

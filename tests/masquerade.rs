@@ -261,3 +261,100 @@ testhost_test!(
     },
     timeout = 300
 );
+
+/// Resident memory of process `pid` outside mappings of at least `big` bytes (guest RAM).
+fn rss_without_guest_ram(pid: u32, big: u64) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let (mut total, mut size) = (0, 0);
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or("");
+        if let Some((lo, hi)) = first.split_once('-')
+            && !first.ends_with(':')
+            && let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16))
+        {
+            size = hi - lo;
+        } else if first == "Rss:" && size < big {
+            total += fields.next().unwrap().parse::<u64>().unwrap() << 10;
+        }
+    }
+    total
+}
+
+testhost_test!(
+    fn a_connection_flood_leaves_memory_bounded_and_other_flows_working() {
+        pod_and_peer();
+        // The peer: a sink that accepts and never reads (port 7000), and a slow sender
+        // (port 8001: 64 KiB in 1 KiB steps over about 6 s).
+        sh("cat > /tmp/peer.py <<'PY'
+import socket, threading, time
+sink = socket.socket(); sink.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sink.bind(('10.10.0.1', 7000)); sink.listen(1024)
+held = []
+def hold():
+    while True:
+        held.append(sink.accept()[0])
+threading.Thread(target=hold, daemon=True).start()
+slow = socket.socket(); slow.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+slow.bind(('10.10.0.1', 8001)); slow.listen(8)
+while True:
+    c, _ = slow.accept()
+    c.recv(4096)
+    c.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Length: 65536\\r\\n\\r\\n')
+    for i in range(64):
+        c.sendall(bytes([i]) * 1024); time.sleep(0.1)
+    c.close()
+PY
+            ip netns exec peer python3 /tmp/peer.py >/dev/null 2>&1 &
+            echo $! > /tmp/peer.pid
+            for i in $(seq 100); do
+              ip netns exec peer ss -ltn | grep -q 10.10.0.1:8001 && exit 0; sleep 0.1
+            done; exit 1");
+        let manifest = masquerade_manifest("flood", "{}").memory("512Mi");
+        let mut guest = Guest::boot_in_netns("pod", &manifest, &["--nat-limit", "tcp-flows=64"]);
+        guest.wait_ready(1);
+        guest.check("udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 5 -T 2");
+        let before = rss_without_guest_ram(guest.pid(), 512 << 20);
+        // A flow that must keep working through the flood.
+        guest.check("wget -q -O /tmp/slow http://10.10.0.1:8001/ >/dev/null 2>&1 &");
+        // 300 connections as fast as the guest can open them, each sending zeros to a
+        // peer that never reads: 64 fill their buffers, the rest are reset.
+        guest.check(
+            "for i in $(seq 300); do nc 10.10.0.1 7000 </dev/zero >/dev/null 2>&1 & done; sleep 8",
+        );
+        let during = rss_without_guest_ram(guest.pid(), 512 << 20);
+        let grown = during.saturating_sub(before);
+        eprintln!(
+            "vmm outside guest RAM: {} KiB before the flood, {} KiB during",
+            before >> 10,
+            during >> 10
+        );
+        // 64 flows × 256 KiB from the guest at most, plus bookkeeping.
+        assert!(grown < 48 << 20, "vmm grew by {} MiB", grown >> 20);
+        let held = sh("ip netns exec peer ss -tn state established '( sport = :7000 )' | wc -l");
+        let held: u32 = held.trim().parse().unwrap();
+        assert!(held <= 65, "{held} connections got through a limit of 64");
+        guest.check(
+            "i=0; while [ $i -lt 60 ] && pidof wget >/dev/null; do sleep 0.5; i=$((i+1)); done",
+        );
+        let slow = guest.check("wc -c < /tmp/slow");
+        assert_eq!(slow.trim(), "65536", "the slow download was cut short");
+        // While the table is full, a new connection is refused at once (RST)...
+        let (rc, out) = guest.exec("nc -w 10 10.10.0.1 8001 </dev/null");
+        assert_ne!(rc, 0);
+        assert!(out.contains("refused"), "{out}");
+        // ...and when the flood's connections end, new ones are served again. (Killing the
+        // guest's nc is not enough: its kernel keeps the unsent zeros of each orphaned
+        // socket against the peer's zero window, so the flows live on; the peer closing
+        // its side resets them.)
+        guest.check("killall nc");
+        sh("kill $(cat /tmp/peer.pid); sleep 3");
+        let md5 = peer_web_server(10_000);
+        let got = guest.check("wget -q -O - http://10.10.0.1:8000/blob | md5sum");
+        assert_eq!(got.split_whitespace().next(), Some(md5.as_str()));
+        guest.send("poweroff -f");
+        assert_eq!(guest.wait_exit(EXIT), 0, "{}", guest.stderr());
+        sh("ip netns del pod; ip netns del peer");
+    },
+    timeout = 400
+);

@@ -79,6 +79,12 @@ struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     shutdown_timeout: Duration,
 
+    /// A limit of the masquerade NAT, repeatable: tcp-flows, udp-flows, icmp-flows (counts),
+    /// tcp-buffer (bytes per direction per flow, e.g. 256K), to-guest-frames, udp-idle,
+    /// tcp-idle, connect-timeout (durations, e.g. 60s). See the README for the defaults.
+    #[arg(long = "nat-limit", value_name = "KEY=VALUE", value_parser = parse_nat_limit)]
+    nat_limits: Vec<(String, String)>,
+
     /// The manifest.
     file: PathBuf,
 }
@@ -95,6 +101,15 @@ fn parse_volume(s: &str) -> Result<(String, PathBuf), String> {
         }
         _ => Err(format!("{s:?} is not NAME=PATH")),
     }
+}
+
+fn parse_nat_limit(s: &str) -> Result<(String, String), String> {
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
+    // Checked here so that a mistake is a usage error before anything runs.
+    vmm::net_limits_default().set(key, value)?;
+    Ok((key.to_string(), value.to_string()))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -158,6 +173,14 @@ fn run(args: RunArgs, start: Instant) -> u8 {
         serial_log: args.serial_log,
         volumes: args.volumes,
         shutdown_timeout: args.shutdown_timeout,
+        nat_limits: {
+            let mut limits = vmm::net_limits_default();
+            for (key, value) in &args.nat_limits {
+                // Already checked by the parser.
+                let _ = limits.set(key, value);
+            }
+            limits
+        },
         process_start: start,
     };
     if args.dry_run {

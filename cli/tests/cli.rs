@@ -323,3 +323,38 @@ fn help_documents_exit_codes_and_examples() {
         );
     }
 }
+
+#[test]
+fn a_bad_nat_limit_is_a_usage_error() {
+    let dir = Dir::new("natlimit");
+    let kernel = dir.fake_bzimage("vmlinuz");
+    let file = dir.write("vm.yaml", &manifest(&kernel, ""));
+    for (arg, want) in [
+        ("tcp-flows=0", "tcp-flows: must be at least 1"),
+        ("tcp-flow=10", "unknown limit \"tcp-flow\""),
+        ("udp-idle=5", "needs a unit"),
+        ("nonsense", "is not KEY=VALUE"),
+    ] {
+        let out = vmm(&[
+            "run",
+            "--nat-limit",
+            arg,
+            "--dry-run",
+            file.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{arg}");
+        assert!(
+            text(&out.stderr).contains(want),
+            "{arg}: {}",
+            text(&out.stderr)
+        );
+    }
+    let out = vmm(&[
+        "run",
+        "--nat-limit",
+        "tcp-flows=64",
+        "--dry-run",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}

@@ -21,3 +21,9 @@ pub mod vcpu;
 pub mod vm;
 
 pub use runner::{ExitCode, RunError, RunOptions};
+
+/// The masquerade NAT's default limits (for the command line, which does not depend on
+/// `net` itself).
+pub fn net_limits_default() -> net::nat::Limits {
+    net::nat::Limits::default()
+}

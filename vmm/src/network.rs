@@ -238,16 +238,32 @@ fn mtu16(mtu: u32) -> u16 {
     u16::try_from(mtu).unwrap_or(u16::MAX)
 }
 
+/// What every interface's set-up shares: the pod's resolver settings, the NAT's limits.
+struct PodSettings {
+    dns: Vec<Ipv4Addr>,
+    search: Vec<String>,
+    limits: Limits,
+}
+
 /// Sets up every interface's host side.
-pub fn set_up(cfg: &VmConfig, manifest: &Manifest) -> Result<HostNetwork, NetworkError> {
+pub fn set_up(
+    cfg: &VmConfig,
+    manifest: &Manifest,
+    limits: Limits,
+) -> Result<HostNetwork, NetworkError> {
     let mut host = HostNetwork::default();
     if cfg.interfaces.is_empty() {
         return Ok(host);
     }
     let (dns, search) =
         parse_resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
+    let pod = PodSettings {
+        dns,
+        search,
+        limits,
+    };
     for (index, iface) in cfg.interfaces.iter().enumerate() {
-        let nic = set_up_one(&mut host, index, iface, cfg, manifest, &dns, &search)?;
+        let nic = set_up_one(&mut host, index, iface, cfg, manifest, &pod)?;
         log::info!("interface {} ({}): {}", nic.name, nic.mac, nic.host);
         host.nics.push(nic);
     }
@@ -414,9 +430,13 @@ fn set_up_one(
     iface: &InterfaceConfig,
     cfg: &VmConfig,
     manifest: &Manifest,
-    dns: &[Ipv4Addr],
-    search: &[String],
+    pod_settings: &PodSettings,
 ) -> Result<HostNic, NetworkError> {
+    let PodSettings {
+        dns,
+        search,
+        limits,
+    } = pod_settings;
     let name = iface.name.clone();
     let bind_err = |source| NetworkError::Bind {
         index,
@@ -453,7 +473,7 @@ fn set_up_one(
             dns: dns.to_vec(),
             search: search.to_vec(),
             hostname: cfg.name.clone(),
-            limits: Limits::default(),
+            limits: *limits,
         };
         let host = format!(
             "in-process NAT: gateway {}, guest {}/{prefix}, MTU {MASQUERADE_MTU}; {}",

@@ -61,6 +61,8 @@ pub struct RunOptions {
     pub volumes: Vec<(String, PathBuf)>,
     /// `--shutdown-timeout`.
     pub shutdown_timeout: Duration,
+    /// `--nat-limit`s over the defaults.
+    pub nat_limits: net::nat::Limits,
     /// When the process started.
     pub process_start: Instant,
 }
@@ -231,7 +233,7 @@ pub fn run(opts: &RunOptions) -> Result<ExitCode, RunError> {
     }
     let kvm = host::open_kvm(prepared.config.topology.vcpus())?;
     // Restored when dropped, on every return from here on.
-    let network = crate::network::set_up(&prepared.config, &prepared.manifest)?;
+    let network = crate::network::set_up(&prepared.config, &prepared.manifest, opts.nat_limits)?;
     let signals = SignalFd::new().map_err(os_err("cannot take over SIGTERM and SIGINT"))?;
     let console = ConsoleOutput::new(opts.serial_log.as_deref())?;
     let api = opts

@@ -72,6 +72,104 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// The names [`Limits::set`] takes, with what each means.
+    pub const KEYS: &'static [(&'static str, &'static str)] = &[
+        ("tcp-flows", "TCP flows at once (default 1024)"),
+        (
+            "udp-flows",
+            "UDP flows at once, inbound and outbound (default 1024)",
+        ),
+        ("icmp-flows", "ICMP echo flows at once (default 64)"),
+        (
+            "tcp-buffer",
+            "buffer per direction per TCP flow, e.g. 256K (default 256K)",
+        ),
+        (
+            "to-guest-frames",
+            "frames queued for the guest (default 256)",
+        ),
+        (
+            "udp-idle",
+            "UDP and ICMP idle timeout, e.g. 60s (default 60s)",
+        ),
+        ("tcp-idle", "TCP idle timeout, e.g. 24h (default 24h)"),
+        (
+            "connect-timeout",
+            "outbound TCP connect timeout (default 30s)",
+        ),
+    ];
+
+    /// Sets limit `key` (one of [`Limits::KEYS`]) from its text: a count, a size with an
+    /// optional K/M suffix, or a duration with a unit (ms, s, m, h).
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        let count = || -> Result<usize, String> {
+            let n: usize = value
+                .parse()
+                .map_err(|_| format!("{key}: {value:?} is not a number"))?;
+            if n == 0 {
+                return Err(format!("{key}: must be at least 1"));
+            }
+            Ok(n)
+        };
+        let size = || -> Result<usize, String> {
+            let (digits, shift) = match value.strip_suffix(['K', 'k']) {
+                Some(d) => (d, 10),
+                None => match value.strip_suffix(['M', 'm']) {
+                    Some(d) => (d, 20),
+                    None => (value, 0),
+                },
+            };
+            let n: usize = digits
+                .parse()
+                .map_err(|_| format!("{key}: {value:?} is not a size such as 256K"))?;
+            let n = n
+                .checked_shl(shift)
+                .filter(|n| (1024..=64 << 20).contains(n))
+                .ok_or_else(|| format!("{key}: {value:?} is not between 1K and 64M"))?;
+            Ok(n)
+        };
+        let duration = || -> Result<Duration, String> {
+            let split = value
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(value.len());
+            let (n, unit) = value.split_at(split);
+            let n: u64 = n
+                .parse()
+                .map_err(|_| format!("{key}: {value:?} is not a duration such as 30s"))?;
+            let d = match unit {
+                "ms" => Duration::from_millis(n),
+                "s" => Duration::from_secs(n),
+                "m" => Duration::from_secs(n.saturating_mul(60)),
+                "h" => Duration::from_secs(n.saturating_mul(3600)),
+                _ => return Err(format!("{key}: {value:?} needs a unit: ms, s, m or h")),
+            };
+            if d.is_zero() {
+                return Err(format!("{key}: must be longer than 0"));
+            }
+            Ok(d)
+        };
+        match key {
+            "tcp-flows" => self.tcp_flows = count()?,
+            "udp-flows" => self.udp_flows = count()?,
+            "icmp-flows" => self.icmp_flows = count()?,
+            "tcp-buffer" => self.tcp_buffer = size()?,
+            "to-guest-frames" => self.to_guest_frames = count()?,
+            "udp-idle" => self.udp_idle = duration()?,
+            "tcp-idle" => self.tcp_idle = duration()?,
+            "connect-timeout" => self.connect_timeout = duration()?,
+            _ => {
+                let keys: Vec<&str> = Self::KEYS.iter().map(|(k, _)| *k).collect();
+                return Err(format!(
+                    "unknown limit {key:?} (one of {})",
+                    keys.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What the engine is set up with.
 #[derive(Debug, Clone)]
 pub struct NatConfig {

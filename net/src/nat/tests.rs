@@ -685,3 +685,28 @@ fn inbound_udp_reaches_the_guest_and_its_reply_leaves_from_the_port() {
     assert_eq!(&buf[..n], b"answer");
     assert_eq!(from.port(), port, "the reply comes from the forwarded port");
 }
+
+#[test]
+fn limits_are_set_by_name_and_bad_values_refused() {
+    let mut l = Limits::default();
+    l.set("tcp-flows", "64").unwrap();
+    l.set("tcp-buffer", "1M").unwrap();
+    l.set("udp-idle", "5s").unwrap();
+    l.set("tcp-idle", "2h").unwrap();
+    assert_eq!(l.tcp_flows, 64);
+    assert_eq!(l.tcp_buffer, 1 << 20);
+    assert_eq!(l.udp_idle, Duration::from_secs(5));
+    assert_eq!(l.tcp_idle, Duration::from_secs(7200));
+    for (k, v) in [
+        ("tcp-flows", "0"),
+        ("tcp-flows", "many"),
+        ("tcp-buffer", "1G"),
+        ("tcp-buffer", "12"),
+        ("udp-idle", "5"),
+        ("udp-idle", "0s"),
+        ("nonsense", "1"),
+    ] {
+        let err = l.clone().set(k, v).unwrap_err();
+        assert!(err.contains(k), "{err}");
+    }
+}

@@ -39,7 +39,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTENDERS = ["vmm", "qemu vhost=off", "qemu vhost=on", "veth"]
+TABLES = {
+    "bridge": ["vmm", "qemu vhost=off", "qemu vhost=on", "veth"],
+    "masquerade": ["vmm masquerade", "vmm", "qemu user"],
+}
+CONTENDERS = sorted({c for t in TABLES.values() for c in t})
 ATTEMPTS = 3
 MEMORY_MIB = 512
 CMDLINE = "console=ttyS0 loglevel=4"
@@ -66,6 +70,7 @@ def network():
         ip -n pod addr add 10.10.0.2/24 dev eth0
         ip -n peer addr add {PEER}/24 dev veth-peer
         ip -n pod link set eth0 up; ip -n peer link set veth-peer up
+        ip netns exec pod sysctl -qw net.ipv4.ping_group_range='0 2147483647'
         ip netns exec peer iperf3 -s -D -B {PEER}
         for i in $(seq 100); do
             ip netns exec peer ss -ltn | grep -q {PEER}:5201 && exit 0; sleep 0.1
@@ -125,7 +130,7 @@ class Agent:
             self.proc.wait()
 
 
-def vmm_argv(args):
+def vmm_argv(args, binding="bridge"):
     manifest = Path("/run/bench-net.yaml")
     manifest.write_text(f"""apiVersion: virt.virtink.smartx.com/v1alpha1
 kind: VirtualMachine
@@ -143,7 +148,7 @@ spec:
       cmdline: "{CMDLINE}"
     interfaces:
       - name: pod
-        bridge: {{}}
+        {binding}: {{}}
   networks:
     - name: pod
       pod: {{}}
@@ -174,6 +179,24 @@ def qemu_argv(args, vhost):
         "-m", f"{MEMORY_MIB}M", "-nodefaults", "-no-user-config", "-display", "none",
         "-monitor", "none", "-serial", "stdio", "-no-reboot",
         "-netdev", f"tap,id=n0,ifname=qtap,script=no,downscript=no,vhost={vhost}",
+        "-device", f"virtio-net-pci,netdev=n0,mac={GUEST_MAC},romfile=",
+        "-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd"),
+        "-append", CMDLINE,
+    ]
+
+
+def qemu_user_argv(args):
+    """QEMU's user networking (libslirp): no TAP, the guest takes 10.0.2.15 by DHCP."""
+    qemu = Path(args.qemu)
+    image = Path(args.image)
+    return [
+        "ip", "netns", "exec", "pod",
+        str(qemu / "bin/qemu-system-x86_64"),
+        "-L", str(qemu / "share/qemu"), "-L", str(qemu / "share/seabios"),
+        "-machine", "q35", "-enable-kvm", "-cpu", "host", "-smp", "1",
+        "-m", f"{MEMORY_MIB}M", "-nodefaults", "-no-user-config", "-display", "none",
+        "-monitor", "none", "-serial", "stdio", "-no-reboot",
+        "-netdev", "user,id=n0",
         "-device", f"virtio-net-pci,netdev=n0,mac={GUEST_MAC},romfile=",
         "-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd"),
         "-append", CMDLINE,
@@ -216,11 +239,18 @@ def measure(name, args):
                                   capture_output=True, text=True).stdout
         result = measurements(run, args.seconds)
     else:
-        argv = vmm_argv(args) if name == "vmm" else qemu_argv(args, name.split("=")[1])
+        if name == "vmm":
+            argv = vmm_argv(args)
+        elif name == "vmm masquerade":
+            argv = vmm_argv(args, "masquerade")
+        elif name == "qemu user":
+            argv = qemu_user_argv(args)
+        else:
+            argv = qemu_argv(args, name.split("=")[1])
         agent = Agent(argv)
         try:
             agent.wait_for(rb"VMMTEST-READY", 240)
-            if name == "vmm":
+            if name in ("vmm", "vmm masquerade", "qemu user"):
                 agent.run("udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 5 -T 2")
             else:
                 agent.run("ip addr add 10.10.0.2/24 dev eth0 && ip link set eth0 up")
@@ -250,8 +280,9 @@ def in_testhost(name, args):
 
 
 def drive(args):
-    results, failures = {}, {name: 0 for name in CONTENDERS}
-    for name in CONTENDERS:
+    contenders = TABLES[args.table]
+    results, failures = {}, {name: 0 for name in contenders}
+    for name in contenders:
         for _ in range(ATTEMPTS):
             r = in_testhost(name, args)
             if r is not None:
@@ -265,29 +296,32 @@ def drive(args):
             ("ping RTT (mean of 20)", "rtt", lambda v: f"{v:.3f} ms")]
     width = 24
     print(f"\nNetwork, inside the KVM test host (TCG, nested KVM): one run, iperf3 -t "
-          f"{args.seconds}, one TCP stream; guest 1 vCPU, {MEMORY_MIB} MiB, MTU 1500")
-    print("".ljust(24) + "".join(n.rjust(width) for n in CONTENDERS))
+          f"{args.seconds}, one TCP stream; guest 1 vCPU, {MEMORY_MIB} MiB, pod link MTU 1500")
+    print("".ljust(24) + "".join(n.rjust(width) for n in contenders))
     for label, key, fmt in rows:
-        base = results.get("vmm", {}).get(key)
+        base = results.get(contenders[0], {}).get(key)
         cells = []
-        for name in CONTENDERS:
+        for name in contenders:
             value = results.get(name, {}).get(key)
             if value is None:
                 cells.append("failed".rjust(width))
                 continue
             cell = fmt(value)
-            if name != "vmm" and base:
+            if name != contenders[0] and base:
                 cell += f" ({value / base:.2f}×)"
             cells.append(cell.rjust(width))
         print(label.ljust(24) + "".join(cells))
     print("failed attempts".ljust(24) + "".join(str(failures[n]).rjust(width)
-                                                for n in CONTENDERS))
-    return 0 if len(results) == len(CONTENDERS) else 1
+                                                for n in contenders))
+    return 0 if len(results) == len(contenders) else 1
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--table", choices=sorted(TABLES), default="bridge",
+                        help="bridge: vmm's TAP beside QEMU's TAP and veth; masquerade: "
+                             "vmm's NAT beside its TAP and QEMU's user networking")
     parser.add_argument("--measure", choices=CONTENDERS, help=argparse.SUPPRESS)
     parser.add_argument("--vmm", default=str(ROOT / "target/release/vmm"))
     parser.add_argument("--image", default=str(ROOT / "images/out/guest/iperf"))

@@ -311,7 +311,13 @@ PY
               ip netns exec peer ss -ltn | grep -q 10.10.0.1:8001 && exit 0; sleep 0.1
             done; exit 1");
         let manifest = masquerade_manifest("flood", "{}").memory("512Mi");
-        let mut guest = Guest::boot_in_netns("pod", &manifest, &["--nat-limit", "tcp-flows=64"]);
+        let limits = [
+            "--nat-limit",
+            "tcp-flows=64",
+            "--nat-limit",
+            "tcp-memory=16M",
+        ];
+        let mut guest = Guest::boot_in_netns("pod", &manifest, &limits);
         guest.wait_ready(1);
         guest.check("udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 5 -T 2");
         let before = rss_without_guest_ram(guest.pid(), 512 << 20);
@@ -329,8 +335,8 @@ PY
             before >> 10,
             during >> 10
         );
-        // 64 flows × 256 KiB from the guest at most, plus bookkeeping.
-        assert!(grown < 48 << 20, "vmm grew by {} MiB", grown >> 20);
+        // The TCP buffer budget (16 MiB), plus bookkeeping.
+        assert!(grown < 24 << 20, "vmm grew by {} MiB", grown >> 20);
         let held = sh("ip netns exec peer ss -tn state established '( sport = :7000 )' | wc -l");
         let held: u32 = held.trim().parse().unwrap();
         assert!(held <= 65, "{held} connections got through a limit of 64");

@@ -36,6 +36,9 @@ const EVENTS: usize = 64;
 /// How often idle flows are looked for.
 const SWEEP: Duration = Duration::from_secs(1);
 
+/// The buffer per direction of a TCP flow beyond the budget for [`Limits::tcp_buffer`].
+pub const SMALL_TCP_BUFFER: usize = 64 << 10;
+
 /// Bounds on what the guest can make the engine hold. See the module documentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -45,8 +48,12 @@ pub struct Limits {
     pub udp_flows: usize,
     /// ICMP echo flows at once.
     pub icmp_flows: usize,
-    /// Buffer per direction per TCP flow, bytes.
+    /// Buffer per direction of a TCP flow while the budget allows, bytes.
     pub tcp_buffer: usize,
+    /// The budget: all TCP flows' buffers together, bytes. A flow that would exceed it
+    /// with `tcp_buffer` gets [`SMALL_TCP_BUFFER`]; one that would exceed it even so is
+    /// refused (RST).
+    pub tcp_memory: usize,
     /// Frames waiting for the guest.
     pub to_guest_frames: usize,
     /// A UDP or ICMP flow without traffic for this long is closed.
@@ -63,7 +70,8 @@ impl Default for Limits {
             tcp_flows: 1024,
             udp_flows: 1024,
             icmp_flows: 64,
-            tcp_buffer: 256 << 10,
+            tcp_buffer: 1 << 20,
+            tcp_memory: 128 << 20,
             to_guest_frames: 256,
             udp_idle: Duration::from_secs(60),
             tcp_idle: Duration::from_secs(24 * 3600),
@@ -83,7 +91,11 @@ impl Limits {
         ("icmp-flows", "ICMP echo flows at once (default 64)"),
         (
             "tcp-buffer",
-            "buffer per direction per TCP flow, e.g. 256K (default 256K)",
+            "buffer per direction per TCP flow while the budget allows, e.g. 256K (default 1M)",
+        ),
+        (
+            "tcp-memory",
+            "all TCP flows' buffers together, e.g. 64M (default 128M)",
         ),
         (
             "to-guest-frames",
@@ -125,8 +137,8 @@ impl Limits {
                 .map_err(|_| format!("{key}: {value:?} is not a size such as 256K"))?;
             let n = n
                 .checked_shl(shift)
-                .filter(|n| (1024..=64 << 20).contains(n))
-                .ok_or_else(|| format!("{key}: {value:?} is not between 1K and 64M"))?;
+                .filter(|n| (1024..=4 << 30).contains(n))
+                .ok_or_else(|| format!("{key}: {value:?} is not between 1K and 4096M"))?;
             Ok(n)
         };
         let duration = || -> Result<Duration, String> {
@@ -153,7 +165,8 @@ impl Limits {
             "tcp-flows" => self.tcp_flows = count()?,
             "udp-flows" => self.udp_flows = count()?,
             "icmp-flows" => self.icmp_flows = count()?,
-            "tcp-buffer" => self.tcp_buffer = size()?,
+            "tcp-buffer" => self.tcp_buffer = size()?.max(SMALL_TCP_BUFFER),
+            "tcp-memory" => self.tcp_memory = size()?,
             "to-guest-frames" => self.to_guest_frames = count()?,
             "udp-idle" => self.udp_idle = duration()?,
             "tcp-idle" => self.tcp_idle = duration()?,
@@ -208,6 +221,8 @@ impl NatConfig {
 pub struct NatStats {
     /// TCP flows now.
     pub tcp_flows: usize,
+    /// Bytes of TCP buffer they hold.
+    pub tcp_memory: usize,
     /// UDP flows now.
     pub udp_flows: usize,
     /// ICMP flows now.
@@ -304,6 +319,8 @@ enum TcpState {
 
 struct TcpFlow {
     key: (u16, SocketAddrV4),
+    /// Bytes of buffer its socket holds (both directions), 0 while connecting.
+    buffer: usize,
     host: TcpStream,
     state: TcpState,
     last: Instant,
@@ -354,6 +371,8 @@ pub struct Nat {
     start: Instant,
     next_sweep: Instant,
     stats: NatStats,
+    /// Bytes of TCP buffer allocated to flows.
+    tcp_memory: usize,
     buf: Vec<u8>,
     /// Tests reach their own listeners on loopback; the guest never does.
     loopback_ok: bool,
@@ -571,6 +590,7 @@ impl Nat {
             start,
             next_sweep: start + SWEEP,
             stats: NatStats::default(),
+            tcp_memory: 0,
             buf: vec![0u8; 65536],
             loopback_ok: false,
             cfg,
@@ -589,10 +609,16 @@ impl Nat {
     pub fn stats(&self) -> NatStats {
         NatStats {
             tcp_flows: self.tcp.len(),
+            tcp_memory: self.tcp_memory,
             udp_flows: self.udp.len() + self.inbound_udp.len(),
             icmp_flows: self.icmp.len(),
             ..self.stats
         }
+    }
+
+    /// Whether frames wait for the guest or for smoltcp.
+    pub fn has_frames(&self) -> bool {
+        !self.dev.tx.is_empty() || !self.dev.rx.is_empty()
     }
 
     /// The next frame for the guest, if one is waiting.
@@ -779,6 +805,7 @@ impl Nat {
             id,
             TcpFlow {
                 key,
+                buffer: 0,
                 host,
                 state: TcpState::Connecting {
                     syn: frame.to_vec(),
@@ -1160,6 +1187,23 @@ impl Nat {
         }
     }
 
+    /// A smoltcp socket with buffers as large as the budget allows, and its bytes; `None`
+    /// when not even small ones fit.
+    fn tcp_socket(&mut self) -> Option<(tcp::Socket<'static>, usize)> {
+        let limits = &self.cfg.limits;
+        let free = limits.tcp_memory.saturating_sub(self.tcp_memory);
+        let size = [limits.tcp_buffer, SMALL_TCP_BUFFER]
+            .into_iter()
+            .find(|size| 2 * size <= free)?;
+        self.tcp_memory += 2 * size;
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0u8; size]),
+            tcp::SocketBuffer::new(vec![0u8; size]),
+        );
+        socket.set_nagle_enabled(false);
+        Some((socket, 2 * size))
+    }
+
     /// Accepts waiting inbound connections and starts the guest's side of each.
     fn accept_inbound(&mut self) {
         self.tcp_listen_ready.sort_unstable();
@@ -1193,12 +1237,11 @@ impl Nat {
         if stream.set_nonblocking(true).is_err() {
             return;
         }
-        let bytes = self.cfg.limits.tcp_buffer;
-        let mut socket = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0u8; bytes]),
-            tcp::SocketBuffer::new(vec![0u8; bytes]),
-        );
-        socket.set_nagle_enabled(false);
+        let Some((mut socket, buffer)) = self.tcp_socket() else {
+            self.stats.tcp_refused_full += 1;
+            set_linger_zero(stream.as_raw_fd());
+            return;
+        };
         let remote = (IpAddress::Ipv4(self.guest), port);
         let local = IpListenEndpoint {
             addr: Some(IpAddress::Ipv4(*src.ip())),
@@ -1206,6 +1249,7 @@ impl Nat {
         };
         if let Err(e) = socket.connect(self.iface.context(), remote, local) {
             log::debug!("masquerade: inbound from {peer} to port {port}: {e}");
+            self.tcp_memory -= buffer;
             set_linger_zero(stream.as_raw_fd());
             return;
         }
@@ -1221,6 +1265,7 @@ impl Nat {
             )
             .is_err()
         {
+            self.tcp_memory -= buffer;
             return;
         }
         let handle = self.sockets.add(socket);
@@ -1229,6 +1274,7 @@ impl Nat {
             id,
             TcpFlow {
                 key,
+                buffer,
                 host: stream,
                 state: TcpState::Spliced {
                     handle,
@@ -1347,11 +1393,18 @@ impl Nat {
             self.poll_iface();
             return;
         }
-        let bytes = self.cfg.limits.tcp_buffer;
-        let mut socket = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0u8; bytes]),
-            tcp::SocketBuffer::new(vec![0u8; bytes]),
-        );
+        let Some((mut socket, buffer)) = self.tcp_socket() else {
+            // Out of buffer budget: refused, as with a full flow table.
+            self.stats.tcp_refused_full += 1;
+            self.remove_tcp(id, true);
+            self.dev.rx.push_back(syn);
+            self.poll_iface();
+            return;
+        };
+        let Some(flow) = self.tcp.get_mut(&id) else {
+            return;
+        };
+        flow.buffer = buffer;
         let dst = flow.key.1;
         if socket
             .listen(IpListenEndpoint {
@@ -1363,7 +1416,6 @@ impl Nat {
             self.remove_tcp(id, true);
             return;
         }
-        socket.set_nagle_enabled(false);
         let handle = self.sockets.add(socket);
         flow.state = TcpState::Spliced {
             handle,
@@ -1470,6 +1522,7 @@ impl Nat {
             return;
         };
         self.tcp_keys.remove(&flow.key);
+        self.tcp_memory -= flow.buffer;
         let _ = self.epoll.ctl(
             ControlOperation::Delete,
             flow.host.as_raw_fd(),

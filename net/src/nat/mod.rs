@@ -37,6 +37,20 @@
 //! the guest's back. Where the host forbids such sockets (`net.ipv4.ping_group_range`), the
 //! log says so once and echo requests are dropped. The gateway answers echo itself.
 //!
+//! **Inbound.** [`inbound::Listeners`] holds a TCP listener and a UDP socket on 0.0.0.0
+//! for every forwarded port (every free port outside the ephemeral range by default, or
+//! `masquerade.ports`), bound once before the first boot. An accepted connection becomes a
+//! smoltcp socket connecting from the peer's address and port to the guest's port (from
+//! the gateway's address when the peer's could not be answered: loopback, the NAT subnet);
+//! the guest's SYN-ACK makes it a spliced flow like any other, its RST resets the peer. A
+//! datagram to a forwarded UDP port goes to the guest from the peer's address and port, and
+//! the guest's datagrams back to that address and port leave through the forwarded port's
+//! socket, so the peer sees its reply come from the port it wrote to.
+//!
+//! **MTU.** The virtual link between guest and engine is not the pod's: it has MTU 65520
+//! (as slirp4netns and pasta use), so a TCP segment carries up to 64 KiB and the per-packet
+//! cost on both sides is paid a fortieth as often as at 1500.
+//!
 //! **DNS.** The guest is told the pod's resolvers. A resolver on loopback (127.0.0.53,
 //! say) is unreachable from the guest as such, so the guest is given the gateway address
 //! instead and the engine sends the gateway's UDP and TCP port 53 to that resolver: the
@@ -47,27 +61,32 @@
 //! the host (unlike slirp's 10.0.2.2): TCP to it is refused, UDP to it dropped, except DNS
 //! as above.
 //!
-//! **Bounds.** [`Limits`]: at most `tcp_flows` TCP flows (SYNs beyond it are answered with
-//! RST), `udp_flows` UDP and `icmp_flows` ICMP flows (the least recently used is evicted),
-//! `tcp_buffer` bytes of buffer per direction per TCP flow, `to_guest_frames` frames queued
-//! for the guest (beyond it smoltcp keeps data in its socket buffers and UDP datagrams wait
-//! in their host sockets). Memory is therefore at most about
-//! `tcp_flows × 2 × tcp_buffer` plus small per-flow state, whatever the guest does; the
-//! buffers are allocated zeroed and only become resident as data passes through them.
-//! UDP and ICMP flows expire after `udp_idle` of silence, TCP connections still connecting
-//! after `connect_timeout`, TCP flows in which neither side moved a byte for `tcp_idle`.
+//! **Bounds.** [`Limits`], each settable with `vmm run --nat-limit KEY=VALUE`: at most
+//! `tcp_flows` TCP flows (1024; SYNs and inbound connections beyond it are reset),
+//! `udp_flows` UDP flows (1024) and `icmp_flows` ICMP flows (64), the least recently used
+//! evicted; `to_guest_frames` frames queued for the guest (256: beyond it smoltcp keeps data
+//! in its socket buffers and datagrams wait in their host sockets). TCP buffers come from a
+//! budget, `tcp_memory` (128 MiB) for all flows together: a flow gets `tcp_buffer` (1 MiB)
+//! each way while the budget allows (large windows are what make a single stream fast),
+//! then [`SMALL_TCP_BUFFER`] (64 KiB), and when not even that fits it is refused. What a
+//! guest can make the engine hold is therefore `tcp_memory` plus about 1 KiB of state per
+//! flow, whatever it does; the buffers are allocated zeroed and only become resident as
+//! data passes through them. UDP and ICMP flows expire after `udp_idle` (60 s) of silence,
+//! TCP connections still connecting after `connect_timeout` (30 s), TCP flows in which no
+//! byte moved for `tcp_idle` (24 h).
 //!
 //! **Deliberately not done.** IPv6; IP fragments from the guest (dropped: Linux guests do
 //! path MTU discovery); UDP datagrams larger than fit one guest frame from the host
 //! (dropped); ICMP errors from the host network for UDP (the guest sees a timeout); TCP
-//! urgent data; inbound forwarding is not in this module yet.
+//! urgent data; UDP or ICMP to ports of the pod nobody forwards (the pod's kernel answers);
+//! ICMP echo to the pod from outside (the pod's kernel answers it, not the guest).
 
 pub mod backend;
 pub mod engine;
 pub mod inbound;
 
 pub use backend::NatBackend;
-pub use engine::{GATEWAY_MAC, Limits, Nat, NatConfig, NatStats};
+pub use engine::{GATEWAY_MAC, Limits, Nat, NatConfig, NatStats, SMALL_TCP_BUFFER};
 pub use inbound::{Forward, Listeners, Protocol};
 
 #[cfg(test)]

@@ -515,6 +515,7 @@ fn a_syn_flood_is_bounded_and_other_flows_keep_working() {
     let frames = drain(&mut nat);
     let stats = nat.stats();
     assert!(stats.tcp_flows <= 16, "{stats:?}");
+    assert!(stats.tcp_memory <= (16 * 2) << 20, "{stats:?}");
     assert!(stats.tcp_refused_full >= 484, "{stats:?}");
     let resets = packets(&frames)
         .iter()
@@ -709,4 +710,34 @@ fn limits_are_set_by_name_and_bad_values_refused() {
         let err = l.clone().set(k, v).unwrap_err();
         assert!(err.contains(k), "{err}");
     }
+}
+
+#[test]
+fn the_tcp_buffer_budget_bounds_memory_and_shrinks_buffers_before_refusing() {
+    let small = 2 * super::engine::SMALL_TCP_BUFFER;
+    // Room for two flows with 1 MiB each way, then eight with small buffers.
+    let limits = Limits {
+        tcp_buffer: 1 << 20,
+        tcp_memory: 2 * (2 << 20) + 8 * small,
+        ..Limits::default()
+    };
+    let mut nat = nat(limits);
+    let listener = TcpListener::bind((LOOPBACK, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let mut held = Vec::new();
+    for src in 0..40 {
+        nat.from_guest(&syn(LOOPBACK, 30000 + src, port));
+        for _ in 0..20 {
+            nat.process();
+            while let Ok((s, _)) = listener.accept() {
+                held.push(s);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let stats = nat.stats();
+    assert_eq!(stats.tcp_memory, limits.tcp_memory, "{stats:?}");
+    assert_eq!(stats.tcp_flows, 10, "{stats:?}");
+    assert_eq!(stats.tcp_refused_full, 30, "{stats:?}");
 }

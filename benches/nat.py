@@ -12,8 +12,8 @@ namespace and its traffic leaves from the pod's address:
   vmm nat       the masquerade engine alone (net/examples/nat_tap.rs): a TAP created in the
                 pod and moved into the client, MTU 65520, offloads on, 10.0.2.2/30 via
                 10.0.2.1
-  pasta         Debian's passt package: `pasta --config-net --netns` on the client
-                (its defaults: MTU 65520, the pod's address and routes copied)
+  pasta         Debian's passt package: `pasta --config-net --no-map-gw --netns` on the
+                client (its defaults: MTU 65520, the pod's address and routes copied)
   slirp4netns   `slirp4netns --configure --mtu=65520` on the client
   kernel NAT    a veth pair client ↔ pod, `ip_forward`, an nftables masquerade rule
   veth          no NAT: iperf3 from the pod itself, the ceiling
@@ -109,9 +109,12 @@ def start(name, args):
         """)
         return [proc], "nat-client"
     if name == "pasta":
+        # As root pasta would drop to nobody and then fail to enter the namespace; the
+        # gateway (the peer here) must stay the peer, not the pod's loopback.
         proc = subprocess.Popen(["ip", "netns", "exec", "nat-pod", "pasta", "-f", "-q",
-                                 "--config-net", "-t", "none", "-u", "none", "-T", "none",
-                                 "-U", "none", "--netns", "/run/netns/nat-client"],
+                                 "--runas", "0:0", "--config-net", "--no-map-gw",
+                                 "-t", "none", "-u", "none", "-T", "none", "-U", "none",
+                                 "--netns", "/run/netns/nat-client"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_link("nat-client", "eth0")
         time.sleep(1)

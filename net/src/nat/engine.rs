@@ -292,6 +292,49 @@ impl phy::Device for Queues {
     }
 }
 
+/// A device holding one borrowed frame from the guest, for smoltcp to take in place;
+/// what smoltcp answers goes to the guest's queue.
+struct OneFrame<'f, 'q> {
+    frame: Option<&'f [u8]>,
+    tx: &'q mut VecDeque<Vec<u8>>,
+    caps: DeviceCapabilities,
+}
+
+struct BorrowedRx<'f>(&'f [u8]);
+
+impl phy::RxToken for BorrowedRx<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(self.0)
+    }
+}
+
+impl phy::Device for OneFrame<'_, '_> {
+    type RxToken<'a>
+        = BorrowedRx<'a>
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = TxToken<'a>
+    where
+        Self: 'a;
+
+    fn receive(
+        &mut self,
+        _: smoltcp::time::Instant,
+    ) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        let frame = self.frame.take()?;
+        Some((BorrowedRx(frame), TxToken(self.tx)))
+    }
+
+    fn transmit(&mut self, _: smoltcp::time::Instant) -> Option<Self::TxToken<'_>> {
+        Some(TxToken(self.tx))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        self.caps.clone()
+    }
+}
+
 // --- flows -------------------------------------------------------------------------------
 
 /// Epoll token kinds (top byte).
@@ -715,7 +758,7 @@ impl Nat {
             ArpOperation::Reply if target_protocol_addr == self.gateway => {}
             _ => return self.drop_frame(),
         }
-        self.dev.rx.push_back(frame.to_vec());
+        self.ingest(frame);
     }
 
     fn ipv4_from_guest(&mut self, frame: &[u8], payload: &[u8]) {
@@ -757,7 +800,7 @@ impl Nat {
             {
                 return;
             }
-            self.dev.rx.push_back(frame.to_vec());
+            self.ingest(frame);
             return;
         }
         let target = if dst == self.gateway {
@@ -773,14 +816,14 @@ impl Nat {
         }
         let Some(target) = target.filter(|_| self.tcp.len() < self.cfg.limits.tcp_flows) else {
             // No listener: smoltcp answers the SYN with RST.
-            self.dev.rx.push_back(frame.to_vec());
+            self.ingest(frame);
             return;
         };
         let host = match connect(libc::SOCK_STREAM, 0, target) {
             Ok(fd) => TcpStream::from(fd),
             Err(e) => {
                 log::debug!("masquerade: connect {target}: {e}");
-                self.dev.rx.push_back(frame.to_vec());
+                self.ingest(frame);
                 return;
             }
         };
@@ -796,7 +839,7 @@ impl Nat {
             )
             .is_err()
         {
-            self.dev.rx.push_back(frame.to_vec());
+            self.ingest(frame);
             return;
         }
         let now = Instant::now();
@@ -1164,6 +1207,18 @@ impl Nat {
     #[cfg(test)]
     pub(crate) fn allow_loopback(&mut self) {
         self.loopback_ok = true;
+    }
+
+    /// Has smoltcp take `frame` now, without copying it; its answers queue for the guest.
+    fn ingest(&mut self, frame: &[u8]) {
+        let now = self.now();
+        let mut one = OneFrame {
+            frame: Some(frame),
+            caps: phy::Device::capabilities(&self.dev),
+            tx: &mut self.dev.tx,
+        };
+        self.iface
+            .poll_ingress_single(now, &mut one, &mut self.sockets);
     }
 
     fn poll_iface(&mut self) {

@@ -58,6 +58,8 @@ testhost_test!(
         // The pod's resolver is on loopback, as with systemd-resolved or a node-local cache.
         sh("printf 'nameserver 127.0.0.53\\nsearch pod.example\\n' > /etc/resolv.conf");
         dns_server("pod", "127.0.0.53", "10.10.0.1");
+        // And one in the peer, for UDP to the peer itself.
+        dns_server("peer", "10.10.0.1", "10.99.0.7");
         let md5 = peer_web_server(300_000);
         // A service on the pod's loopback, started before vmm (whose forwarding listeners
         // then leave its port alone).
@@ -86,6 +88,8 @@ testhost_test!(
         guest.check("ping -c 1 -W 5 10.0.2.1");
         let looked_up = guest.check("nslookup peer.pod.example");
         assert!(looked_up.contains("10.10.0.1"), "{looked_up}");
+        let looked_up = guest.check("nslookup anything.example 10.10.0.1");
+        assert!(looked_up.contains("10.99.0.7"), "{looked_up}");
         let got = guest.check("wget -q -O - http://peer.pod.example:8000/blob | md5sum");
         assert_eq!(got.split_whitespace().next(), Some(md5.as_str()));
         // Traffic leaves with the pod's address: the peer saw 10.10.0.2.

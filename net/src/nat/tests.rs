@@ -741,3 +741,23 @@ fn the_tcp_buffer_budget_bounds_memory_and_shrinks_buffers_before_refusing() {
     assert_eq!(stats.tcp_flows, 10, "{stats:?}");
     assert_eq!(stats.tcp_refused_full, 30, "{stats:?}");
 }
+
+#[test]
+fn idle_udp_flows_expire() {
+    let limits = Limits {
+        udp_idle: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let mut nat = nat(limits);
+    let peer = UdpSocket::bind((LOOPBACK, 0)).unwrap();
+    let port = peer.local_addr().unwrap().port();
+    nat.from_guest(&udp(LOOPBACK, 6000, port, b"x"));
+    assert_eq!(nat.stats().udp_flows, 1);
+    // The sweep runs once a second.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while nat.stats().udp_flows != 0 {
+        assert!(Instant::now() < deadline, "the idle flow is still there");
+        std::thread::sleep(Duration::from_millis(100));
+        nat.process();
+    }
+}

@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+from table import print_table
+
 ROOT = Path(__file__).resolve().parent.parent
 PEER = "10.20.0.1"
 CONTENDERS = os.environ.get("NAT_CONTENDERS", "vmm nat,pasta,slirp4netns,kernel NAT,veth").split(",")
@@ -187,20 +189,7 @@ def main():
     width = 22
     print(f"\nNAT engines on this machine (no VM): one run, iperf3 -t {args.seconds}, one TCP "
           "stream, client namespace → NAT in the pod namespace → veth → peer")
-    print("".ljust(24) + "".join(n.rjust(width) for n in CONTENDERS))
-    for label, key, fmt in rows:
-        base_value = results.get("vmm nat", {}).get(key)
-        cells = []
-        for name in CONTENDERS:
-            value = results.get(name, {}).get(key)
-            if value is None:
-                cells.append("failed".rjust(width))
-                continue
-            cell = fmt(value)
-            if name != "vmm nat" and base_value:
-                cell += f" ({value / base_value:.2f}×)"
-            cells.append(cell.rjust(width))
-        print(label.ljust(24) + "".join(cells))
+    print_table(CONTENDERS, results, rows, width)
     print(json.dumps(results), file=sys.stderr)
     return 0 if len(results) == len(CONTENDERS) else 1
 

@@ -38,6 +38,8 @@ import sys
 import time
 from pathlib import Path
 
+from table import print_table
+
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = {
     "bridge": ["vmm", "qemu vhost=off", "qemu vhost=on", "veth"],
@@ -169,24 +171,16 @@ def qemu_argv(args, vhost):
         ip -n pod link set qtap master br0
         ip -n pod link set br0 up; ip -n pod link set qtap up
     """)
-    qemu = Path(args.qemu)
-    image = Path(args.image)
-    return [
-        "ip", "netns", "exec", "pod",
-        str(qemu / "bin/qemu-system-x86_64"),
-        "-L", str(qemu / "share/qemu"), "-L", str(qemu / "share/seabios"),
-        "-machine", "q35", "-enable-kvm", "-cpu", "host", "-smp", "1",
-        "-m", f"{MEMORY_MIB}M", "-nodefaults", "-no-user-config", "-display", "none",
-        "-monitor", "none", "-serial", "stdio", "-no-reboot",
-        "-netdev", f"tap,id=n0,ifname=qtap,script=no,downscript=no,vhost={vhost}",
-        "-device", f"virtio-net-pci,netdev=n0,mac={GUEST_MAC},romfile=",
-        "-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd"),
-        "-append", CMDLINE,
-    ]
+    return qemu_command(args, f"tap,id=n0,ifname=qtap,script=no,downscript=no,vhost={vhost}")
 
 
 def qemu_user_argv(args):
     """QEMU's user networking (libslirp): no TAP, the guest takes 10.0.2.15 by DHCP."""
+    return qemu_command(args, "user,id=n0")
+
+
+def qemu_command(args, netdev):
+    """QEMU -enable-kvm in the pod namespace: q35, the guest, one virtio-net on `netdev`."""
     qemu = Path(args.qemu)
     image = Path(args.image)
     return [
@@ -196,7 +190,7 @@ def qemu_user_argv(args):
         "-machine", "q35", "-enable-kvm", "-cpu", "host", "-smp", "1",
         "-m", f"{MEMORY_MIB}M", "-nodefaults", "-no-user-config", "-display", "none",
         "-monitor", "none", "-serial", "stdio", "-no-reboot",
-        "-netdev", "user,id=n0",
+        "-netdev", netdev,
         "-device", f"virtio-net-pci,netdev=n0,mac={GUEST_MAC},romfile=",
         "-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd"),
         "-append", CMDLINE,
@@ -297,22 +291,8 @@ def drive(args):
     width = 24
     print(f"\nNetwork, inside the KVM test host (TCG, nested KVM): one run, iperf3 -t "
           f"{args.seconds}, one TCP stream; guest 1 vCPU, {MEMORY_MIB} MiB, pod link MTU 1500")
-    print("".ljust(24) + "".join(n.rjust(width) for n in contenders))
-    for label, key, fmt in rows:
-        base = results.get(contenders[0], {}).get(key)
-        cells = []
-        for name in contenders:
-            value = results.get(name, {}).get(key)
-            if value is None:
-                cells.append("failed".rjust(width))
-                continue
-            cell = fmt(value)
-            if name != contenders[0] and base:
-                cell += f" ({value / base:.2f}×)"
-            cells.append(cell.rjust(width))
-        print(label.ljust(24) + "".join(cells))
-    print("failed attempts".ljust(24) + "".join(str(failures[n]).rjust(width)
-                                                for n in contenders))
+    print_table(contenders, results, rows, width,
+                [("failed attempts", [failures[n] for n in contenders])])
     return 0 if len(results) == len(contenders) else 1
 
 

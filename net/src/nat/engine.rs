@@ -827,21 +827,10 @@ impl Nat {
                 return;
             }
         };
-        let id = self.token(KIND_TCP);
-        let events =
-            EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
-        if self
-            .epoll
-            .ctl(
-                ControlOperation::Add,
-                host.as_raw_fd(),
-                EpollEvent::new(events, id),
-            )
-            .is_err()
-        {
+        let Some(id) = self.watch_tcp(&host) else {
             self.ingest(frame);
             return;
-        }
+        };
         let now = Instant::now();
         self.tcp_keys.insert(key, id);
         self.tcp.insert(
@@ -1242,6 +1231,21 @@ impl Nat {
         }
     }
 
+    /// Registers a flow's host socket (edge-triggered, both ways); its token.
+    fn watch_tcp(&mut self, host: &TcpStream) -> Option<u64> {
+        let id = self.token(KIND_TCP);
+        let events =
+            EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
+        self.epoll
+            .ctl(
+                ControlOperation::Add,
+                host.as_raw_fd(),
+                EpollEvent::new(events, id),
+            )
+            .ok()?;
+        Some(id)
+    }
+
     /// A smoltcp socket with buffers as large as the budget allows, and its bytes; `None`
     /// when not even small ones fit.
     fn tcp_socket(&mut self) -> Option<(tcp::Socket<'static>, usize)> {
@@ -1308,21 +1312,10 @@ impl Nat {
             set_linger_zero(stream.as_raw_fd());
             return;
         }
-        let id = self.token(KIND_TCP);
-        let events =
-            EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
-        if self
-            .epoll
-            .ctl(
-                ControlOperation::Add,
-                stream.as_raw_fd(),
-                EpollEvent::new(events, id),
-            )
-            .is_err()
-        {
+        let Some(id) = self.watch_tcp(&stream) else {
             self.tcp_memory -= buffer;
             return;
-        }
+        };
         let handle = self.sockets.add(socket);
         self.tcp_keys.insert(key, id);
         self.tcp.insert(

@@ -347,3 +347,71 @@ testhost_test!(
     },
     timeout = 120
 );
+
+/// A manifest with the pod network bridged and multus network 1 (`net1`) an sriov VF whose
+/// NAD in the file names `device_id`.
+fn sriov_manifest(name: &str, device_id: &str) -> Manifest {
+    Manifest::new(name)
+        .network(
+            "    - name: pod\n      bridge: {}\n    - name: vf\n      sriov: {}\n",
+            "  - name: pod\n    pod: {}\n  - name: vf\n    multus:\n      networkName: sriov-net\n",
+        )
+        .document(&format!(
+            "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\n\
+             metadata:\n  name: sriov-net\n\
+             spec:\n  config: '{{\"cniVersion\": \"0.3.1\", \"type\": \"sriov\", \"deviceID\": \"{device_id}\"}}'\n"
+        ))
+}
+
+testhost_test!(
+    fn sriov_without_a_usable_vf_exits_2_naming_the_missing_piece_and_touches_nothing() {
+        pod_with_net1();
+        let before = pod_state();
+        let vfio = std::path::Path::new("/dev/vfio/vfio").exists();
+        // A device that does not exist, and the q35 host bridge, which no driver holds.
+        let cases = [
+            (
+                "0000:00:1e.7",
+                if vfio {
+                    "no such PCI device"
+                } else {
+                    "/dev/vfio/vfio"
+                },
+            ),
+            (
+                "0000:00:00.0",
+                if vfio {
+                    "is bound to no driver, not vfio-pci"
+                } else {
+                    "/dev/vfio/vfio"
+                },
+            ),
+        ];
+        for (device_id, want) in cases {
+            let mut vmm = Guest::boot_in_netns("pod", &sriov_manifest("vf", device_id), &[]);
+            let code = vmm.wait_exit(EXIT);
+            let stderr = vmm.stderr();
+            assert_eq!(code, 2, "{stderr}");
+            assert!(
+                stderr.contains("spec.instance.interfaces[1] (vf)"),
+                "{stderr}"
+            );
+            assert!(stderr.contains(&format!("VF {device_id}")), "{stderr}");
+            assert!(stderr.contains(want), "{want}: {stderr}");
+            assert_eq!(pod_state(), before, "nothing touched for {device_id}");
+        }
+        if vfio {
+            // The bind steps name the device's vendor and device IDs.
+            let mut vmm = Guest::boot_in_netns("pod", &sriov_manifest("vf", "0000:00:00.0"), &[]);
+            assert_eq!(vmm.wait_exit(EXIT), 2);
+            assert!(
+                vmm.stderr()
+                    .contains("echo 8086 29c0 > /sys/bus/pci/drivers/vfio-pci/new_id"),
+                "{}",
+                vmm.stderr()
+            );
+        }
+        sh("ip netns del pod; ip netns del peer");
+    },
+    timeout = 120
+);

@@ -358,3 +358,53 @@ fn a_bad_nat_limit_is_a_usage_error() {
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
+
+/// A manifest with one sriov interface on multus network 0 (`net0`), its NAD in the file.
+fn sriov_manifest(kernel: &Path) -> String {
+    manifest(kernel, "")
+        + "    interfaces:\n      - name: vf\n        sriov: {}\n  networks:\n    - name: vf\n      multus:\n        networkName: sriov-net\n\
+           ---\napiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\nmetadata:\n  name: sriov-net\n  annotations:\n    k8s.v1.cni.cncf.io/resourceName: intel.com/mlx_vf\n\
+           spec:\n  config: '{\"cniVersion\": \"0.3.1\", \"type\": \"sriov\", \"deviceID\": \"0000:00:09.0\"}'\n"
+}
+
+#[test]
+fn the_dry_run_says_which_source_gave_each_vf() {
+    let dir = Dir::new("sriov");
+    let kernel = dir.fake_bzimage("vmlinuz");
+    let file = dir.write("vm.yaml", &sriov_manifest(&kernel));
+    let plan = |env: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vmm"));
+        cmd.args(["run", "--dry-run", file.to_str().unwrap()])
+            .env_remove("NETWORK_STATUS")
+            .env_remove("PCIDEVICE_INTEL_COM_MLX_VF");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let status = r#"[{"name": "cbr0", "interface": "eth0", "default": true},
+        {"name": "default/sriov-net", "interface": "net0",
+         "device-info": {"type": "pci", "version": "1.0.0", "pci": {"pci-address": "0000:3b:02.1"}}}]"#;
+    let p = plan(&[
+        ("NETWORK_STATUS", status),
+        ("PCIDEVICE_INTEL_COM_MLX_VF", "0000:3b:02.2"),
+    ]);
+    assert!(
+        p.contains("VF 0000:3b:02.1 from network-status entry net0 ($NETWORK_STATUS)"),
+        "{p}"
+    );
+    let p = plan(&[("PCIDEVICE_INTEL_COM_MLX_VF", "0000:3b:02.2,0000:3b:02.3")]);
+    assert!(
+        p.contains("VF 0000:3b:02.2 from $PCIDEVICE_INTEL_COM_MLX_VF"),
+        "{p}"
+    );
+    let p = plan(&[]);
+    assert!(
+        p.contains("VF 0000:00:09.0 from deviceID of NetworkAttachmentDefinition \"sriov-net\""),
+        "{p}"
+    );
+    // This host cannot pass it through, and the plan says why.
+    assert!(p.contains("would fail:"), "{p}");
+}

@@ -17,6 +17,7 @@ pub mod memory;
 pub mod network;
 pub mod plan;
 pub mod runner;
+pub mod sriov;
 pub mod vcpu;
 pub mod vm;
 

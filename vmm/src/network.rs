@@ -21,6 +21,7 @@ use net::netlink::{Ipv4Net, Link, Netlink};
 use net::{FrameBackend, MacAddr, Tap};
 
 use crate::config::{Binding as BindingKind, InterfaceConfig, Manifest, NetworkSource, VmConfig};
+use crate::sriov;
 
 /// `net.ns` inode of the initial network namespace on kernels that fix it.
 const PROC_NET_INIT_INO: u64 = 0xEFFF_FFF9;
@@ -73,6 +74,9 @@ pub enum NetworkError {
         /// What.
         what: String,
     },
+    /// An sriov interface's VF cannot be found or passed through here.
+    #[error(transparent)]
+    Sriov(#[from] crate::sriov::SriovError),
     /// Netlink, TAP.
     #[error("spec.instance.interfaces[{index}] ({name}): {source}")]
     Bind {
@@ -255,6 +259,9 @@ pub fn set_up(
     if cfg.interfaces.is_empty() {
         return Ok(host);
     }
+    // SR-IOV first: its checks touch nothing, so a missing piece is reported before any
+    // link is taken over.
+    check_sriov(cfg, manifest)?;
     let (dns, search) =
         parse_resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
     let pod = PodSettings {
@@ -268,6 +275,38 @@ pub fn set_up(
         host.nics.push(nic);
     }
     Ok(host)
+}
+
+/// Finds every sriov interface's VF and checks the host can pass it through; this build
+/// then stops, as passthrough itself is not built yet.
+fn check_sriov(cfg: &VmConfig, manifest: &Manifest) -> Result<(), NetworkError> {
+    let vfs = sriov::discover(cfg, manifest, &sriov::Sources::from_process())?;
+    let paths = sriov::HostPaths::default();
+    for vf in &vfs {
+        log::info!(
+            "interface {}: VF {} from {}",
+            vf.name,
+            vf.address,
+            vf.source
+        );
+        sriov::check_host(vf, &paths)?;
+        sriov::ensure_memlock(cfg.memory_bytes).map_err(|why| sriov::SriovError {
+            index: vf.index,
+            name: vf.name.clone(),
+            why,
+        })?;
+    }
+    match vfs.first() {
+        Some(vf) => Err(NetworkError::Unsupported {
+            index: vf.index,
+            name: vf.name.clone(),
+            what: format!(
+                "passing VF {} through (it passed every host check; VFIO passthrough itself)",
+                vf.address
+            ),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Where one bridge-bound interface's frames go, decided from the manifest and what the
@@ -386,10 +425,14 @@ pub fn describe(cfg: &VmConfig, manifest: &Manifest) -> Vec<String> {
         Ok(nl) => nl,
         Err(e) => return vec![format!("cannot inspect the network namespace: {e}")],
     };
+    let vfs = sriov::discover(cfg, manifest, &sriov::Sources::from_process());
     cfg.interfaces
         .iter()
         .enumerate()
         .map(|(index, iface)| {
+            if iface.binding == BindingKind::Sriov {
+                return describe_vf(index, &vfs);
+            }
             let link = iface.pod_link();
             let tap = format!("tap-{link}");
             match host_side(&mut nl, index, iface, manifest) {
@@ -422,6 +465,21 @@ pub fn describe(cfg: &VmConfig, manifest: &Manifest) -> Vec<String> {
             }
         })
         .collect()
+}
+
+fn describe_vf(index: usize, vfs: &Result<Vec<sriov::Vf>, sriov::SriovError>) -> String {
+    let vfs = match vfs {
+        Ok(vfs) => vfs,
+        Err(e) => return format!("would fail: {e}"),
+    };
+    let Some(vf) = vfs.iter().find(|v| v.index == index) else {
+        return "?".to_string();
+    };
+    let host = match sriov::check_host(vf, &sriov::HostPaths::default()) {
+        Ok(()) => "the host is ready for it".to_string(),
+        Err(e) => format!("would fail: {}", e.why),
+    };
+    format!("VF {} from {}; {host}", vf.address, vf.source)
 }
 
 fn set_up_one(

@@ -102,9 +102,11 @@ fn render_interfaces(out: &mut String, manifest: &Manifest, cfg: &VmConfig, host
     if cfg.interfaces.is_empty() {
         return;
     }
-    let _ = writeln!(out, "  interfaces  (in guest order, virtio-net on PCI)");
+    let _ = writeln!(
+        out,
+        "  interfaces  (in guest order: virtio-net on PCI, sriov VFs passed through)"
+    );
     for (index, iface) in cfg.interfaces.iter().enumerate() {
-        let link = iface.pod_link();
         let network = match &iface.network {
             NetworkSource::Pod => "pod network".to_string(),
             NetworkSource::Multus { network_name } => {
@@ -147,7 +149,8 @@ fn render_interfaces(out: &mut String, manifest: &Manifest, cfg: &VmConfig, host
                 )
             }
             Binding::Sriov => format!(
-                "sriov (not supported by this build yet): VF of link {link} passed through with VFIO"
+                "sriov (passthrough not built yet): {}",
+                hosts.get(index).map_or("?", String::as_str)
             ),
         };
         let _ = writeln!(

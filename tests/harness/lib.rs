@@ -125,12 +125,49 @@ const ATTEMPTS: usize = 3;
 /// loudly and the test runs again, at most [`ATTEMPTS`] times in all; any other failure
 /// fails the test at once, and so does the last attempt.
 pub fn in_testhost(name: &str, timeout: Duration, body: impl FnOnce()) {
+    in_testhost_with(name, timeout, &[], body);
+}
+
+/// The test host environment for VFIO tests: an emulated IOMMU (intel-iommu, the test
+/// host's kernel booted with `intel_iommu=on`) and devices to pass through: a virtio-net
+/// function alone in its IOMMU group at 0000:00:10.0 (its network is QEMU's user network,
+/// restricted: nothing leaves QEMU), and two behind a conventional PCI bridge (bus 1,
+/// slots 1 and 2), which therefore share one IOMMU group.
+pub fn passthrough_testhost() -> Vec<(String, String)> {
+    let share = repo_root().join("images/out/qemu/usr/share");
+    let args = format!(
+        "-L {share}/qemu -L {share}/seabios \
+         -device intel-iommu,intremap=off,caching-mode=on \
+         -netdev user,id=pt0,restrict=on \
+         -device virtio-net-pci,netdev=pt0,addr=0x10,iommu_platform=on,disable-legacy=on,romfile= \
+         -device pci-bridge,id=br1,chassis_nr=1,addr=0x11 \
+         -netdev user,id=pt1,restrict=on -netdev user,id=pt2,restrict=on \
+         -device virtio-net-pci,netdev=pt1,bus=br1,addr=1,iommu_platform=on,disable-legacy=on,romfile= \
+         -device virtio-net-pci,netdev=pt2,bus=br1,addr=2,iommu_platform=on,disable-legacy=on,romfile=",
+        share = share.display()
+    );
+    vec![
+        ("VMM_TESTHOST_QEMU_ARGS".into(), args),
+        (
+            "VMM_TESTHOST_CMDLINE".into(),
+            "intel_iommu=on iommu=pt".into(),
+        ),
+    ]
+}
+
+/// Like [`in_testhost`], with `env` for `tests/testhost` (another QEMU command line, say).
+pub fn in_testhost_with(
+    name: &str,
+    timeout: Duration,
+    env: &[(String, String)],
+    body: impl FnOnce(),
+) {
     if std::env::var_os(IN_TESTHOST).is_some() {
         body();
         return;
     }
     for attempt in 1..=ATTEMPTS {
-        let run = run_in_testhost(name, timeout);
+        let run = run_in_testhost(name, timeout, env);
         eprintln!(
             "{name}: test host run {attempt} took {:.1} s",
             run.elapsed.as_secs_f64()
@@ -165,7 +202,7 @@ struct TesthostRun {
     elapsed: Duration,
 }
 
-fn run_in_testhost(name: &str, timeout: Duration) -> TesthostRun {
+fn run_in_testhost(name: &str, timeout: Duration, env: &[(String, String)]) -> TesthostRun {
     let exe = std::env::current_exe().expect("current_exe");
     let testhost = repo_root().join("tests/testhost");
     let started = Instant::now();
@@ -174,6 +211,7 @@ fn run_in_testhost(name: &str, timeout: Duration) -> TesthostRun {
         .arg(&exe)
         .args(["--exact", name, "--nocapture", "--test-threads", "1"])
         .env(IN_TESTHOST, "1")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", testhost.display()));
@@ -204,6 +242,18 @@ macro_rules! testhost_test {
             $crate::in_testhost(
                 stringify!($name),
                 ::std::time::Duration::from_secs($secs),
+                || $body,
+            );
+        }
+    };
+    ($(#[$meta:meta])* fn $name:ident() $body:block, timeout = $secs:expr, env = $env:expr) => {
+        $(#[$meta])*
+        #[test]
+        fn $name() {
+            $crate::in_testhost_with(
+                stringify!($name),
+                ::std::time::Duration::from_secs($secs),
+                &$env,
                 || $body,
             );
         }

@@ -384,9 +384,19 @@ pub fn check_host(vf: &Vf, paths: &HostPaths) -> Result<(), SriovError> {
         let unbind = driver.as_ref().map_or(String::new(), |d| {
             format!("echo {addr} > /sys/bus/pci/drivers/{d}/unbind; ")
         });
+        let modprobe = if paths.sys.join("bus/pci/drivers/vfio-pci").exists() {
+            ""
+        } else {
+            "modprobe vfio_pci; "
+        };
+        // driver_override binds this one function whatever vfio-pci already knows; the
+        // new_id way of Virtink's guide also takes every unbound function with those IDs
+        // and fails for a second function once the ID is known.
         return Err(err(format!(
-            "VF {addr} is bound to {}, not vfio-pci; bind it: modprobe vfio_pci; {unbind}\
-             echo {vendor} {device} > /sys/bus/pci/drivers/vfio-pci/new_id",
+            "VF {addr} is bound to {}, not vfio-pci; bind it: {modprobe}\
+             echo vfio-pci > /sys/bus/pci/devices/{addr}/driver_override; {unbind}\
+             echo {addr} > /sys/bus/pci/drivers_probe\n(Virtink's guide binds by ID instead: \
+             {unbind}echo {vendor} {device} > /sys/bus/pci/drivers/vfio-pci/new_id)",
             driver.map_or("no driver".to_string(), |d| format!("driver {d}"))
         )));
     }

@@ -1,0 +1,114 @@
+//! SR-IOV: VF discovery and the host checks, inside a KVM test host that has an emulated
+//! IOMMU and PCI functions to pass through ([`vmm_tests::passthrough_testhost`]).
+
+use std::time::Duration;
+
+use vmm_tests::guest::{Guest, Manifest};
+use vmm_tests::netns::sh;
+use vmm_tests::{passthrough_testhost, testhost_test, vmm_bin};
+
+const EXIT: Duration = Duration::from_secs(60);
+
+/// A guest whose only interface is an sriov VF on multus network 0, the NAD in the file
+/// naming `device_id`.
+fn vf_manifest(device_id: &str) -> Manifest {
+    Manifest::new("vf")
+        .network(
+            "    - name: vf\n      sriov: {}\n",
+            "  - name: vf\n    multus:\n      networkName: sriov-net\n",
+        )
+        .document(&format!(
+            "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\n\
+             metadata:\n  name: sriov-net\n\
+             spec:\n  config: '{{\"cniVersion\": \"0.3.1\", \"type\": \"sriov\", \"deviceID\": \"{device_id}\"}}'\n"
+        ))
+}
+
+/// Runs vmm on `manifest` through `wrapper`; (exit code, stderr).
+fn refused(wrapper: &[&str], manifest: &Manifest) -> (i32, String) {
+    let mut vmm = Guest::boot_wrapped(wrapper, manifest, &[]);
+    let code = vmm.wait_exit(EXIT);
+    (code, vmm.stderr())
+}
+
+/// The bind commands in vmm's message, run as they are.
+fn run_bind_steps(stderr: &str) {
+    let steps = stderr
+        .split("bind it: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no bind steps in {stderr}"))
+        .lines()
+        .next()
+        .unwrap();
+    sh(steps);
+}
+
+testhost_test!(
+    fn each_missing_piece_is_named_and_the_printed_bind_steps_work() {
+        let vf = "0000:00:10.0";
+        let manifest = vf_manifest(vf);
+
+        // Bound to its own driver: the message names it and says how to bind vfio-pci.
+        let (code, stderr) = refused(&[], &manifest);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "VF {vf} is bound to driver virtio-pci, not vfio-pci"
+            )),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("Virtink's guide binds by ID instead: echo 0000:00:10.0 > /sys/bus/pci/drivers/virtio-pci/unbind; echo 1af4 1041 > /sys/bus/pci/drivers/vfio-pci/new_id"),
+            "{stderr}"
+        );
+        run_bind_steps(&stderr);
+        let driver = sh(&format!("readlink /sys/bus/pci/devices/{vf}/driver"));
+        assert!(driver.trim().ends_with("/vfio-pci"), "{driver}");
+
+        // Bound: the plan says the host is ready.
+        let plan = sh(&format!(
+            "{} run --dry-run {}",
+            vmm_bin().display(),
+            manifest.write(&std::env::temp_dir()).display()
+        ));
+        assert!(plan.contains(&format!("VF {vf} from deviceID")), "{plan}");
+        assert!(plan.contains("the host is ready for it"), "{plan}");
+
+        // A memlock limit below guest RAM + 1 GiB that cannot be raised (no CAP_SYS_RESOURCE).
+        let (code, stderr) = refused(
+            &[
+                "setpriv",
+                "--bounding-set",
+                "-sys_resource",
+                "--inh-caps",
+                "-sys_resource",
+                "prlimit",
+                "--memlock=65536:65536",
+            ],
+            &manifest,
+        );
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains("RLIMIT_MEMLOCK is 65536"), "{stderr}");
+        assert!(stderr.contains("guest RAM + 1 GiB"), "{stderr}");
+
+        // Every check passes: this build stops before passthrough, and says so.
+        let (code, stderr) = refused(&[], &manifest);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains("passed every host check"), "{stderr}");
+
+        // Two functions behind one PCI bridge share an IOMMU group: binding one is not
+        // enough while the other keeps its driver.
+        let first = "0000:01:01.0";
+        let (_, stderr) = refused(&[], &vf_manifest(first));
+        run_bind_steps(&stderr);
+        let (code, stderr) = refused(&[], &vf_manifest(first));
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains("is not viable"), "{stderr}");
+        assert!(
+            stderr.contains("0000:01:02.0 (driver virtio-pci)"),
+            "{stderr}"
+        );
+    },
+    timeout = 240,
+    env = passthrough_testhost()
+);

@@ -9,6 +9,7 @@ pub mod boot_marker;
 pub mod bus;
 pub mod legacy;
 pub mod pci;
+pub mod vfio;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError, SharedDevice};

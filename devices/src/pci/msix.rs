@@ -38,6 +38,14 @@ pub trait MsiRoutes: Send + Sync {
     fn set_route(&self, vector: usize, msg: MsiMessage) -> io::Result<()>;
     /// Fires vector `vector`.
     fn trigger(&self, vector: usize) -> io::Result<()>;
+    /// Vector `vector` became masked (by its entry, the function mask, or MSI-X being off)
+    /// or unmasked. Devices that signal through [`MsixVectors::signal`] are masked in
+    /// software already; a passed-through device signals its eventfds directly, so the VMM
+    /// must stop (and resume) delivery itself.
+    fn set_masked(&self, vector: usize, masked: bool) -> io::Result<()> {
+        let _ = (vector, masked);
+        Ok(())
+    }
 }
 
 /// The device side: masks, pending bits, delivery.
@@ -135,6 +143,8 @@ struct Entry {
 pub struct MsixTable {
     entries: Vec<Entry>,
     vectors: Arc<MsixVectors>,
+    /// Whether each vector was last reported masked to [`MsiRoutes::set_masked`].
+    reported_masked: Vec<bool>,
 }
 
 impl MsixTable {
@@ -147,7 +157,26 @@ impl MsixTable {
             };
             vectors.count()
         ];
-        Self { entries, vectors }
+        let reported_masked = vec![true; entries.len()];
+        Self {
+            entries,
+            vectors,
+            reported_masked,
+        }
+    }
+
+    /// Tells the routes about vector `i`'s effective mask when it changed.
+    fn sync_mask(&mut self, i: usize) {
+        let v = &self.vectors;
+        let masked = !v.enabled()
+            || v.function_masked.load(Ordering::Acquire)
+            || self.entries[i].control & ENTRY_MASKED != 0;
+        if self.reported_masked[i] != masked {
+            self.reported_masked[i] = masked;
+            if let Err(e) = v.routes.set_masked(i, masked) {
+                log::warn!("MSI-X vector {i}: cannot change its mask: {e}");
+            }
+        }
     }
 
     /// The shared delivery side.
@@ -190,7 +219,10 @@ impl MsixTable {
                 self.update_route(i);
             }
         }
-        v.flush_pending();
+        for i in 0..self.entries.len() {
+            self.sync_mask(i);
+        }
+        self.vectors.flush_pending();
     }
 
     fn update_route(&self, i: usize) {
@@ -253,6 +285,7 @@ impl MsixTable {
             self.update_route(i);
         }
         self.vectors.masked[i].store(!unmasked, Ordering::Release);
+        self.sync_mask(i);
         if unmasked {
             self.vectors.flush_pending();
         }

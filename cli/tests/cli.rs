@@ -266,23 +266,6 @@ fn volume_flags_must_name_a_volume() {
     assert_eq!(out.status.code(), Some(2), "clap's usage error");
 }
 
-#[test]
-fn bindings_not_built_yet_are_refused_before_anything_is_touched() {
-    let dir = Dir::new("iface");
-    let kernel = dir.fake_bzimage("vmlinuz");
-    let spec = manifest(&kernel, "")
-        + "    interfaces:\n      - name: vf\n        sriov: {}\n  networks:\n    - name: vf\n      multus:\n        networkName: sriov-net\n";
-    let out = vmm(&["run", dir.write("vm.yaml", &spec).to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = text(&out.stderr);
-    assert!(
-        err.contains(
-            "spec.instance.interfaces[0] (vf): the sriov binding is not supported by this build yet"
-        ),
-        "{err}"
-    );
-}
-
 /// On this machine's own KVM: kvm_pvm is refused at once with exit 2 and a reason; a host
 /// with hardware KVM must not be refused for being PVM.
 #[test]

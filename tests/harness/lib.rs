@@ -137,7 +137,7 @@ pub fn passthrough_testhost() -> Vec<(String, String)> {
     let share = repo_root().join("images/out/qemu/usr/share");
     let args = format!(
         "-L {share}/qemu -L {share}/seabios \
-         -device intel-iommu,intremap=off,caching-mode=on \
+         -device intel-iommu,intremap=on,caching-mode=on \
          -netdev user,id=pt0,restrict=on \
          -device virtio-net-pci,netdev=pt0,addr=0x10,iommu_platform=on,disable-legacy=on,romfile= \
          -device pci-bridge,id=br1,chassis_nr=1,addr=0x11 \

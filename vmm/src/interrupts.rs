@@ -113,13 +113,14 @@ impl GsiRouting {
             }
             let gsi = state.next_gsi;
             state.next_gsi += 1;
+            // Registered with KVM when the guest unmasks the vector (`set_masked`).
             let fd = EventFd::new(EFD_NONBLOCK)?;
-            self.vm.register_irqfd(&fd, gsi).map_err(io_err)?;
             gsis.push(gsi);
             irqfds.push(fd);
         }
         Ok(MsiGroup {
             routing: self.clone(),
+            registered: Mutex::new(vec![false; gsis.len()]),
             gsis,
             irqfds,
         })
@@ -131,6 +132,15 @@ pub struct MsiGroup {
     routing: Arc<GsiRouting>,
     gsis: Vec<u32>,
     irqfds: Vec<EventFd>,
+    /// Whether each vector's irqfd is registered (the vector is unmasked).
+    registered: Mutex<Vec<bool>>,
+}
+
+impl MsiGroup {
+    /// The vectors' eventfds, for a device that signals them itself (VFIO).
+    pub fn eventfds(&self) -> &[EventFd] {
+        &self.irqfds
+    }
 }
 
 impl std::fmt::Debug for MsiGroup {
@@ -160,6 +170,30 @@ impl MsiRoutes for MsiGroup {
             .get(vector)
             .ok_or_else(|| io::Error::other("no such vector"))?
             .write(1)
+    }
+
+    /// A masked vector's irqfd is unregistered, so a device signalling it directly (VFIO)
+    /// injects nothing; registering it again delivers what it signalled meanwhile, as KVM
+    /// injects at once for an eventfd already signalled.
+    fn set_masked(&self, vector: usize, masked: bool) -> io::Result<()> {
+        let (Some(fd), Some(&gsi)) = (self.irqfds.get(vector), self.gsis.get(vector)) else {
+            return Err(io::Error::other("no such vector"));
+        };
+        let mut registered = self.registered.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(state) = registered.get_mut(vector) else {
+            return Err(io::Error::other("no such vector"));
+        };
+        if *state != masked {
+            return Ok(());
+        }
+        let vm = &self.routing.vm;
+        if masked {
+            vm.unregister_irqfd(fd, gsi).map_err(io_err)?;
+        } else {
+            vm.register_irqfd(fd, gsi).map_err(io_err)?;
+        }
+        *state = !masked;
+        Ok(())
     }
 }
 

@@ -19,6 +19,7 @@ pub mod plan;
 pub mod runner;
 pub mod sriov;
 pub mod vcpu;
+pub mod vfio;
 pub mod vm;
 
 pub use runner::{ExitCode, RunError, RunOptions};

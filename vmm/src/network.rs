@@ -93,6 +93,8 @@ pub enum NetworkError {
 /// One NIC's host side.
 #[derive(Debug)]
 pub struct HostNic {
+    /// Its index in `spec.instance.interfaces`.
+    pub index: usize,
     /// The interface name in the manifest.
     pub name: String,
     /// The guest's MAC.
@@ -148,8 +150,10 @@ impl HostNic {
 /// Every NIC's host side; dropping it restores the namespace.
 #[derive(Debug, Default)]
 pub struct HostNetwork {
-    /// NICs in `interfaces` order.
+    /// NICs in `interfaces` order (sriov interfaces are in `vfs`).
     pub nics: Vec<HostNic>,
+    /// The sriov interfaces' VFs, which passed the host checks.
+    pub vfs: Vec<sriov::Vf>,
     bindings: Vec<Binding>,
     created_bridges: Vec<String>,
 }
@@ -261,7 +265,7 @@ pub fn set_up(
     }
     // SR-IOV first: its checks touch nothing, so a missing piece is reported before any
     // link is taken over.
-    check_sriov(cfg, manifest)?;
+    host.vfs = check_sriov(cfg, manifest)?;
     let (dns, search) =
         parse_resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
     let pod = PodSettings {
@@ -270,6 +274,9 @@ pub fn set_up(
         limits,
     };
     for (index, iface) in cfg.interfaces.iter().enumerate() {
+        if iface.binding == BindingKind::Sriov {
+            continue;
+        }
         let nic = set_up_one(&mut host, index, iface, cfg, manifest, &pod)?;
         log::info!("interface {} ({}): {}", nic.name, nic.mac, nic.host);
         host.nics.push(nic);
@@ -277,9 +284,8 @@ pub fn set_up(
     Ok(host)
 }
 
-/// Finds every sriov interface's VF and checks the host can pass it through; this build
-/// then stops, as passthrough itself is not built yet.
-fn check_sriov(cfg: &VmConfig, manifest: &Manifest) -> Result<(), NetworkError> {
+/// Finds every sriov interface's VF and checks the host can pass it through.
+fn check_sriov(cfg: &VmConfig, manifest: &Manifest) -> Result<Vec<sriov::Vf>, NetworkError> {
     let vfs = sriov::discover(cfg, manifest, &sriov::Sources::from_process())?;
     let paths = sriov::HostPaths::default();
     for vf in &vfs {
@@ -296,17 +302,7 @@ fn check_sriov(cfg: &VmConfig, manifest: &Manifest) -> Result<(), NetworkError> 
             why,
         })?;
     }
-    match vfs.first() {
-        Some(vf) => Err(NetworkError::Unsupported {
-            index: vf.index,
-            name: vf.name.clone(),
-            what: format!(
-                "passing VF {} through (it passed every host check; VFIO passthrough itself)",
-                vf.address
-            ),
-        }),
-        None => Ok(()),
-    }
+    Ok(vfs)
 }
 
 /// Where one bridge-bound interface's frames go, decided from the manifest and what the
@@ -540,6 +536,7 @@ fn set_up_one(
             listeners.summary()
         );
         return Ok(HostNic {
+            index,
             name,
             mac: iface.mac,
             mtu: MASQUERADE_MTU,
@@ -582,6 +579,7 @@ fn set_up_one(
                     format!("DHCP delegates {}/{}", a.addr, a.prefix)
                 });
             Ok(HostNic {
+                index,
                 name,
                 mac: pod.mac,
                 mtu: mtu16(pod.mtu),
@@ -601,6 +599,7 @@ fn set_up_one(
             }
             let tap = bridge::attach_tap(&mut nl, &tap_name, br, mtu).map_err(bind_err)?;
             Ok(HostNic {
+                index,
                 name,
                 mac: iface.mac,
                 mtu: mtu16(mtu),

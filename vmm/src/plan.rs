@@ -149,7 +149,7 @@ fn render_interfaces(out: &mut String, manifest: &Manifest, cfg: &VmConfig, host
                 )
             }
             Binding::Sriov => format!(
-                "sriov (passthrough not built yet): {}",
+                "sriov, VFIO passthrough: {}",
                 hosts.get(index).map_or("?", String::as_str)
             ),
         };

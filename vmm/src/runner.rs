@@ -378,6 +378,7 @@ impl Runner<'_> {
             process_start: self.opts.process_start,
             markers: self.markers.clone(),
             nics: &self.network.nics,
+            vfs: &self.network.vfs,
         })?;
         let epoll = Epoll::new().map_err(os_err("epoll"))?;
         let add = |fd: RawFd, token: u64| {

@@ -29,7 +29,9 @@ use crate::config::VmConfig;
 use crate::interrupts::{GsiRouting, KvmIoEvents};
 use crate::memory::{self, MemoryError};
 use crate::network::HostNic;
+use crate::sriov::Vf;
 use crate::vcpu::{self, VcpuContext, VcpuControl, VcpuError, VcpuEvent, VcpuThread};
+use vfio_ioctls::VfioDevice;
 
 /// Why a VM cannot be built. All are host-side problems: exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +118,8 @@ impl VmEvents {
 /// A built (and, after [`Vm::start`], running) guest.
 pub struct Vm {
     vm_fd: Arc<VmFd>,
+    /// Dropped before guest RAM: unmaps it from the IOMMU and resets the VFs.
+    _passthrough: Option<crate::vfio::Passthrough>,
     _memory: GuestMemoryMmap,
     pending_vcpus: Vec<(u32, kvm_ioctls::VcpuFd)>,
     threads: Vec<VcpuThread>,
@@ -155,6 +159,8 @@ pub struct BootContext<'a> {
     pub markers: Markers,
     /// The network interfaces' host sides, in guest order.
     pub nics: &'a [HostNic],
+    /// The VFs to pass through.
+    pub vfs: &'a [crate::sriov::Vf],
 }
 
 impl std::fmt::Debug for BootContext<'_> {
@@ -224,7 +230,28 @@ impl Vm {
             Arc::new(Mutex::new(BootMarker::new(ctx.process_start, ctx.markers)));
         mmio_bus.insert(marker, BOOT_MARKER_ADDR, BOOT_MARKER_LEN)?;
 
-        add_pci_devices(&vm_fd, &mem, &io_bus, &mmio_bus, ctx.nics)?;
+        let passthrough = if ctx.vfs.is_empty() {
+            None
+        } else {
+            Some(
+                crate::vfio::Passthrough::open(&vm_fd, &mem, ctx.vfs).map_err(|e| {
+                    VmError::Pci {
+                        name: "sriov".into(),
+                        why: e.to_string(),
+                    }
+                })?,
+            )
+        };
+        add_pci_devices(
+            &vm_fd,
+            &mem,
+            &io_bus,
+            &mmio_bus,
+            ctx.nics,
+            ctx.vfs
+                .iter()
+                .zip(passthrough.iter().flat_map(|p| &p.devices)),
+        )?;
 
         let topo = Topology::new(cfg.topology);
         let apic_ids = topo.apic_ids();
@@ -250,6 +277,7 @@ impl Vm {
         let (tx, rx) = channel();
         Ok(Self {
             vm_fd,
+            _passthrough: passthrough,
             _memory: mem,
             pending_vcpus,
             threads: Vec::new(),
@@ -344,14 +372,73 @@ impl Vm {
     }
 }
 
+/// A passed-through VF on the PCI root, its BARs placed from `next_bar` up.
+fn add_vf(
+    routing: &Arc<GsiRouting>,
+    root: &Arc<devices::pci::PciRoot>,
+    next_bar: &mut u64,
+    vf: &Vf,
+    device: &Arc<VfioDevice>,
+) -> Result<(), VmError> {
+    use crate::arch::layout::PCI_MMIO_END;
+
+    let pci_err = |why: String| VmError::Pci {
+        name: vf.name.clone(),
+        why,
+    };
+    let count = crate::vfio::msix_vectors(device).max(1);
+    let msi = Arc::new(
+        routing
+            .msi_group(count)
+            .map_err(|e| pci_err(format!("MSI vectors: {e}")))?,
+    );
+    let host = crate::vfio::HostSide {
+        device: Arc::clone(device),
+        msi: msi.clone(),
+    };
+    let mut place = |size: u64, _is64: bool| {
+        let at = next_bar.next_multiple_of(size);
+        let end = at.checked_add(size)?;
+        (end <= PCI_MMIO_END).then(|| {
+            *next_bar = end;
+            at
+        })
+    };
+    let function = devices::vfio::VfioPci::new(Box::new(host), msi, &mut place)
+        .map_err(|e| pci_err(e.to_string()))?;
+    let slot = root
+        .add(Arc::new(Mutex::new(function)))
+        .map_err(|e| pci_err(e.to_string()))?;
+    log::info!("VF {} ({}) at guest 00:{slot:02x}.0", vf.address, vf.name);
+    Ok(())
+}
+
+/// A PCI function for an interface.
+enum Function<'a> {
+    /// virtio-net.
+    Nic(&'a HostNic),
+    /// A VF passed through.
+    Vf(&'a Vf, &'a Arc<VfioDevice>),
+}
+
+impl Function<'_> {
+    fn index(&self) -> usize {
+        match self {
+            Function::Nic(n) => n.index,
+            Function::Vf(vf, _) => vf.index,
+        }
+    }
+}
+
 /// The PCI root on both buses and a virtio-net function per NIC, BARs packed from the
 /// bottom of the 32-bit window in slot order.
-fn add_pci_devices(
+fn add_pci_devices<'a>(
     vm_fd: &Arc<VmFd>,
     mem: &GuestMemoryMmap,
     io_bus: &Arc<Bus>,
     mmio_bus: &Arc<Bus>,
     nics: &[HostNic],
+    vfs: impl Iterator<Item = (&'a Vf, &'a Arc<VfioDevice>)>,
 ) -> Result<(), VmError> {
     use devices::pci::{
         ECAM_SIZE, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN, PciConfigIo, PciEcam, PciRoot,
@@ -372,13 +459,28 @@ fn add_pci_devices(
         PCI_ECAM_ADDR,
         ECAM_SIZE,
     )?;
-    if nics.is_empty() {
+    let vfs: Vec<_> = vfs.collect();
+    if nics.is_empty() && vfs.is_empty() {
         return Ok(());
     }
     let routing = GsiRouting::new(vm_fd.clone());
     let ioevents = Arc::new(KvmIoEvents(vm_fd.clone()));
     let mut next_bar = PCI_MMIO_START;
-    for nic in nics {
+    // Functions in `interfaces` order: the guest enumerates them by slot.
+    let mut functions: Vec<Function<'_>> = nics
+        .iter()
+        .map(Function::Nic)
+        .chain(vfs.iter().map(|&(vf, d)| Function::Vf(vf, d)))
+        .collect();
+    functions.sort_by_key(Function::index);
+    for function in functions {
+        let nic = match function {
+            Function::Nic(nic) => nic,
+            Function::Vf(vf, device) => {
+                add_vf(&routing, &root, &mut next_bar, vf, device)?;
+                continue;
+            }
+        };
         let pci_err = |why: String| VmError::Pci {
             name: nic.name.clone(),
             why,

@@ -1,0 +1,151 @@
+//! VFIO passthrough, the host side: one container per boot holding every VF's group, the
+//! KVM VFIO device (so KVM knows the groups, for coherent DMA), all guest RAM mapped for DMA
+//! at IOVA = guest physical address, and each VF opened as a [`VfioDevice`] that
+//! [`devices::vfio::VfioPci`] drives through [`HostSide`].
+//!
+//! Dropping [`Passthrough`] unmaps guest RAM from the IOMMU and closes the devices, which
+//! resets them (vfio-pci resets a function when its last user closes it): on every exit
+//! path, reboots included, the VF is left as it was found.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use devices::vfio::{RegionInfo, VfioRegions};
+use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
+use kvm_ioctls::VmFd;
+use vfio_bindings::bindings::vfio::{VFIO_PCI_MSIX_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP};
+use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd};
+use vm_memory::GuestMemoryMmap;
+
+use crate::interrupts::MsiGroup;
+use crate::sriov::Vf;
+
+/// Why passthrough could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("VF {address}: {why}")]
+pub struct PassthroughError {
+    /// The VF (or "VFIO" for the container).
+    pub address: String,
+    /// What failed.
+    pub why: String,
+}
+
+/// The VFs of one boot.
+pub struct Passthrough {
+    container: Arc<VfioContainer>,
+    mem: GuestMemoryMmap,
+    /// The opened devices, in the order of `vfs` given to [`Passthrough::open`].
+    pub devices: Vec<Arc<VfioDevice>>,
+}
+
+impl std::fmt::Debug for Passthrough {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Passthrough")
+            .field("devices", &self.devices.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Passthrough {
+    /// Opens every VF in `vfs` in one container and maps all of `mem` for their DMA.
+    pub fn open(vm: &VmFd, mem: &GuestMemoryMmap, vfs: &[Vf]) -> Result<Self, PassthroughError> {
+        let err = |address: &str, why: String| PassthroughError {
+            address: address.to_string(),
+            why,
+        };
+        let mut create = kvm_create_device {
+            type_: kvm_device_type_KVM_DEV_TYPE_VFIO,
+            fd: 0,
+            flags: 0,
+        };
+        let kvm_vfio = vm
+            .create_device(&mut create)
+            .map_err(|e| err("VFIO", format!("cannot create the KVM VFIO device: {e}")))?;
+        let container = VfioContainer::new(Some(Arc::new(VfioDeviceFd::new_from_kvm(kvm_vfio))))
+            .map_err(|e| err("VFIO", format!("cannot open the container: {e}")))?;
+        let container = Arc::new(container);
+        let mut devices = Vec::with_capacity(vfs.len());
+        for vf in vfs {
+            let path = Path::new("/sys/bus/pci/devices").join(vf.address.to_string());
+            let device = VfioDevice::new(&path, container.clone(), false)
+                .map_err(|e| err(&vf.address.to_string(), format!("cannot open it: {e}")))?;
+            devices.push(Arc::new(device));
+        }
+        // SAFETY: guest RAM stays mapped for as long as `Passthrough` holds its clone of
+        // `mem` (unmapped from the IOMMU in Drop first), and vmm touches guest RAM only
+        // through vm-memory's volatile accessors, never through Rust references that the
+        // device's DMA could alias.
+        unsafe { container.vfio_map_guest_memory(mem) }
+            .map_err(|e| err("VFIO", format!("cannot map guest RAM for DMA: {e}")))?;
+        Ok(Self {
+            container,
+            mem: mem.clone(),
+            devices,
+        })
+    }
+}
+
+impl Drop for Passthrough {
+    fn drop(&mut self) {
+        for d in &self.devices {
+            let _ = d.disable_msix();
+        }
+        if let Err(e) = self.container.vfio_unmap_guest_memory(&self.mem) {
+            log::warn!("VFIO: cannot unmap guest RAM: {e}");
+        }
+    }
+}
+
+/// The number of MSI-X vectors VFIO offers for `device`.
+pub fn msix_vectors(device: &VfioDevice) -> usize {
+    device
+        .get_irq_info(VFIO_PCI_MSIX_IRQ_INDEX)
+        .map_or(0, |irq| irq.count as usize)
+}
+
+/// One VF as [`devices::vfio::VfioPci`] sees it.
+pub struct HostSide {
+    /// The device.
+    pub device: Arc<VfioDevice>,
+    /// Its MSI-X vectors' irqfds.
+    pub msi: Arc<MsiGroup>,
+}
+
+impl std::fmt::Debug for HostSide {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostSide")
+            .field("msi", &self.msi)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VfioRegions for HostSide {
+    fn region(&self, index: u32) -> RegionInfo {
+        RegionInfo {
+            size: self.device.get_region_size(index),
+            mmap: self.device.get_region_flags(index) & VFIO_REGION_INFO_FLAG_MMAP != 0,
+        }
+    }
+
+    fn read(&self, index: u32, offset: u64, data: &mut [u8]) {
+        self.device.region_read(index, data, offset);
+    }
+
+    fn write(&self, index: u32, offset: u64, data: &[u8]) {
+        self.device.region_write(index, data, offset);
+    }
+
+    fn enable_msix(&self, vectors: usize) -> io::Result<()> {
+        let fds: Vec<_> = self.msi.eventfds().iter().take(vectors).collect();
+        self.device
+            .enable_msix(fds)
+            .map_err(|e| io::Error::other(e.to_string()))
+    }
+
+    fn disable_msix(&self) -> io::Result<()> {
+        self.device
+            .disable_msix()
+            .map_err(|e| io::Error::other(e.to_string()))
+    }
+}

@@ -53,6 +53,28 @@ pub trait VfioRegions: Send {
     fn enable_msix(&self, vectors: usize) -> io::Result<()>;
     /// Disables MSI-X.
     fn disable_msix(&self) -> io::Result<()>;
+    /// Maps `len` bytes of region `index` at `offset` into this process; the host address.
+    /// The mapping lives as long as this object.
+    fn mmap(&self, index: u32, offset: u64, len: u64) -> io::Result<usize>;
+}
+
+/// Maps host memory into the guest's physical address space (KVM memory slots).
+pub trait GuestMapper: Send + Sync {
+    /// Maps `len` bytes at host address `host` to guest address `guest`; an id for
+    /// [`GuestMapper::unmap`].
+    fn map(&self, guest: u64, host: usize, len: u64) -> io::Result<u32>;
+    /// Removes mapping `id`.
+    fn unmap(&self, id: u32) -> io::Result<()>;
+}
+
+/// A BAR area mapped into the guest.
+#[derive(Debug, Clone, Copy)]
+struct Mapped {
+    bar: usize,
+    offset: u64,
+    len: u64,
+    host: usize,
+    id: Option<u32>,
 }
 
 /// Where the MSI-X capability puts its structures.
@@ -96,6 +118,19 @@ pub struct VfioPci {
     patches: Vec<(usize, u8)>,
     /// The hidden MSI capability's extent.
     hidden: Option<(usize, usize)>,
+    /// Where BAR areas are mapped into the guest, when they are.
+    mapper: Option<Arc<dyn GuestMapper>>,
+    mapped: Vec<Mapped>,
+}
+
+impl Drop for VfioPci {
+    fn drop(&mut self) {
+        if let Some(mapper) = &self.mapper {
+            for id in self.mapped.iter().filter_map(|m| m.id) {
+                let _ = mapper.unmap(id);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for VfioPci {
@@ -258,7 +293,44 @@ impl VfioPci {
             msix,
             patches,
             hidden,
+            mapper: None,
+            mapped: Vec::new(),
         })
+    }
+
+    /// Maps every BAR area outside the MSI-X pages straight into the guest through
+    /// `mapper`, so that only the table and PBA trap. An area VFIO will not mmap stays
+    /// trapped. Returns how many bytes are mapped.
+    pub fn map_bars(&mut self, mapper: Arc<dyn GuestMapper>) -> u64 {
+        let mut total = 0;
+        for (bar, addr, _) in self.bars() {
+            for (offset, len) in self.mappable(bar) {
+                let host = match self.dev.mmap(u32::try_from(bar).unwrap_or(0), offset, len) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        log::warn!("VFIO: BAR {bar} at {offset:#x}: cannot mmap ({e}); it traps");
+                        continue;
+                    }
+                };
+                let id = match mapper.map(addr + offset, host, len) {
+                    Ok(id) => Some(id),
+                    Err(e) => {
+                        log::warn!("VFIO: BAR {bar} at {offset:#x}: cannot map ({e}); it traps");
+                        None
+                    }
+                };
+                total += if id.is_some() { len } else { 0 };
+                self.mapped.push(Mapped {
+                    bar,
+                    offset,
+                    len,
+                    host,
+                    id,
+                });
+            }
+        }
+        self.mapper = Some(mapper);
+        total
     }
 
     /// Per BAR, the areas (offset, length) that may be mapped into the guest directly:
@@ -443,6 +515,19 @@ impl PciDevice for VfioPci {
         if self.in_region(bar, offset, data.len()) {
             self.dev.read(u32::try_from(bar).unwrap_or(0), offset, data);
         }
+    }
+
+    fn bar_moved(&mut self, moved: BarMove) -> io::Result<()> {
+        let Some(mapper) = self.mapper.clone() else {
+            return Ok(());
+        };
+        for m in self.mapped.iter_mut().filter(|m| m.bar == moved.bar) {
+            if let Some(id) = m.id.take() {
+                mapper.unmap(id)?;
+            }
+            m.id = Some(mapper.map(moved.to + m.offset, m.host, m.len)?);
+        }
+        Ok(())
     }
 
     fn write_bar(&mut self, bar: usize, offset: u64, data: &[u8]) {

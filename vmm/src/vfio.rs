@@ -11,8 +11,13 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-use devices::vfio::{RegionInfo, VfioRegions};
-use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
+use std::os::fd::AsRawFd;
+use std::sync::Mutex;
+
+use devices::vfio::{GuestMapper, RegionInfo, VfioRegions};
+use kvm_bindings::{
+    kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO, kvm_userspace_memory_region,
+};
 use kvm_ioctls::VmFd;
 use vfio_bindings::bindings::vfio::{VFIO_PCI_MSIX_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP};
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd};
@@ -110,6 +115,87 @@ pub struct HostSide {
     pub device: Arc<VfioDevice>,
     /// Its MSI-X vectors' irqfds.
     pub msi: Arc<MsiGroup>,
+    /// Region areas mmapped into this process: (address, length).
+    pub mmaps: Mutex<Vec<(usize, usize)>>,
+}
+
+impl Drop for HostSide {
+    fn drop(&mut self) {
+        for (addr, len) in self
+            .mmaps
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            // SAFETY: (addr, len) is a mapping this object made with mmap and nothing
+            // refers to any more: the guest mappings over it were removed first.
+            unsafe { libc::munmap(addr as *mut libc::c_void, len) };
+        }
+    }
+}
+
+/// Guest mappings as KVM memory slots, numbered from [`FIRST_BAR_SLOT`].
+#[derive(Debug)]
+pub struct KvmMapper {
+    vm: Arc<VmFd>,
+    /// Slots in use: slot → (guest address, host address, length).
+    slots: Mutex<Vec<Option<(u64, usize, u64)>>>,
+}
+
+/// Slots below this belong to guest RAM.
+pub const FIRST_BAR_SLOT: u32 = 32;
+
+impl KvmMapper {
+    /// A mapper for `vm`.
+    pub fn new(vm: Arc<VmFd>) -> Arc<Self> {
+        Arc::new(Self {
+            vm,
+            slots: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn set(&self, slot: u32, guest: u64, host: usize, len: u64) -> io::Result<()> {
+        let region = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: guest,
+            memory_size: len,
+            userspace_addr: host as u64,
+        };
+        // SAFETY: `host` is a live mmap of `len` bytes of a VFIO region, held by the
+        // device's HostSide until after this slot is removed (VfioPci unmaps its slots
+        // when dropped, before its HostSide); a zero `len` removes the slot.
+        unsafe { self.vm.set_user_memory_region(region) }
+            .map_err(|e| io::Error::from_raw_os_error(e.errno()))
+    }
+}
+
+impl GuestMapper for KvmMapper {
+    fn map(&self, guest: u64, host: usize, len: u64) -> io::Result<u32> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let index = slots
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or(slots.len());
+        let slot = FIRST_BAR_SLOT + u32::try_from(index).map_err(io::Error::other)?;
+        self.set(slot, guest, host, len)?;
+        if index == slots.len() {
+            slots.push(None);
+        }
+        slots[index] = Some((guest, host, len));
+        Ok(slot)
+    }
+
+    fn unmap(&self, id: u32) -> io::Result<()> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let index = usize::try_from(id.saturating_sub(FIRST_BAR_SLOT)).map_err(io::Error::other)?;
+        let Some(Some((guest, host, _))) = slots.get(index).copied() else {
+            return Ok(());
+        };
+        self.set(id, guest, host, 0)?;
+        slots[index] = None;
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for HostSide {
@@ -147,5 +233,36 @@ impl VfioRegions for HostSide {
         self.device
             .disable_msix()
             .map_err(|e| io::Error::other(e.to_string()))
+    }
+
+    fn mmap(&self, index: u32, offset: u64, len: u64) -> io::Result<usize> {
+        let len = usize::try_from(len).map_err(io::Error::other)?;
+        let at = self
+            .device
+            .get_region_offset(index)
+            .checked_add(offset)
+            .and_then(|o| libc::off_t::try_from(o).ok())
+            .ok_or_else(|| io::Error::other("region offset out of range"))?;
+        // SAFETY: a new shared mapping of the device file chosen by the kernel; nothing
+        // else is affected, and the result is checked.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                self.device.as_raw_fd(),
+                at,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let addr = addr as usize;
+        self.mmaps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((addr, len));
+        Ok(addr)
     }
 }

@@ -375,6 +375,7 @@ impl Vm {
 /// A passed-through VF on the PCI root, its BARs placed from `next_bar` up.
 fn add_vf(
     routing: &Arc<GsiRouting>,
+    mapper: &Arc<crate::vfio::KvmMapper>,
     root: &Arc<devices::pci::PciRoot>,
     next_bar: &mut u64,
     vf: &Vf,
@@ -395,6 +396,7 @@ fn add_vf(
     let host = crate::vfio::HostSide {
         device: Arc::clone(device),
         msi: msi.clone(),
+        mmaps: Mutex::new(Vec::new()),
     };
     let mut place = |size: u64, _is64: bool| {
         let at = next_bar.next_multiple_of(size);
@@ -404,8 +406,14 @@ fn add_vf(
             at
         })
     };
-    let function = devices::vfio::VfioPci::new(Box::new(host), msi, &mut place)
+    let mut function = devices::vfio::VfioPci::new(Box::new(host), msi, &mut place)
         .map_err(|e| pci_err(e.to_string()))?;
+    let mapped = function.map_bars(mapper.clone());
+    log::info!(
+        "VF {}: {} KiB of BARs mapped into the guest, the rest (MSI-X table, PBA) traps",
+        vf.address,
+        mapped >> 10
+    );
     let slot = root
         .add(Arc::new(Mutex::new(function)))
         .map_err(|e| pci_err(e.to_string()))?;
@@ -466,6 +474,7 @@ fn add_pci_devices<'a>(
     let routing = GsiRouting::new(vm_fd.clone());
     let ioevents = Arc::new(KvmIoEvents(vm_fd.clone()));
     let mut next_bar = PCI_MMIO_START;
+    let mapper = crate::vfio::KvmMapper::new(vm_fd.clone());
     // Functions in `interfaces` order: the guest enumerates them by slot.
     let mut functions: Vec<Function<'_>> = nics
         .iter()
@@ -477,7 +486,7 @@ fn add_pci_devices<'a>(
         let nic = match function {
             Function::Nic(nic) => nic,
             Function::Vf(vf, device) => {
-                add_vf(&routing, &root, &mut next_bar, vf, device)?;
+                add_vf(&routing, &mapper, &root, &mut next_bar, vf, device)?;
                 continue;
             }
         };

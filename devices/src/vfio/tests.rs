@@ -54,6 +54,29 @@ impl VfioRegions for Mock {
         self.log.lock().unwrap().msix.push(None);
         Ok(())
     }
+    fn mmap(&self, index: u32, offset: u64, _len: u64) -> io::Result<usize> {
+        // A recognisable fake host address.
+        Ok(0x7f00_0000_0000 + usize::try_from(u64::from(index) << 32 | offset).unwrap())
+    }
+}
+
+#[derive(Default)]
+struct Mapper {
+    maps: Mutex<Vec<(u32, u64, usize, u64)>>,
+    next: Mutex<u32>,
+}
+
+impl GuestMapper for Mapper {
+    fn map(&self, guest: u64, host: usize, len: u64) -> io::Result<u32> {
+        let mut next = self.next.lock().unwrap();
+        *next += 1;
+        self.maps.lock().unwrap().push((*next, guest, host, len));
+        Ok(*next)
+    }
+    fn unmap(&self, id: u32) -> io::Result<()> {
+        self.maps.lock().unwrap().retain(|m| m.0 != id);
+        Ok(())
+    }
 }
 
 #[derive(Default)]
@@ -306,4 +329,33 @@ fn hostile_config_offsets_and_a_looping_capability_list_are_harmless() {
     // A pointer into the header ends the walk.
     c[CAP_PTR] = 0x10;
     assert!(capabilities(&c).is_empty());
+}
+
+#[test]
+fn bar_areas_are_mapped_follow_the_bar_and_go_with_the_device() {
+    let mut s = setup();
+    let mapper = Arc::new(Mapper::default());
+    // BAR 1 holds the MSI-X page: it traps; BAR 4 is mapped whole.
+    assert_eq!(s.pci.map_bars(mapper.clone()), 16384);
+    let host4 = 0x7f00_0000_0000 + (4usize << 32);
+    assert_eq!(
+        *mapper.maps.lock().unwrap(),
+        vec![(1, 0xc000_4000, host4, 16384)]
+    );
+    // The guest moves BAR 4 (the root then tells the device): the mapping follows.
+    let moved = s
+        .pci
+        .write_config(8, 0, &0xd000_0000u32.to_le_bytes())
+        .expect("a move");
+    assert_eq!((moved.from, moved.to), (0xc000_4000, 0xd000_0000));
+    s.pci.bar_moved(moved).unwrap();
+    assert_eq!(
+        *mapper.maps.lock().unwrap(),
+        vec![(2, 0xd000_0000, host4, 16384)]
+    );
+    drop(s.pci);
+    assert!(
+        mapper.maps.lock().unwrap().is_empty(),
+        "unmapped with the device"
+    );
 }

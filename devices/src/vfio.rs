@@ -9,7 +9,8 @@
 //!   moved by the guest; the device keeps its host addresses), the expansion ROM (hidden),
 //!   the MSI-X capability's message control (MSI-X is enabled through VFIO's interrupt
 //!   interface, not by the config write), and the MSI capability (hidden from the
-//!   capability list: the guest uses MSI-X).
+//!   capability list when the function has MSI-X; emulated when it has only MSI, its
+//!   messages becoming KVM routes and its enable bit enabling MSI through VFIO).
 //! - **BARs**: accesses to the MSI-X table and PBA are emulated (the guest's messages become
 //!   KVM routes through [`MsiRoutes`]); every other access goes to the device region. The
 //!   VMM may map the rest of each BAR into the guest directly ([`VfioPci::mappable`] gives
@@ -53,6 +54,10 @@ pub trait VfioRegions: Send {
     fn enable_msix(&self, vectors: usize) -> io::Result<()>;
     /// Disables MSI-X.
     fn disable_msix(&self) -> io::Result<()>;
+    /// Enables MSI with `vectors` vectors (a power of two up to 32).
+    fn enable_msi(&self, vectors: usize) -> io::Result<()>;
+    /// Disables MSI.
+    fn disable_msi(&self) -> io::Result<()>;
     /// Maps `len` bytes of region `index` at `offset` into this process; the host address.
     /// The mapping lives as long as this object.
     fn mmap(&self, index: u32, offset: u64, len: u64) -> io::Result<usize>;
@@ -97,6 +102,122 @@ struct Msix {
     enabled: bool,
 }
 
+/// The MSI capability, emulated, for a function without a usable MSI-X: the guest's
+/// address and data become KVM routes, enabling it enables MSI through VFIO.
+struct Msi {
+    /// Capability offset, and the end of its registers.
+    cap: usize,
+    end: usize,
+    /// The registers as the guest sees them, from `cap`.
+    regs: [u8; 24],
+    is64: bool,
+    /// Per-vector masking.
+    pvm: bool,
+    /// Vectors enabled in VFIO (0: off).
+    enabled: usize,
+    routes: Arc<dyn MsiRoutes>,
+}
+
+impl Msi {
+    fn control(&self) -> u16 {
+        u16::from_le_bytes([self.regs[2], self.regs[3]])
+    }
+
+    fn data_offset(&self) -> usize {
+        if self.is64 { 12 } else { 8 }
+    }
+
+    /// The guest wrote `data` at `at` bytes into the capability.
+    fn write(&mut self, at: usize, data: &[u8], dev: &dyn VfioRegions) {
+        let capable = (self.control() >> 1) & 7;
+        let data_off = self.data_offset();
+        for (i, b) in data.iter().enumerate() {
+            let k = at + i;
+            let mask: u8 = match k {
+                2 => 0x71, // enable, multiple message enable
+                4 => 0xfc,
+                5..=7 => 0xff,
+                8..=11 if self.is64 => 0xff,
+                k if k == data_off || k == data_off + 1 => 0xff,
+                k if self.pvm && (data_off + 4..data_off + 8).contains(&k) => 0xff,
+                _ => 0,
+            };
+            if let Some(r) = self.regs.get_mut(k) {
+                *r = (*r & !mask) | (b & mask);
+            }
+        }
+        // Multiple message enable cannot exceed what the function is capable of.
+        let mme = ((self.control() >> 4) & 7).min(capable);
+        self.regs[2] = (self.regs[2] & !0x70) | u8::try_from(mme << 4).unwrap_or(0);
+        self.apply(dev);
+    }
+
+    fn apply(&mut self, dev: &dyn VfioRegions) {
+        let control = self.control();
+        let enable = control & 1 != 0;
+        let count = 1usize << ((control >> 4) & 7);
+        let dword = |o: usize| {
+            u32::from_le_bytes([
+                self.regs[o],
+                self.regs[o + 1],
+                self.regs[o + 2],
+                self.regs[o + 3],
+            ])
+        };
+        if !enable {
+            if self.enabled > 0 {
+                if let Err(e) = dev.disable_msi() {
+                    log::warn!("VFIO: cannot disable MSI: {e}");
+                }
+                for v in 0..self.enabled {
+                    let _ = self.routes.set_masked(v, true);
+                }
+                self.enabled = 0;
+            }
+            return;
+        }
+        let address = u64::from(dword(4))
+            | if self.is64 {
+                u64::from(dword(8)) << 32
+            } else {
+                0
+            };
+        let data_off = self.data_offset();
+        let data = u32::from(u16::from_le_bytes([
+            self.regs[data_off],
+            self.regs[data_off + 1],
+        ]));
+        let masks = if self.pvm { dword(data_off + 4) } else { 0 };
+        for v in 0..count {
+            // With several messages the function sets the low bits of the data itself.
+            let msg = crate::pci::msix::MsiMessage {
+                address,
+                data: (data & !(u32::try_from(count - 1).unwrap_or(0)))
+                    | u32::try_from(v).unwrap_or(0),
+            };
+            if let Err(e) = self.routes.set_route(v, msg) {
+                log::warn!("VFIO: MSI vector {v}: {e}");
+            }
+        }
+        if self.enabled != count {
+            if self.enabled > 0 {
+                let _ = dev.disable_msi();
+            }
+            match dev.enable_msi(count) {
+                Ok(()) => self.enabled = count,
+                Err(e) => {
+                    log::warn!("VFIO: cannot enable MSI: {e}");
+                    self.enabled = 0;
+                    return;
+                }
+            }
+        }
+        for v in 0..count {
+            let _ = self.routes.set_masked(v, masks & (1 << v) != 0);
+        }
+    }
+}
+
 /// Why a function cannot be modelled.
 #[derive(Debug, thiserror::Error)]
 pub enum VfioPciError {
@@ -113,6 +234,8 @@ pub struct VfioPci {
     /// Per BAR: its VFIO region size, when it is exposed.
     region_size: [u64; NUM_BARS],
     msix: Option<Msix>,
+    /// MSI, when the function has no usable MSI-X.
+    msi: Option<Msi>,
     /// Bytes of configuration space reads that differ from the device's: capability list
     /// pointers re-linked around the hidden MSI capability.
     patches: Vec<(usize, u8)>,
@@ -242,10 +365,50 @@ impl VfioPci {
                     enabled: false,
                 })
             });
-        // Re-link the list around MSI (and around an MSI-X capability the model cannot use).
+        // MSI's extent: its length follows its control word (10 bytes, 4 more for 64-bit
+        // addresses, 10 more for per-vector masking), never past the next capability.
+        let msi_extent = caps
+            .iter()
+            .find(|(_, id)| *id == MSI_CAP_ID)
+            .map(|&(msi, _)| {
+                let control = u16::from_le_bytes([config[msi + 2], config[msi + 3]]);
+                let len = 10
+                    + if control & 0x80 != 0 { 4 } else { 0 }
+                    + if control & 0x100 != 0 { 10 } else { 0 };
+                let next = caps
+                    .iter()
+                    .map(|(o, _)| *o)
+                    .filter(|o| *o > msi)
+                    .min()
+                    .unwrap_or(CONFIG_SIZE);
+                (msi, (msi + len).next_multiple_of(4).min(next), control)
+            });
+        // Without MSI-X, MSI is the function's interrupt: emulated. With MSI-X, hidden.
+        let msi = match (&msix, msi_extent) {
+            (None, Some((cap, end, control))) if end - cap >= 12 => {
+                let mut regs = [0u8; 24];
+                regs[..end - cap].copy_from_slice(&config[cap..end]);
+                // Disabled, one message, whatever the device had.
+                regs[2] &= !0x71;
+                Some(Msi {
+                    cap,
+                    end,
+                    regs,
+                    is64: control & 0x80 != 0,
+                    pvm: control & 0x100 != 0,
+                    enabled: 0,
+                    routes: routes.clone(),
+                })
+            }
+            _ => None,
+        };
+        // Re-link the list around MSI (when MSI-X is used) and around an MSI-X capability
+        // the model cannot use.
         let hide: Vec<usize> = caps
             .iter()
-            .filter(|(_, id)| *id == MSI_CAP_ID || (*id == MSIX_CAP_ID && msix.is_none()))
+            .filter(|(_, id)| {
+                (*id == MSI_CAP_ID && msi.is_none()) || (*id == MSIX_CAP_ID && msix.is_none())
+            })
             .map(|(off, _)| *off)
             .collect();
         let mut patches = Vec::new();
@@ -264,26 +427,9 @@ impl VfioPci {
             if let Some(&last) = kept.last() {
                 patches.push((last + 1, 0));
             }
-            if let Some(&msi) = caps
-                .iter()
-                .find(|(_, id)| *id == MSI_CAP_ID)
-                .map(|(o, _)| o)
-            {
-                // MSI's length follows its control word: 10 bytes, 4 more for 64-bit
-                // addresses, 10 more (mask, pending, padding) with per-vector masking. Its
-                // writes must never reach the device; the hidden range stops at the next
-                // capability whatever the control word says.
-                let control = u16::from_le_bytes([config[msi + 2], config[msi + 3]]);
-                let len = 10
-                    + if control & 0x80 != 0 { 4 } else { 0 }
-                    + if control & 0x100 != 0 { 10 } else { 0 };
-                let next = caps
-                    .iter()
-                    .map(|(o, _)| *o)
-                    .filter(|o| *o > msi)
-                    .min()
-                    .unwrap_or(CONFIG_SIZE);
-                hidden = Some((msi, (msi + len).next_multiple_of(4).min(next)));
+            if msi.is_none() {
+                // A hidden MSI's writes must never reach the device either.
+                hidden = msi_extent.map(|(start, end, _)| (start, end));
             }
         }
         Ok(Self {
@@ -291,6 +437,7 @@ impl VfioPci {
             bars,
             region_size,
             msix,
+            msi,
             patches,
             hidden,
             mapper: None,
@@ -455,6 +602,21 @@ impl PciDevice for VfioPci {
         if self.in_hidden(off) {
             return 0;
         }
+        if let Some(msi) = &self.msi
+            && (msi.cap..msi.end).contains(&off)
+        {
+            let at = off - msi.cap;
+            // ID and next pointer as the (patched) list has them; the rest emulated.
+            let mut v = msi
+                .regs
+                .get(at..at + 4)
+                .map_or([0; 4], |r| [r[0], r[1], r[2], r[3]]);
+            if at == 0 {
+                v[0] = b[0];
+                v[1] = b[1];
+            }
+            return u32::from_le_bytes(v);
+        }
         u32::from_le_bytes(b)
     }
 
@@ -467,6 +629,12 @@ impl PciDevice for VfioPci {
             return self.bars.write(reg, offset, data);
         }
         if off == ROM_BAR || self.in_hidden(off) {
+            return None;
+        }
+        if let Some(msi) = self.msi.as_mut()
+            && (msi.cap..msi.end).contains(&off)
+        {
+            msi.write(off - msi.cap + offset, data, self.dev.as_ref());
             return None;
         }
         if let Some(cap) = self.msix.as_ref().map(|m| m.cap)

@@ -19,7 +19,9 @@ use kvm_bindings::{
     kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO, kvm_userspace_memory_region,
 };
 use kvm_ioctls::VmFd;
-use vfio_bindings::bindings::vfio::{VFIO_PCI_MSIX_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP};
+use vfio_bindings::bindings::vfio::{
+    VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
+};
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd};
 use vm_memory::GuestMemoryMmap;
 
@@ -102,11 +104,14 @@ impl Drop for Passthrough {
     }
 }
 
-/// The number of MSI-X vectors VFIO offers for `device`.
-pub fn msix_vectors(device: &VfioDevice) -> usize {
-    device
-        .get_irq_info(VFIO_PCI_MSIX_IRQ_INDEX)
-        .map_or(0, |irq| irq.count as usize)
+/// The most vectors VFIO offers for `device`, by MSI-X or MSI.
+pub fn msi_vectors(device: &VfioDevice) -> usize {
+    [VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX]
+        .into_iter()
+        .filter_map(|index| device.get_irq_info(index))
+        .map(|irq| irq.count as usize)
+        .max()
+        .unwrap_or(0)
 }
 
 /// One VF as [`devices::vfio::VfioPci`] sees it.
@@ -232,6 +237,19 @@ impl VfioRegions for HostSide {
     fn disable_msix(&self) -> io::Result<()> {
         self.device
             .disable_msix()
+            .map_err(|e| io::Error::other(e.to_string()))
+    }
+
+    fn enable_msi(&self, vectors: usize) -> io::Result<()> {
+        let fds: Vec<_> = self.msi.eventfds().iter().take(vectors).collect();
+        self.device
+            .enable_msi(fds)
+            .map_err(|e| io::Error::other(e.to_string()))
+    }
+
+    fn disable_msi(&self) -> io::Result<()> {
+        self.device
+            .disable_msi()
             .map_err(|e| io::Error::other(e.to_string()))
     }
 

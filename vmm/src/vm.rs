@@ -387,7 +387,7 @@ fn add_vf(
         name: vf.name.clone(),
         why,
     };
-    let count = crate::vfio::msix_vectors(device).max(1);
+    let count = crate::vfio::msi_vectors(device).max(1);
     let msi = Arc::new(
         routing
             .msi_group(count)

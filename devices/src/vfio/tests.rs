@@ -12,6 +12,7 @@ struct Log {
     config_writes: Vec<(u64, Vec<u8>)>,
     bar_writes: Vec<(u32, u64, Vec<u8>)>,
     msix: Vec<Option<usize>>,
+    msi: Vec<Option<usize>>,
 }
 
 struct Mock {
@@ -52,6 +53,14 @@ impl VfioRegions for Mock {
     }
     fn disable_msix(&self) -> io::Result<()> {
         self.log.lock().unwrap().msix.push(None);
+        Ok(())
+    }
+    fn enable_msi(&self, vectors: usize) -> io::Result<()> {
+        self.log.lock().unwrap().msi.push(Some(vectors));
+        Ok(())
+    }
+    fn disable_msi(&self) -> io::Result<()> {
+        self.log.lock().unwrap().msi.push(None);
         Ok(())
     }
     fn mmap(&self, index: u32, offset: u64, _len: u64) -> io::Result<usize> {
@@ -132,6 +141,10 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with(device_config())
+}
+
+fn setup_with(config: [u8; CONFIG_SIZE]) -> Setup {
     let log = Arc::new(Mutex::new(Log::default()));
     let mut regions = [RegionInfo::default(); 8];
     regions[0] = RegionInfo {
@@ -151,7 +164,7 @@ fn setup() -> Setup {
         mmap: false,
     };
     let mock = Mock {
-        config: device_config(),
+        config,
         regions,
         log: log.clone(),
     };
@@ -358,4 +371,65 @@ fn bar_areas_are_mapped_follow_the_bar_and_go_with_the_device() {
         mapper.maps.lock().unwrap().is_empty(),
         "unmapped with the device"
     );
+}
+
+#[test]
+fn without_msix_msi_is_emulated_into_routes_and_vfio() {
+    // The same function with no MSI-X: MSI at 0x40 (64-bit, per-vector masking, 4
+    // vectors capable) → the vendor capability.
+    let mut c = device_config();
+    put(&mut c, 0x40, &[MSI_CAP_ID, 0x60, 0x84, 0x01]);
+    let mut s = setup_with(c);
+    assert_eq!(
+        s.pci.read_config(CAP_PTR / 4) & 0xff,
+        0x40,
+        "MSI stays in the list"
+    );
+    let head = s.pci.read_config(0x40 / 4);
+    assert_eq!(head & 0xffff, 0x6005, "ID and next: the vendor capability");
+    assert_eq!(head >> 16, 0x0184, "64-bit, masking, 4 capable, disabled");
+    // Address, data, one vector masked, then enable with 2 messages (MME = 1).
+    s.pci
+        .write_config(0x44 / 4, 0, &0xfee0_1000u32.to_le_bytes());
+    s.pci.write_config(0x48 / 4, 0, &0u32.to_le_bytes());
+    s.pci.write_config(0x4c / 4, 0, &0x4440u16.to_le_bytes());
+    s.pci.write_config(0x50 / 4, 0, &0b10u32.to_le_bytes()); // mask vector 1
+    s.pci.write_config(0x40 / 4, 2, &0x0011u16.to_le_bytes());
+    assert_eq!(s.log.lock().unwrap().msi, vec![Some(2)]);
+    let routes = s.routes.routes.lock().unwrap().clone();
+    assert!(routes.contains(&(
+        0,
+        MsiMessage {
+            address: 0xfee0_1000,
+            data: 0x4440
+        }
+    )));
+    assert!(routes.contains(&(
+        1,
+        MsiMessage {
+            address: 0xfee0_1000,
+            data: 0x4441
+        }
+    )));
+    let masks = s.routes.masks.lock().unwrap().clone();
+    assert!(
+        masks.contains(&(0, false)) && masks.contains(&(1, true)),
+        "{masks:?}"
+    );
+    assert_eq!(
+        s.pci.read_config(0x40 / 4) >> 16,
+        0x0195,
+        "enabled, 2 messages"
+    );
+    // Asking for more messages than capable is clamped; none of it reaches the device.
+    s.pci.write_config(0x40 / 4, 2, &0x0071u16.to_le_bytes());
+    assert_eq!(
+        s.pci.read_config(0x40 / 4) >> 16 & 0x70,
+        0x20,
+        "4 messages at most"
+    );
+    assert!(s.log.lock().unwrap().config_writes.is_empty());
+    // Disable.
+    s.pci.write_config(0x40 / 4, 2, &0x0000u16.to_le_bytes());
+    assert_eq!(s.log.lock().unwrap().msi.last(), Some(&None));
 }

@@ -356,11 +356,7 @@ fn sriov_manifest(name: &str, device_id: &str) -> Manifest {
             "    - name: pod\n      bridge: {}\n    - name: vf\n      sriov: {}\n",
             "  - name: pod\n    pod: {}\n  - name: vf\n    multus:\n      networkName: sriov-net\n",
         )
-        .document(&format!(
-            "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\n\
-             metadata:\n  name: sriov-net\n\
-             spec:\n  config: '{{\"cniVersion\": \"0.3.1\", \"type\": \"sriov\", \"deviceID\": \"{device_id}\"}}'\n"
-        ))
+        .sriov_nad("sriov-net", device_id)
 }
 
 testhost_test!(

@@ -17,11 +17,7 @@ fn vf_manifest(device_id: &str) -> Manifest {
             "    - name: vf\n      sriov: {}\n",
             "  - name: vf\n    multus:\n      networkName: sriov-net\n",
         )
-        .document(&format!(
-            "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\n\
-             metadata:\n  name: sriov-net\n\
-             spec:\n  config: '{{\"cniVersion\": \"0.3.1\", \"type\": \"sriov\", \"deviceID\": \"{device_id}\"}}'\n"
-        ))
+        .sriov_nad("sriov-net", device_id)
 }
 
 /// Runs vmm on `manifest` through `wrapper`; (exit code, stderr).

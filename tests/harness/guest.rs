@@ -159,6 +159,16 @@ impl Manifest {
         self
     }
 
+    /// Appends a NetworkAttachmentDefinition `name` of CNI type `sriov` whose `deviceID`
+    /// is `device_id`.
+    pub fn sriov_nad(self, name: &str, device_id: &str) -> Self {
+        self.document(&format!(
+            "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\n\
+             metadata:\n  name: {name}\n\
+             spec:\n  config: '{{\"cniVersion\": \"0.3.1\", \"type\": \"sriov\", \"deviceID\": \"{device_id}\"}}'\n"
+        ))
+    }
+
     /// Writes the manifest into `dir`; returns its path.
     pub fn write(&self, dir: &Path) -> PathBuf {
         let path = dir.join(format!("{}.yaml", self.name));

@@ -97,6 +97,9 @@ impl Drop for Passthrough {
     fn drop(&mut self) {
         for d in &self.devices {
             let _ = d.disable_msix();
+            let _ = d.disable_msi();
+            // Stops DMA now, before guest RAM leaves the IOMMU (closing resets it again).
+            d.reset();
         }
         if let Err(e) = self.container.vfio_unmap_guest_memory(&self.mem) {
             log::warn!("VFIO: cannot unmap guest RAM: {e}");

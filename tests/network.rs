@@ -411,3 +411,64 @@ testhost_test!(
     },
     timeout = 120
 );
+
+testhost_test!(
+    fn a_vmm_killed_outright_is_recovered_from_by_the_next_one() {
+        pod_and_peer(
+            "ip -n pod addr add 10.20.30.40/32 dev eth0
+             ip -n pod route add 169.254.1.1 dev eth0 scope link
+             ip -n pod route add default via 169.254.1.1 dev eth0",
+            "ip -n peer addr add 10.20.30.1/24 dev veth-peer
+             ip -n peer route add 10.20.30.40/32 dev veth-peer
+             ip -n peer link add uplink type dummy; ip -n peer link set uplink up
+             ip -n peer route add default dev uplink
+             ip netns exec peer sysctl -qw net.ipv4.ip_forward=1
+             ip netns exec peer sysctl -qw net.ipv4.conf.veth-peer.proxy_arp=1",
+        );
+        let before = pod_state();
+        let mut guest = Guest::boot_in_netns("pod", &bridge_manifest("killed"), &[]);
+        guest.wait_ready(1);
+        // SIGKILL: no destructor runs; the take-over stays, recorded on eth0-nic.
+        guest.signal(libc::SIGKILL);
+        guest.wait_exit(EXIT);
+        let left = sh("ip -n pod -o link show");
+        assert!(
+            left.contains("eth0-nic") && left.contains("br-eth0"),
+            "{left}"
+        );
+        assert!(
+            left.contains("vmm-bridge-binding eth0 0a:58:0a:0a:00:02"),
+            "{left}"
+        );
+        let plan = sh(&format!(
+            "ip netns exec pod {} run --dry-run {}",
+            vmm_tests::vmm_bin().display(),
+            bridge_manifest("killed")
+                .write(&std::env::temp_dir())
+                .display()
+        ));
+        assert!(plan.contains("did not exit cleanly"), "{plan}");
+        // The next vmm puts it back, takes it over again, and the guest works as before.
+        let mut guest = Guest::boot_in_netns("pod", &bridge_manifest("restarted"), &[]);
+        guest.wait_ready(1);
+        assert!(
+            guest.stderr().contains("did not exit cleanly"),
+            "{}",
+            guest.stderr()
+        );
+        let lease = guest.check("udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 5 -T 2");
+        assert!(lease.contains("ip=10.20.30.40 mask=32"), "{lease}");
+        assert!(
+            lease.contains("staticroutes=169.254.1.1/32 0.0.0.0 0.0.0.0/0 169.254.1.1"),
+            "{lease}"
+        );
+        let mac = guest.check("cat /sys/class/net/eth0/address");
+        assert_eq!(mac.trim(), "0a:58:0a:0a:00:02");
+        guest.check("ping -c 2 -W 5 10.20.30.1");
+        guest.send("poweroff -f");
+        assert_eq!(guest.wait_exit(EXIT), 0, "{}", guest.stderr());
+        assert_eq!(pod_state(), before, "restored exactly after the second run");
+        sh("ip netns del pod; ip netns del peer");
+    },
+    timeout = 300
+);

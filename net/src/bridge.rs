@@ -13,6 +13,11 @@
 //! replays it in reverse when dropped, and a failure halfway through replays what was done
 //! so far, so the namespace's links end as they were (names, MACs, addresses, routes) on
 //! every exit path that runs destructors.
+//!
+//! For the one that does not (SIGKILL, the OOM killer), `L-nic` carries an alias recording
+//! what `L` was (name, MAC, MTU, state, routes; the addresses stay on the dummy), and
+//! [`recover`] puts it back before the next take-over, so a restarted `vmm` in the same pod
+//! finds the namespace as the pod started.
 
 use std::net::Ipv4Addr;
 
@@ -93,6 +98,158 @@ impl PodLink {
         }
         routes
     }
+}
+
+/// The alias prefix that marks a link vmm renamed.
+const RECORD: &str = "vmm-bridge-binding";
+/// Linux's limit on an alias, with its NUL.
+const ALIAS_MAX: usize = 255;
+
+/// What `L` was, as `L-nic`'s alias records it:
+/// `vmm-bridge-binding L MAC MTU up|down ROUTE...`, a route being `dst/prefix[@gateway]:scope`.
+fn record(pod: &PodLink, up: bool) -> String {
+    let mut s = format!(
+        "{RECORD} {} {} {} {}",
+        pod.name,
+        pod.mac,
+        pod.mtu,
+        if up { "up" } else { "down" }
+    );
+    for r in &pod.routes {
+        let gw = r.gateway.map(|g| format!("@{g}")).unwrap_or_default();
+        let route = format!(" {}/{}{gw}:{}", r.dst, r.prefix, r.scope);
+        if s.len() + route.len() > ALIAS_MAX {
+            log::warn!(
+                "{}: too many routes to record them all for recovery",
+                pod.name
+            );
+            break;
+        }
+        s += &route;
+    }
+    s
+}
+
+/// A parsed [`record`]: (link, MAC, MTU, up, routes).
+fn parse_record(alias: &str) -> Option<(String, MacAddr, u32, bool, Vec<Route4>)> {
+    let mut words = alias.split_whitespace();
+    if words.next()? != RECORD {
+        return None;
+    }
+    let link = words.next()?.to_string();
+    let mac: MacAddr = words.next()?.parse().ok()?;
+    let mtu: u32 = words.next()?.parse().ok()?;
+    let up = words.next()? == "up";
+    let mut routes = Vec::new();
+    for w in words {
+        let (net, scope) = w.rsplit_once(':')?;
+        let (net, gateway) = match net.split_once('@') {
+            Some((n, g)) => (n, Some(g.parse().ok()?)),
+            None => (net, None),
+        };
+        let (dst, prefix) = net.split_once('/')?;
+        routes.push(Route4 {
+            dst: dst.parse().ok()?,
+            prefix: prefix.parse().ok()?,
+            gateway,
+            oif: None,
+            prefsrc: None,
+            scope: scope.parse().ok()?,
+            protocol: 3, // RTPROT_BOOT, as `ip route add` makes them
+            metric: None,
+        });
+    }
+    Some((link, mac, mtu, up, routes))
+}
+
+/// Whether a `vmm` that did not exit cleanly left pod link `link` taken over.
+pub fn left_taken_over(nl: &mut Netlink, link: &str) -> bool {
+    nl.link(&format!("{link}-nic"))
+        .ok()
+        .flatten()
+        .and_then(|l| l.alias)
+        .and_then(|a| parse_record(&a))
+        .is_some_and(|r| r.0 == link)
+}
+
+/// Puts pod link `link` back as it was if a `vmm` that did not exit cleanly left it taken
+/// over (see the module documentation). Returns whether it did.
+pub fn recover(nl: &mut Netlink, link: &str) -> Result<bool, BindError> {
+    let nic_name = format!("{link}-nic");
+    let Some(nic) = nl.link(&nic_name).map_err(nl_err("cannot list links"))? else {
+        return Ok(false);
+    };
+    let Some((name, mac, _mtu, up, routes)) = nic.alias.as_deref().and_then(parse_record) else {
+        return Ok(false);
+    };
+    if name != link {
+        return Ok(false);
+    }
+    // The dummy holds the pod's addresses.
+    let mut addresses = Vec::new();
+    if let Some(dummy) = nl.link(link).map_err(nl_err("cannot list links"))? {
+        addresses = nl
+            .addresses(dummy.index)
+            .map_err(nl_err(format!("cannot list the addresses of {link}")))?;
+        nl.del_link(dummy.index)
+            .map_err(nl_err(format!("cannot delete dummy {link}")))?;
+    }
+    for leftover in [format!("tap-{link}"), format!("br-{link}")] {
+        if let Some(l) = nl.link(&leftover).map_err(nl_err("cannot list links"))? {
+            nl.del_link(l.index)
+                .map_err(nl_err(format!("cannot delete {leftover}")))?;
+        }
+    }
+    nl.set_link(
+        nic.index,
+        &LinkChange {
+            up: Some(false),
+            ..LinkChange::default()
+        },
+    )
+    .map_err(nl_err(format!("cannot take {nic_name} down")))?;
+    nl.set_link(
+        nic.index,
+        &LinkChange {
+            name: Some(link.to_string()),
+            mac: Some(mac),
+            master: Some(0),
+            alias: Some(String::new()),
+            up: Some(up),
+            ..LinkChange::default()
+        },
+    )
+    .map_err(nl_err(format!("cannot rename {nic_name} back to {link}")))?;
+    for a in &addresses {
+        match nl.add_address(nic.index, *a) {
+            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => {
+                return Err(nl_err(format!(
+                    "cannot put {}/{} back on {link}",
+                    a.addr, a.prefix
+                ))(e));
+            }
+            _ => {}
+        }
+    }
+    let mut ordered = routes;
+    ordered.sort_by_key(|r| (r.gateway.is_some(), std::cmp::Reverse(r.prefix)));
+    for r in ordered {
+        let r = Route4 {
+            oif: Some(nic.index),
+            ..r
+        };
+        match nl.add_route(&r) {
+            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => {
+                return Err(nl_err(format!(
+                    "cannot put route {}/{} back",
+                    r.dst, r.prefix
+                ))(e));
+            }
+            _ => {}
+        }
+    }
+    log::warn!("{link}: put back as it was, from what a vmm that did not exit cleanly left");
+    Ok(true)
 }
 
 #[derive(Debug)]
@@ -216,6 +373,7 @@ impl Binding {
             &LinkChange {
                 name: Some(nic.clone()),
                 mac: Some(new_mac(mac)),
+                alias: Some(record(&self.pod, l.up)),
                 ..LinkChange::default()
             },
         )
@@ -227,6 +385,7 @@ impl Binding {
                 mac: Some(mac),
                 master: Some(0),
                 up: Some(false),
+                alias: Some(String::new()),
                 ..LinkChange::default()
             },
         ));
@@ -422,6 +581,42 @@ mod tests {
         assert_eq!(r[0].prefix, 32);
         assert_eq!(r[1].prefix, 0);
         assert_eq!(r[1].gateway, Ipv4Addr::new(169, 254, 1, 1));
+    }
+
+    #[test]
+    fn the_recovery_record_round_trips() {
+        let pod = PodLink {
+            name: "eth0".into(),
+            mac: MacAddr::new([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x05]),
+            mtu: 1450,
+            addresses: vec![],
+            routes: vec![
+                route([0, 0, 0, 0], 0, Some([169, 254, 1, 1])),
+                route([169, 254, 1, 1], 32, None),
+            ],
+        };
+        let alias = record(&pod, true);
+        assert!(alias.len() <= ALIAS_MAX);
+        let (link, mac, mtu, up, routes) = parse_record(&alias).unwrap();
+        assert_eq!((link.as_str(), mac, mtu, up), ("eth0", pod.mac, 1450, true));
+        assert_eq!(routes.len(), 2);
+        assert_eq!(routes[0].gateway, Some(Ipv4Addr::new(169, 254, 1, 1)));
+        assert_eq!(
+            (routes[1].dst, routes[1].prefix, routes[1].gateway),
+            (Ipv4Addr::new(169, 254, 1, 1), 32, None)
+        );
+        assert!(parse_record("someone else's alias").is_none());
+        assert!(parse_record("vmm-bridge-binding eth0 nonsense").is_none());
+        // Too many routes to fit: as many as fit are recorded.
+        let many = PodLink {
+            routes: (0..40)
+                .map(|i| route([10, i, 0, 0], 16, Some([10, 0, 0, 1])))
+                .collect(),
+            ..pod
+        };
+        let alias = record(&many, false);
+        assert!(alias.len() <= ALIAS_MAX, "{}", alias.len());
+        assert!(parse_record(&alias).is_some());
     }
 
     #[test]

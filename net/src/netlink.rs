@@ -40,6 +40,8 @@ pub struct Link {
     pub up: bool,
     /// Index of the bridge or bond it is enslaved to.
     pub master: Option<u32>,
+    /// Its alias (`ip link set ... alias`), if set.
+    pub alias: Option<String>,
 }
 
 /// An IPv4 address on a link.
@@ -85,6 +87,8 @@ pub struct LinkChange {
     pub up: Option<bool>,
     /// Enslave to this bridge index; `Some(0)` releases it.
     pub master: Option<u32>,
+    /// New alias; an empty one clears it.
+    pub alias: Option<String>,
 }
 
 /// A kind of link [`Netlink::add_link`] can create.
@@ -219,6 +223,9 @@ impl Netlink {
     pub fn set_link(&mut self, index: u32, change: &LinkChange) -> io::Result<()> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
+        if let Some(alias) = &change.alias {
+            msg.attributes.push(LinkAttribute::IfAlias(alias.clone()));
+        }
         if let Some(name) = &change.name {
             msg.attributes.push(LinkAttribute::IfName(name.clone()));
         }
@@ -376,6 +383,7 @@ fn parse_link(l: &LinkMessage) -> Link {
         mtu: 0,
         up: l.header.flags.contains(LinkFlags::Up),
         master: None,
+        alias: None,
     };
     for attr in &l.attributes {
         match attr {
@@ -385,6 +393,7 @@ fn parse_link(l: &LinkMessage) -> Link {
             }
             LinkAttribute::Mtu(m) => link.mtu = *m,
             LinkAttribute::Controller(m) => link.master = Some(*m),
+            LinkAttribute::IfAlias(a) if !a.is_empty() => link.alias = Some(a.clone()),
             _ => {}
         }
     }

@@ -430,6 +430,12 @@ pub fn describe(cfg: &VmConfig, manifest: &Manifest) -> Vec<String> {
                 return describe_vf(index, &vfs);
             }
             let link = iface.pod_link();
+            if iface.binding == BindingKind::Bridge && bridge::left_taken_over(&mut nl, &link) {
+                return format!(
+                    "{link} was left taken over by a vmm that did not exit cleanly \
+                     ({link}-nic, dummy {link}, br-{link}): it is put back first, then taken over"
+                );
+            }
             let tap = format!("tap-{link}");
             match host_side(&mut nl, index, iface, manifest) {
                 Ok(HostSide::TakeOver { link: l, addresses }) => {
@@ -550,6 +556,9 @@ fn set_up_one(
         .map_err(|e| netlink_err(index, &name, "cannot open a netlink socket", e))?;
     let link = iface.pod_link();
     let tap_name = format!("tap-{link}");
+    if !in_initial_netns() {
+        bridge::recover(&mut nl, &link).map_err(bind_err)?;
+    }
     match host_side(&mut nl, index, iface, manifest)? {
         HostSide::Nat => unreachable!("handled above"),
         HostSide::TakeOver { .. } => {

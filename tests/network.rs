@@ -29,6 +29,22 @@ fn pod_and_peer(pod_setup: &str, peer_setup: &str) {
     ));
 }
 
+/// A Calico-style pod: `eth0` holds 10.20.30.40/32, the gateway is the link-local
+/// 169.254.1.1, which the peer answers for by proxy ARP while routing 10.20.30.0/24.
+fn calico_pod_and_peer() {
+    pod_and_peer(
+        "ip -n pod addr add 10.20.30.40/32 dev eth0
+         ip -n pod route add 169.254.1.1 dev eth0 scope link
+         ip -n pod route add default via 169.254.1.1 dev eth0",
+        "ip -n peer addr add 10.20.30.1/24 dev veth-peer
+         ip -n peer route add 10.20.30.40/32 dev veth-peer
+         ip -n peer link add uplink type dummy; ip -n peer link set uplink up
+         ip -n peer route add default dev uplink
+         ip netns exec peer sysctl -qw net.ipv4.ip_forward=1
+         ip netns exec peer sysctl -qw net.ipv4.conf.veth-peer.proxy_arp=1",
+    );
+}
+
 fn pod_state() -> String {
     sh("ip -n pod -o link show | sed 's/^[0-9]*: //; s/ qdisc.*link\\/ether / /; s/ brd.*//' | sort
         ip -n pod -4 -o addr show | awk '{print $2, $4}' | sort
@@ -117,17 +133,7 @@ testhost_test!(
 
 testhost_test!(
     fn calico_style_slash_32_with_a_link_local_gateway() {
-        pod_and_peer(
-            "ip -n pod addr add 10.20.30.40/32 dev eth0
-             ip -n pod route add 169.254.1.1 dev eth0 scope link
-             ip -n pod route add default via 169.254.1.1 dev eth0",
-            "ip -n peer addr add 10.20.30.1/24 dev veth-peer
-             ip -n peer route add 10.20.30.40/32 dev veth-peer
-             ip -n peer link add uplink type dummy; ip -n peer link set uplink up
-             ip -n peer route add default dev uplink
-             ip netns exec peer sysctl -qw net.ipv4.ip_forward=1
-             ip netns exec peer sysctl -qw net.ipv4.conf.veth-peer.proxy_arp=1",
-        );
+        calico_pod_and_peer();
         let before = pod_state();
         let mut guest = Guest::boot_in_netns("pod", &bridge_manifest("calico"), &[]);
         guest.wait_ready(1);
@@ -414,17 +420,7 @@ testhost_test!(
 
 testhost_test!(
     fn a_vmm_killed_outright_is_recovered_from_by_the_next_one() {
-        pod_and_peer(
-            "ip -n pod addr add 10.20.30.40/32 dev eth0
-             ip -n pod route add 169.254.1.1 dev eth0 scope link
-             ip -n pod route add default via 169.254.1.1 dev eth0",
-            "ip -n peer addr add 10.20.30.1/24 dev veth-peer
-             ip -n peer route add 10.20.30.40/32 dev veth-peer
-             ip -n peer link add uplink type dummy; ip -n peer link set uplink up
-             ip -n peer route add default dev uplink
-             ip netns exec peer sysctl -qw net.ipv4.ip_forward=1
-             ip netns exec peer sysctl -qw net.ipv4.conf.veth-peer.proxy_arp=1",
-        );
+        calico_pod_and_peer();
         let before = pod_state();
         let mut guest = Guest::boot_in_netns("pod", &bridge_manifest("killed"), &[]);
         guest.wait_ready(1);

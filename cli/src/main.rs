@@ -108,7 +108,7 @@ fn parse_nat_limit(s: &str) -> Result<(String, String), String> {
         .split_once('=')
         .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
     // Checked here so that a mistake is a usage error before anything runs.
-    vmm::net_limits_default().set(key, value)?;
+    vmm::NatLimits::default().set(key, value)?;
     Ok((key.to_string(), value.to_string()))
 }
 
@@ -174,7 +174,7 @@ fn run(args: RunArgs, start: Instant) -> u8 {
         volumes: args.volumes,
         shutdown_timeout: args.shutdown_timeout,
         nat_limits: {
-            let mut limits = vmm::net_limits_default();
+            let mut limits = vmm::NatLimits::default();
             for (key, value) in &args.nat_limits {
                 // Already checked by the parser.
                 let _ = limits.set(key, value);

@@ -48,3 +48,45 @@ pub trait FrameBackend: Send {
     /// The guest (re)negotiated what it accepts.
     fn set_offloads(&mut self, offloads: Offloads) -> io::Result<()>;
 }
+
+/// Copies up to `out.len()` bytes from the start of `bufs`; returns how many.
+pub fn gather(bufs: &[VolatileSlice<'_>], out: &mut [u8]) -> usize {
+    let mut at = 0;
+    for b in bufs {
+        if at == out.len() {
+            break;
+        }
+        let n = b.len().min(out.len() - at);
+        if let Ok(s) = b.subslice(0, n) {
+            s.copy_to(&mut out[at..at + n]);
+        }
+        at += n;
+    }
+    at
+}
+
+/// Copies `parts`, one after the other, into `bufs`; returns how many bytes fitted.
+pub fn scatter(bufs: &[VolatileSlice<'_>], parts: &[&[u8]]) -> usize {
+    let mut written = 0;
+    let mut parts = parts.iter().map(|p| &p[..]);
+    let mut part: &[u8] = parts.next().unwrap_or(&[]);
+    for b in bufs {
+        let mut off = 0;
+        while off < b.len() {
+            while part.is_empty() {
+                match parts.next() {
+                    Some(p) => part = p,
+                    None => return written,
+                }
+            }
+            let n = part.len().min(b.len() - off);
+            if let Ok(dst) = b.subslice(off, n) {
+                dst.copy_from(&part[..n]);
+            }
+            part = &part[n..];
+            off += n;
+            written += n;
+        }
+    }
+    written
+}

@@ -15,7 +15,7 @@ use vm_memory::VolatileSlice;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use crate::backend::{FrameBackend, Offloads, VNET_HDR_LEN};
+use crate::backend::{FrameBackend, Offloads, VNET_HDR_LEN, gather, scatter};
 use crate::dhcp::DhcpServer;
 
 /// Bytes peeked at to classify a frame: header, Ethernet, IPv4 with options, UDP ports.
@@ -41,38 +41,6 @@ impl<B> std::fmt::Debug for LocalDhcp<B> {
             .field("queued", &self.replies.len())
             .finish_non_exhaustive()
     }
-}
-
-/// Copies up to `out.len()` bytes from the start of `bufs`; returns how many.
-fn gather(bufs: &[VolatileSlice<'_>], out: &mut [u8]) -> usize {
-    let mut at = 0;
-    for b in bufs {
-        if at == out.len() {
-            break;
-        }
-        let n = b.len().min(out.len() - at);
-        if let Ok(s) = b.subslice(0, n) {
-            s.copy_to(&mut out[at..at + n]);
-        }
-        at += n;
-    }
-    at
-}
-
-/// Copies `data` into `bufs`; returns how many bytes fitted.
-fn scatter(bufs: &[VolatileSlice<'_>], data: &[u8]) -> usize {
-    let mut at = 0;
-    for b in bufs {
-        if at == data.len() {
-            break;
-        }
-        let n = b.len().min(data.len() - at);
-        if let Ok(s) = b.subslice(0, n) {
-            s.copy_from(&data[at..at + n]);
-        }
-        at += n;
-    }
-    at
 }
 
 impl<B: FrameBackend> LocalDhcp<B> {
@@ -131,7 +99,7 @@ impl<B: FrameBackend> FrameBackend for LocalDhcp<B> {
             if self.replies.is_empty() {
                 let _ = self.ready.read();
             }
-            return Ok(scatter(bufs, &reply));
+            return Ok(scatter(bufs, &[&reply]));
         }
         self.inner.recv(bufs)
     }

@@ -24,8 +24,5 @@ pub mod vm;
 
 pub use runner::{ExitCode, RunError, RunOptions};
 
-/// The masquerade NAT's default limits (for the command line, which does not depend on
-/// `net` itself).
-pub fn net_limits_default() -> net::nat::Limits {
-    net::nat::Limits::default()
-}
+/// The masquerade NAT's limits (`--nat-limit`), for the command line.
+pub use net::nat::Limits as NatLimits;

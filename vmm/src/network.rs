@@ -222,9 +222,7 @@ pub fn parse_resolv_conf(text: &str) -> (Vec<Ipv4Addr>, Vec<String>) {
 
 /// The CNI bridge name of a NAD whose config is `type: bridge` (default `cni0`).
 fn nad_bridge(manifest: &Manifest, network_name: &str) -> Option<Result<String, String>> {
-    let nad = manifest.network_attachments.iter().find(|n| {
-        n.metadata.name == network_name || network_name.ends_with(&format!("/{}", n.metadata.name))
-    })?;
+    let nad = manifest.network_attachment(network_name)?;
     let config: serde_json::Value = serde_json::from_str(&nad.spec.config).ok()?;
     let kind = config.get("type").and_then(|t| t.as_str()).unwrap_or("");
     if kind != "bridge" {

@@ -110,11 +110,7 @@ fn render_interfaces(out: &mut String, manifest: &Manifest, cfg: &VmConfig, host
         let network = match &iface.network {
             NetworkSource::Pod => "pod network".to_string(),
             NetworkSource::Multus { network_name } => {
-                let nad = manifest.network_attachments.iter().find(|n| {
-                    n.metadata.name == *network_name
-                        || network_name.ends_with(&format!("/{}", n.metadata.name))
-                });
-                match nad {
+                match manifest.network_attachment(network_name) {
                     Some(_) => format!("multus network {network_name} (from the manifest)"),
                     None => format!("multus network {network_name}"),
                 }

@@ -223,10 +223,7 @@ pub fn discover(
         let NetworkSource::Multus { network_name } = &iface.network else {
             return Err(err("sriov needs a multus network".into()));
         };
-        let nad = manifest.network_attachments.iter().find(|n| {
-            n.metadata.name == *network_name
-                || network_name.ends_with(&format!("/{}", n.metadata.name))
-        });
+        let nad = manifest.network_attachment(network_name);
         let mut tried = Vec::new();
         // 1. network-status.
         let mut found = None;

@@ -8,36 +8,10 @@ use vm_memory::VolatileSlice;
 
 use super::engine::{Nat, NatConfig};
 use super::inbound::Listeners;
-use crate::backend::{FrameBackend, Offloads, VNET_HDR_LEN};
+use crate::backend::{FrameBackend, Offloads, VNET_HDR_LEN, gather, scatter};
 
 /// The largest frame taken from the guest: a 64 KiB TSO segment with its headers.
 const MAX_FRAME: usize = VNET_HDR_LEN + 14 + 65535;
-
-/// Copies `parts`, one after the other, into `bufs`; returns how many bytes fitted.
-fn scatter(bufs: &[VolatileSlice<'_>], parts: &[&[u8]]) -> usize {
-    let mut written = 0;
-    let mut parts = parts.iter().map(|p| &p[..]);
-    let mut part: &[u8] = parts.next().unwrap_or(&[]);
-    for b in bufs {
-        let mut off = 0;
-        while off < b.len() {
-            while part.is_empty() {
-                match parts.next() {
-                    Some(p) => part = p,
-                    None => return written,
-                }
-            }
-            let n = part.len().min(b.len() - off);
-            if let Ok(dst) = b.subslice(off, n) {
-                dst.copy_from(&part[..n]);
-            }
-            part = &part[n..];
-            off += n;
-            written += n;
-        }
-    }
-    written
-}
 
 /// Frames between the guest and a [`Nat`] engine. Frames to the guest carry a zero virtio
 /// header (complete checksums, no segmentation); frames from it may be partial-checksum
@@ -81,19 +55,11 @@ impl FrameBackend for NatBackend {
     }
 
     fn send(&mut self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
-        self.frame.clear();
-        let mut total = 0;
-        for b in bufs {
-            let n = b.len().min(MAX_FRAME - self.frame.len());
-            let start = self.frame.len();
-            self.frame.resize(start + n, 0);
-            if let Ok(s) = b.subslice(0, n) {
-                s.copy_to(&mut self.frame[start..]);
-            }
-            total += b.len();
-        }
-        if self.frame.len() > VNET_HDR_LEN {
-            self.nat.from_guest(&self.frame[VNET_HDR_LEN..]);
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        self.frame.resize(total.min(MAX_FRAME), 0);
+        let n = gather(bufs, &mut self.frame);
+        if n > VNET_HDR_LEN {
+            self.nat.from_guest(&self.frame[VNET_HDR_LEN..n]);
         }
         Ok(total)
     }

@@ -416,6 +416,11 @@ pub struct Nat {
     stats: NatStats,
     /// Bytes of TCP buffer allocated to flows.
     tcp_memory: usize,
+    /// smoltcp took frames or reported a socket change since flows were last pumped: every
+    /// flow may have something to move. Otherwise only those with host socket events do.
+    smol_dirty: bool,
+    /// TCP flows with host socket events since the last pump.
+    touched: Vec<u64>,
     buf: Vec<u8>,
     /// Tests reach their own listeners on loopback; the guest never does.
     loopback_ok: bool,
@@ -455,8 +460,8 @@ pub(crate) fn socklen<T>() -> libc::socklen_t {
     libc::socklen_t::try_from(std::mem::size_of::<T>()).unwrap_or(libc::socklen_t::MAX)
 }
 
-/// A non-blocking socket of `kind` and `protocol`, `connect`ed (or connecting) to `dst`.
-fn connect(kind: libc::c_int, protocol: libc::c_int, dst: SocketAddrV4) -> io::Result<OwnedFd> {
+/// A new non-blocking IPv4 socket of `kind` and `protocol`.
+pub(crate) fn socket(kind: libc::c_int, protocol: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the result is checked before use.
     let fd = unsafe {
         libc::socket(
@@ -469,7 +474,12 @@ fn connect(kind: libc::c_int, protocol: libc::c_int, dst: SocketAddrV4) -> io::R
         return Err(io::Error::last_os_error());
     }
     // SAFETY: `fd` was just created and is owned by nothing else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A non-blocking socket of `kind` and `protocol`, `connect`ed (or connecting) to `dst`.
+fn connect(kind: libc::c_int, protocol: libc::c_int, dst: SocketAddrV4) -> io::Result<OwnedFd> {
+    let fd = socket(kind, protocol)?;
     let addr = sockaddr(dst);
     // SAFETY: `addr` is a valid sockaddr_in of the length given, alive for the call.
     let rc = unsafe {
@@ -634,6 +644,8 @@ impl Nat {
             next_sweep: start + SWEEP,
             stats: NatStats::default(),
             tcp_memory: 0,
+            smol_dirty: false,
+            touched: Vec::new(),
             buf: vec![0u8; 65536],
             loopback_ok: false,
             cfg,
@@ -1034,6 +1046,25 @@ impl Nat {
         self.dev.tx.push_back(frame);
     }
 
+    /// Queues a UDP datagram from `src` to the guest's port `dst_port` carrying the first
+    /// `len` bytes of the receive buffer.
+    fn push_udp(&mut self, src: SocketAddrV4, dst_port: u16, len: usize) {
+        let mut segment = vec![0u8; UDP_HDR + len];
+        UdpRepr {
+            src_port: src.port(),
+            dst_port,
+        }
+        .emit(
+            &mut UdpPacket::new_unchecked(&mut segment[..]),
+            &IpAddress::Ipv4(*src.ip()),
+            &IpAddress::Ipv4(self.guest),
+            len,
+            |p| p.copy_from_slice(&self.buf[..len]),
+            &ChecksumCapabilities::default(),
+        );
+        self.push_ip(*src.ip(), IpProtocol::Udp, &segment);
+    }
+
     /// Reads what a UDP or ICMP flow's socket has, while the guest's queue has room.
     fn read_dgram(&mut self, id: u64) {
         let udp = id & KIND_MASK == KIND_UDP;
@@ -1069,20 +1100,7 @@ impl Nat {
                     self.stats.dropped += 1;
                     continue;
                 }
-                let mut segment = vec![0u8; UDP_HDR + n];
-                let repr = UdpRepr {
-                    src_port: key.1.port(),
-                    dst_port: key.0,
-                };
-                repr.emit(
-                    &mut UdpPacket::new_unchecked(&mut segment[..]),
-                    &IpAddress::Ipv4(src),
-                    &IpAddress::Ipv4(self.guest),
-                    n,
-                    |p| p.copy_from_slice(&self.buf[..n]),
-                    &ChecksumCapabilities::default(),
-                );
-                self.push_ip(src, IpProtocol::Udp, &segment);
+                self.push_udp(key.1, key.0, n);
             } else {
                 if n < ICMP_HDR || n > max_payload || self.buf[0] != 0 {
                     self.stats.dropped += 1;
@@ -1150,7 +1168,18 @@ impl Nat {
         }
         self.accept_inbound();
         self.poll_iface();
-        let ids: Vec<u64> = self.tcp.keys().copied().collect();
+        let now = Instant::now();
+        // Pumping walks the flows: all of them only when smoltcp may have changed any, or
+        // once a sweep (timers that change nothing visible, such as TIME-WAIT ending).
+        let ids: Vec<u64> = if std::mem::take(&mut self.smol_dirty) || now >= self.next_sweep {
+            self.touched.clear();
+            self.tcp.keys().copied().collect()
+        } else {
+            let mut ids = std::mem::take(&mut self.touched);
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        };
         for id in ids {
             self.pump(id);
         }
@@ -1174,7 +1203,6 @@ impl Nat {
             self.read_dgram(id);
         }
         self.read_inbound_udp();
-        let now = Instant::now();
         if now >= self.next_sweep {
             self.teach_guest_mac();
             self.sweep(now);
@@ -1208,11 +1236,13 @@ impl Nat {
         };
         self.iface
             .poll_ingress_single(now, &mut one, &mut self.sockets);
+        self.smol_dirty = true;
     }
 
     fn poll_iface(&mut self) {
         let now = self.now();
-        self.iface.poll(now, &mut self.dev, &mut self.sockets);
+        let result = self.iface.poll(now, &mut self.dev, &mut self.sockets);
+        self.smol_dirty |= result == smoltcp::iface::PollResult::SocketStateChanged;
     }
 
     /// The address a peer appears from in the guest: its own, unless the guest could not
@@ -1382,20 +1412,7 @@ impl Nat {
                         last: Instant::now(),
                     },
                 );
-                let mut segment = vec![0u8; UDP_HDR + n];
-                UdpRepr {
-                    src_port: src.port(),
-                    dst_port: *port,
-                }
-                .emit(
-                    &mut UdpPacket::new_unchecked(&mut segment[..]),
-                    &IpAddress::Ipv4(*src.ip()),
-                    &IpAddress::Ipv4(self.guest),
-                    n,
-                    |p| p.copy_from_slice(&self.buf[..n]),
-                    &ChecksumCapabilities::default(),
-                );
-                self.push_ip(*src.ip(), IpProtocol::Udp, &segment);
+                self.push_udp(src, *port, n);
             }
         }
     }
@@ -1404,6 +1421,7 @@ impl Nat {
         let Some(flow) = self.tcp.get_mut(&id) else {
             return;
         };
+        self.touched.push(id);
         match &mut flow.state {
             TcpState::Connecting { .. } => {
                 if events.intersects(EventSet::OUT | EventSet::ERROR | EventSet::HANG_UP) {

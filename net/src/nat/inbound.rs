@@ -13,7 +13,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 /// A forwarded port's protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -96,22 +96,6 @@ fn raise_nofile(want: u64) -> u64 {
     lim.rlim_cur
 }
 
-fn socket(kind: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); the result is checked.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_INET,
-            kind | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just created and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 fn bind(fd: &OwnedFd, port: u16) -> io::Result<()> {
     let addr = super::engine::sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
     // SAFETY: `addr` is a valid sockaddr_in of the length given.
@@ -131,7 +115,7 @@ fn bind(fd: &OwnedFd, port: u16) -> io::Result<()> {
 /// A non-blocking TCP listener on 0.0.0.0:`port` (`SO_REUSEADDR`, so connections of an
 /// earlier run in TIME_WAIT do not block it; two listeners still cannot share a port).
 fn tcp_listener(port: u16) -> io::Result<TcpListener> {
-    let fd = socket(libc::SOCK_STREAM)?;
+    let fd = super::engine::socket(libc::SOCK_STREAM, 0)?;
     let one: libc::c_int = 1;
     // SAFETY: a valid int option of the size given.
     unsafe {
@@ -152,7 +136,7 @@ fn tcp_listener(port: u16) -> io::Result<TcpListener> {
 }
 
 fn udp_socket(port: u16) -> io::Result<UdpSocket> {
-    let fd = socket(libc::SOCK_DGRAM)?;
+    let fd = super::engine::socket(libc::SOCK_DGRAM, 0)?;
     bind(&fd, port)?;
     Ok(UdpSocket::from(fd))
 }

@@ -32,6 +32,17 @@ pub struct Manifest {
     pub base_dir: PathBuf,
 }
 
+impl Manifest {
+    /// The NetworkAttachmentDefinition in the file that multus network `network_name`
+    /// (`name` or `namespace/name`) refers to.
+    pub fn network_attachment(&self, network_name: &str) -> Option<&NetworkAttachmentDefinition> {
+        self.network_attachments.iter().find(|n| {
+            n.metadata.name == network_name
+                || network_name.ends_with(&format!("/{}", n.metadata.name))
+        })
+    }
+}
+
 /// Why a manifest cannot be used. Every variant means exit code 1.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {

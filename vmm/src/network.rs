@@ -158,6 +158,62 @@ pub struct HostNetwork {
     created_bridges: Vec<String>,
 }
 
+impl HostNetwork {
+    /// Each interface of `cfg` as the API's `info` reports it: name, binding, network, MAC,
+    /// the guest's IPv4 address where `vmm` hands it out (DHCP delegation, masquerade), and
+    /// for a virtio-net NIC its host side, MTU, negotiated features and counters, for a VF
+    /// its PCI address and where that came from.
+    pub fn report(&self, cfg: &VmConfig) -> Vec<serde_json::Value> {
+        use std::sync::atomic::Ordering::Relaxed;
+        cfg.interfaces
+            .iter()
+            .enumerate()
+            .map(|(index, iface)| {
+                let mut v = serde_json::json!({
+                    "name": iface.name,
+                    "binding": match iface.binding {
+                        BindingKind::Bridge => "bridge",
+                        BindingKind::Masquerade { .. } => "masquerade",
+                        BindingKind::Sriov => "sriov",
+                    },
+                    "network": match &iface.network {
+                        NetworkSource::Pod => "pod".to_string(),
+                        NetworkSource::Multus { network_name } => format!("multus:{network_name}"),
+                    },
+                    "mac": iface.mac.to_string(),
+                    "guest_ip": null,
+                });
+                if let Some(nic) = self.nics.iter().find(|n| n.index == index) {
+                    let c = &nic.counters;
+                    let guest_ip = match &nic.backend {
+                        NicBackend::Tap { dhcp, .. } => dhcp.as_ref().map(|d| d.lease().address),
+                        NicBackend::Nat(cfg, _) => Some(cfg.guest()),
+                    };
+                    v["mac"] = nic.mac.to_string().into();
+                    v["guest_ip"] = guest_ip.map(|a| a.to_string()).into();
+                    v["mtu"] = nic.mtu.into();
+                    v["host"] = nic.host.clone().into();
+                    v["features"] =
+                        devices::virtio::net::feature_names(nic.acked.load(Relaxed)).into();
+                    for (key, counter) in [
+                        ("tx_frames", &c.tx_frames),
+                        ("tx_bytes", &c.tx_bytes),
+                        ("tx_dropped", &c.tx_dropped),
+                        ("rx_frames", &c.rx_frames),
+                        ("rx_bytes", &c.rx_bytes),
+                    ] {
+                        v[key] = counter.load(Relaxed).into();
+                    }
+                } else if let Some(vf) = self.vfs.iter().find(|v| v.index == index) {
+                    v["vf"] = vf.address.to_string().into();
+                    v["vf_source"] = vf.source.clone().into();
+                }
+                v
+            })
+            .collect()
+    }
+}
+
 impl Drop for HostNetwork {
     fn drop(&mut self) {
         // TAPs first (closing them removes those vmm created), then the links, in reverse.
@@ -625,6 +681,61 @@ fn set_up_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_report_pairs_each_interface_with_its_own_host_side() {
+        // A VF first, then a masquerade NIC: the NIC's counters must not land on the VF.
+        let text = "apiVersion: virt.virtink.smartx.com/v1alpha1\nkind: VirtualMachine\n\
+            metadata:\n  name: vm\nspec:\n  instance:\n    kernel:\n      image: /vmlinuz\n\
+            \x20     cmdline: console=ttyS0\n    interfaces:\n\
+            \x20     - name: vf\n        sriov: {}\n      - name: pod\n        masquerade: {}\n\
+            \x20 networks:\n    - name: vf\n      multus:\n        networkName: sriov-net\n\
+            \x20   - name: pod\n      pod: {}\n";
+        let manifest =
+            crate::config::documents::parse(text, std::path::Path::new("vm.yaml"), "/".into())
+                .unwrap();
+        let cfg = VmConfig::from_manifest(&manifest);
+        let nat = NatConfig {
+            network: Ipv4Addr::new(10, 0, 2, 0),
+            prefix: 30,
+            guest_mac: cfg.interfaces[1].mac,
+            mtu: MASQUERADE_MTU,
+            dns: vec![],
+            search: vec![],
+            hostname: "vm".into(),
+            limits: Limits::default(),
+        };
+        let counters = Arc::new(NetCounters::default());
+        counters
+            .rx_frames
+            .store(7, std::sync::atomic::Ordering::Relaxed);
+        let mut network = HostNetwork::default();
+        network.nics = vec![HostNic {
+            index: 1,
+            name: "pod".into(),
+            mac: cfg.interfaces[1].mac,
+            mtu: MASQUERADE_MTU,
+            backend: NicBackend::Nat(nat, Arc::default()),
+            counters,
+            acked: Arc::new(AtomicU64::new(0)),
+            host: "in-process NAT".into(),
+        }];
+        network.vfs = vec![sriov::Vf {
+            index: 0,
+            name: "vf".into(),
+            address: sriov::PciAddress::parse("0000:3b:02.1").unwrap(),
+            source: "$PCIDEVICE_X".into(),
+        }];
+        let report = network.report(&cfg);
+        assert_eq!(report.len(), 2);
+        assert_eq!(report[0]["name"], "vf");
+        assert_eq!(report[0]["vf"], "0000:3b:02.1");
+        assert!(report[0].get("rx_frames").is_none(), "{}", report[0]);
+        assert_eq!(report[1]["name"], "pod");
+        assert_eq!(report[1]["guest_ip"], "10.0.2.2");
+        assert_eq!(report[1]["rx_frames"], 7);
+        assert_eq!(report[1]["mtu"], 65520);
+    }
 
     #[test]
     fn resolv_conf() {

@@ -26,7 +26,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::api::{ApiAnswer, ApiCommand, ApiError, ApiServer, PowerAction};
 use crate::boot::{self, BootError, KernelFiles};
-use crate::config::{self, Binding, ManifestError, NetworkSource, RunPolicy, VmConfig};
+use crate::config::{self, ManifestError, RunPolicy, VmConfig};
 use crate::console::{self, ConsoleError, ConsoleOutput};
 use crate::host::{self, HostError};
 use crate::vcpu::VcpuEvent;
@@ -580,33 +580,7 @@ impl Runner<'_> {
                 })
             })
             .collect();
-        let interfaces: Vec<serde_json::Value> = cfg
-            .interfaces
-            .iter()
-            .zip(&self.network.nics)
-            .map(|(i, nic)| {
-                let c = &nic.counters;
-                let n =
-                    |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-                serde_json::json!({
-                    "name": i.name,
-                    "mac": nic.mac.to_string(),
-                    "mtu": nic.mtu,
-                    "binding": binding_name(&i.binding),
-                    "network": match &i.network {
-                        NetworkSource::Pod => "pod".to_string(),
-                        NetworkSource::Multus { network_name } => format!("multus:{network_name}"),
-                    },
-                    "host": nic.host,
-                    "features": devices::virtio::net::feature_names(n(&nic.acked)),
-                    "tx_frames": n(&c.tx_frames),
-                    "tx_bytes": n(&c.tx_bytes),
-                    "tx_dropped": n(&c.tx_dropped),
-                    "rx_frames": n(&c.rx_frames),
-                    "rx_bytes": n(&c.rx_bytes),
-                })
-            })
-            .collect();
+        let interfaces = self.network.report(cfg);
         serde_json::json!({
             "name": cfg.name,
             "state": run_state,
@@ -669,14 +643,6 @@ impl Runner<'_> {
                 self.stdin_open = false;
             }
         }
-    }
-}
-
-fn binding_name(b: &Binding) -> &'static str {
-    match b {
-        Binding::Bridge => "bridge",
-        Binding::Masquerade { .. } => "masquerade",
-        Binding::Sriov => "sriov",
     }
 }
 

@@ -10,9 +10,11 @@ pub mod net;
 mod pci;
 
 use std::io;
+use std::num::Wrapping;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use virtio_queue::Queue;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -42,6 +44,50 @@ pub trait IoEventRegistry: Send + Sync {
     fn unregister(&self, evt: &EventFd, addr: u64) -> io::Result<()>;
 }
 
+/// Set by a device whose driver broke a queue's rules: the transport then shows
+/// DEVICE_NEEDS_RESET in the device status until the driver resets the device.
+#[derive(Debug, Clone, Default)]
+pub struct NeedsReset(Arc<AtomicBool>);
+
+impl NeedsReset {
+    /// The device stopped serving its queues and waits for a reset.
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// Whether [`NeedsReset::set`] was called since the last [`NeedsReset::clear`].
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// The driver reset the device.
+    pub fn clear(&self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// The next descriptor chain the driver made available on `queue`, or `None` when there is
+/// none.
+///
+/// An error means the driver broke the ring: its available index is more than the queue
+/// size ahead of the device (virtio-queue's `pop_descriptor_chain` would log that and return
+/// nothing while `enable_notification` keeps reporting work, so a loop over the two spins
+/// for ever), or an entry cannot be read. A device stops serving the queue on an error.
+pub fn next_chain<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, virtio_queue::Error> {
+    if let Some(chain) = queue.iter(mem)?.next() {
+        return Ok(Some(chain));
+    }
+    // Nothing came although the driver's index is elsewhere: the ring entry was unreadable.
+    let avail = queue.avail_idx(mem, std::sync::atomic::Ordering::Acquire)?;
+    if avail != Wrapping(queue.next_avail()) {
+        return Err(virtio_queue::Error::InvalidAvailRingIndex);
+    }
+    Ok(None)
+}
+
 /// What a device gets when the driver is ready.
 pub struct Activation {
     /// Guest RAM.
@@ -52,6 +98,8 @@ pub struct Activation {
     pub queues: Vec<(Queue, EventFd)>,
     /// The features the driver accepted.
     pub features: u64,
+    /// Set when the driver breaks a queue (see [`next_chain`]).
+    pub needs_reset: NeedsReset,
 }
 
 impl std::fmt::Debug for Activation {

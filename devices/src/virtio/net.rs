@@ -10,8 +10,10 @@
 //!
 //! Everything in a descriptor chain is hostile: a chain with buffers of the wrong direction,
 //! outside guest RAM, longer than a frame can be or spread over more than 1024 buffers is
-//! returned unused (transmit: dropped, counted); queue errors stop the device with a log
-//! line, never the VMM.
+//! returned unused (transmit: dropped, counted). A broken ring (an available index more than
+//! the queue size ahead, a used ring that cannot be written) stops the device: one log line,
+//! DEVICE_NEEDS_RESET in its status and a configuration interrupt; the worker then only waits
+//! for the reset or the end of the boot. Never the VMM.
 //!
 //! The device runs on its own thread, woken by the queues' ioeventfds, by the backend's
 //! descriptor and by a kill eventfd. While the guest has posted no receive buffers the
@@ -30,7 +32,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::{Activation, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use super::{VirtioDevice, VirtioInterrupt};
+use super::{NeedsReset, VirtioDevice, VirtioInterrupt, next_chain};
 
 /// Device type of virtio-net.
 pub const TYPE_NET: u16 = 1;
@@ -260,6 +262,7 @@ impl VirtioDevice for Net {
             interrupt: a.interrupt,
             counters: self.counters.clone(),
             backend_polled: true,
+            needs_reset: a.needs_reset,
         };
         let kill_worker = kill.try_clone()?;
         let handle = std::thread::Builder::new()
@@ -301,6 +304,8 @@ struct Worker {
     counters: Arc<NetCounters>,
     /// Whether the backend's descriptor is in the epoll set.
     backend_polled: bool,
+    /// Told when the driver broke a queue.
+    needs_reset: NeedsReset,
 }
 
 /// Why the worker stopped serving the queues.
@@ -360,7 +365,9 @@ fn chain_buffers<'m>(
 impl Worker {
     fn run(mut self, rx_evt: EventFd, tx_evt: EventFd, kill: EventFd) -> Box<dyn FrameBackend> {
         if let Err(e) = self.serve(&rx_evt, &tx_evt, &kill) {
-            log::error!("virtio-net stopped: {e}");
+            log::error!("virtio-net stopped until the driver resets it: {e}");
+            self.needs_reset.set();
+            self.interrupt.notify_config();
             // Hold on to the backend until the reset that takes it back.
             wait_readable(&kill);
         }
@@ -433,7 +440,7 @@ impl Worker {
         let mut used = false;
         let mut out_of_buffers = false;
         loop {
-            let Some(chain) = self.rx.pop_descriptor_chain(mem) else {
+            let Some(chain) = next_chain(&mut self.rx, mem)? else {
                 // Out of buffers: ask the guest to say when it posts more, and stop
                 // polling the backend until then.
                 if self.rx.enable_notification(mem)? {
@@ -495,7 +502,7 @@ impl Worker {
         let mut used = false;
         loop {
             self.tx.disable_notification(mem)?;
-            while let Some(chain) = self.tx.pop_descriptor_chain(mem) {
+            while let Some(chain) = next_chain(&mut self.tx, mem)? {
                 let head = chain.head_index();
                 match chain_buffers(mem, chain, false, MAX_TX_FRAME)
                     .filter(|(_, total)| *total > VNET_HDR_LEN)
@@ -535,6 +542,7 @@ mod tests {
     use std::collections::VecDeque;
     use std::os::fd::{AsRawFd, RawFd};
     use std::sync::Mutex;
+    use std::time::{Duration, Instant};
 
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::desc::split::Descriptor as SplitDescriptor;
@@ -594,8 +602,13 @@ mod tests {
         fn notify_queue(&self, q: usize) {
             self.0.lock().unwrap().push(q);
         }
-        fn notify_config(&self) {}
+        fn notify_config(&self) {
+            self.0.lock().unwrap().push(CONFIG);
+        }
     }
+
+    /// What `Irqs` records for a configuration interrupt.
+    const CONFIG: usize = usize::MAX;
 
     struct Setup {
         mem: GuestMemoryMmap,
@@ -635,6 +648,7 @@ mod tests {
                 interrupt: self.irqs.clone(),
                 counters: Arc::default(),
                 backend_polled: true,
+                needs_reset: NeedsReset::default(),
             }
         }
     }
@@ -777,6 +791,46 @@ mod tests {
             "the second frame waits"
         );
         assert_eq!(w.counters.rx_bytes.load(Ordering::Relaxed), 90);
+    }
+
+    /// A driver whose available index runs more than the queue size ahead used to make the
+    /// worker spin at 100 % without ever reading its kill event.
+    #[test]
+    fn a_broken_available_index_stops_the_device_and_the_worker_still_ends() {
+        for broken in [RX, TX] {
+            let s = setup();
+            let rx = MockSplitQueue::create(&s.mem, GuestAddress(0), 16);
+            let tx = MockSplitQueue::create(&s.mem, GuestAddress(0x1_0000), 16);
+            let queue = if broken == RX { &rx } else { &tx };
+            queue.avail().idx().store(40);
+            let w = s.worker(&rx, &tx);
+            let needs_reset = w.needs_reset.clone();
+            let evts: Vec<EventFd> = (0..3)
+                .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+                .collect();
+            let kill = evts[2].try_clone().unwrap();
+            evts[broken].write(1).unwrap();
+            let (done, ended) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut evts = evts.into_iter();
+                let (rx_evt, tx_evt, kill) = (evts.next(), evts.next(), evts.next());
+                w.run(rx_evt.unwrap(), tx_evt.unwrap(), kill.unwrap());
+                let _ = done.send(());
+            });
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !needs_reset.is_set() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert!(
+                needs_reset.is_set(),
+                "queue {broken}: DEVICE_NEEDS_RESET not set"
+            );
+            assert_eq!(*s.irqs.0.lock().unwrap(), vec![CONFIG]);
+            kill.write(1).unwrap();
+            ended
+                .recv_timeout(Duration::from_secs(5))
+                .expect("the worker ends when killed");
+        }
     }
 
     #[test]

@@ -24,7 +24,9 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::{Activation, IoEventRegistry, VIRTIO_F_VERSION_1, VirtioDevice, VirtioInterrupt};
+use super::{
+    Activation, IoEventRegistry, NeedsReset, VIRTIO_F_VERSION_1, VirtioDevice, VirtioInterrupt,
+};
 use crate::pci::msix::{MSIX_CAP_ID, MsiRoutes, MsixTable, MsixVectors};
 use crate::pci::{BarKind, BarMove, ConfigError, ConfigSpace, PciDevice, PciIds};
 
@@ -96,6 +98,8 @@ pub struct VirtioPci {
     driver_features: u64,
     queue_select: u16,
     status: u8,
+    /// Set by the device when the driver broke a queue.
+    needs_reset: NeedsReset,
     active: bool,
 }
 
@@ -192,6 +196,7 @@ impl VirtioPci {
             driver_features: 0,
             queue_select: 0,
             status: 0,
+            needs_reset: NeedsReset::default(),
             active: false,
         };
         transport.register_ioevents(bar_addr)?;
@@ -235,7 +240,7 @@ impl VirtioPci {
             (0x0c, 4) => half(self.driver_features, self.driver_feature_select),
             (0x10, 2) => u64::from(self.config_vector),
             (0x12, 2) => self.queues.len() as u64,
-            (0x14, 1) => u64::from(self.status),
+            (0x14, 1) => u64::from(self.status | self.needs_reset_bit()),
             (0x15, 1) => 0,
             (0x16, 2) => u64::from(self.queue_select),
             (0x18, 2) => q.map_or(0, |(q, _)| u64::from(q.size())),
@@ -306,6 +311,14 @@ impl VirtioPci {
                 }
             }
             _ => {}
+        }
+    }
+
+    fn needs_reset_bit(&self) -> u8 {
+        if self.needs_reset.is_set() {
+            STATUS_NEEDS_RESET
+        } else {
+            0
         }
     }
 
@@ -390,6 +403,7 @@ impl VirtioPci {
             interrupt,
             queues,
             features: self.driver_features,
+            needs_reset: self.needs_reset.clone(),
         })?;
         self.active = true;
         Ok(())
@@ -413,6 +427,7 @@ impl VirtioPci {
         self.driver_feature_select = 0;
         self.queue_select = 0;
         self.status = 0;
+        self.needs_reset.clear();
     }
 }
 

@@ -231,6 +231,8 @@ pub struct NatStats {
     pub dropped: u64,
     /// TCP connections refused because the flow table was full.
     pub tcp_refused_full: u64,
+    /// Frames for the guest dropped because `to-guest-frames` were already waiting.
+    pub to_guest_dropped: u64,
 }
 
 // --- the smoltcp device: two frame queues -----------------------------------------------
@@ -239,13 +241,56 @@ struct Queues {
     /// Frames from the guest for smoltcp.
     rx: VecDeque<Vec<u8>>,
     /// Frames for the guest.
-    tx: VecDeque<Vec<u8>>,
-    tx_limit: usize,
+    tx: ToGuest,
     mtu: usize,
 }
 
+/// The frames waiting for the guest: never more than `limit` (`to-guest-frames`), whichever
+/// path made them (smoltcp's answers and sends, DHCP, the gateway's echo replies, UDP and
+/// ICMP from the host). A guest that posts no receive buffers cannot grow it: what would go
+/// over the limit is dropped and counted, as a full link would drop it.
+struct ToGuest {
+    frames: VecDeque<Vec<u8>>,
+    limit: usize,
+    dropped: u64,
+    /// Where smoltcp writes a frame that is then dropped (its token must be consumed).
+    scratch: Vec<u8>,
+}
+
+impl ToGuest {
+    fn new(limit: usize) -> Self {
+        Self {
+            frames: VecDeque::new(),
+            limit: limit.max(1),
+            dropped: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.frames.len() >= self.limit
+    }
+
+    fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Queues `frame`, or drops it when the queue is full.
+    fn push(&mut self, frame: Vec<u8>) {
+        if self.is_full() {
+            self.dropped += 1;
+        } else {
+            self.frames.push_back(frame);
+        }
+    }
+
+    fn pop(&mut self) -> Option<Vec<u8>> {
+        self.frames.pop_front()
+    }
+}
+
 struct RxToken(Vec<u8>);
-struct TxToken<'a>(&'a mut VecDeque<Vec<u8>>);
+struct TxToken<'a>(&'a mut ToGuest);
 
 impl phy::RxToken for RxToken {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
@@ -255,9 +300,18 @@ impl phy::RxToken for RxToken {
 
 impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let q = self.0;
+        if q.is_full() {
+            // An answer to a frame taken in (an ACK, an RST, ARP) when the guest reads
+            // nothing: smoltcp writes it, the guest never gets it.
+            q.scratch.clear();
+            q.scratch.resize(len, 0);
+            q.dropped += 1;
+            return f(&mut q.scratch);
+        }
         let mut frame = vec![0u8; len];
         let r = f(&mut frame);
-        self.0.push_back(frame);
+        q.frames.push_back(frame);
         r
     }
 }
@@ -270,13 +324,12 @@ impl phy::Device for Queues {
         &mut self,
         _: smoltcp::time::Instant,
     ) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
-        // A reply (ACK, RST, ARP) may go over the limit by one frame per received one.
         let frame = self.rx.pop_front()?;
         Some((RxToken(frame), TxToken(&mut self.tx)))
     }
 
     fn transmit(&mut self, _: smoltcp::time::Instant) -> Option<Self::TxToken<'_>> {
-        (self.tx.len() < self.tx_limit).then_some(TxToken(&mut self.tx))
+        (!self.tx.is_full()).then_some(TxToken(&mut self.tx))
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -296,7 +349,7 @@ impl phy::Device for Queues {
 /// what smoltcp answers goes to the guest's queue.
 struct OneFrame<'f, 'q> {
     frame: Option<&'f [u8]>,
-    tx: &'q mut VecDeque<Vec<u8>>,
+    tx: &'q mut ToGuest,
     caps: DeviceCapabilities,
 }
 
@@ -327,7 +380,7 @@ impl phy::Device for OneFrame<'_, '_> {
     }
 
     fn transmit(&mut self, _: smoltcp::time::Instant) -> Option<Self::TxToken<'_>> {
-        Some(TxToken(self.tx))
+        (!self.tx.is_full()).then_some(TxToken(self.tx))
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -570,8 +623,7 @@ impl Nat {
         });
         let mut dev = Queues {
             rx: VecDeque::new(),
-            tx: VecDeque::new(),
-            tx_limit: cfg.limits.to_guest_frames.max(1),
+            tx: ToGuest::new(cfg.limits.to_guest_frames),
             mtu: usize::from(cfg.mtu),
         };
         let start = Instant::now();
@@ -667,6 +719,7 @@ impl Nat {
             tcp_memory: self.tcp_memory,
             udp_flows: self.udp.len() + self.inbound_udp.len(),
             icmp_flows: self.icmp.len(),
+            to_guest_dropped: self.dev.tx.dropped,
             ..self.stats
         }
     }
@@ -678,7 +731,7 @@ impl Nat {
 
     /// The next frame for the guest, if one is waiting.
     pub fn to_guest(&mut self) -> Option<Vec<u8>> {
-        let frame = self.dev.tx.pop_front();
+        let frame = self.dev.tx.pop();
         if self.dev.tx.is_empty() && self.dev.rx.is_empty() {
             let _ = self.ready.read();
         }
@@ -776,7 +829,7 @@ impl Nat {
     fn ipv4_from_guest(&mut self, frame: &[u8], payload: &[u8]) {
         if DhcpServer::might_be_dhcp(frame) {
             if let Some(reply) = self.dhcp.handle(frame) {
-                self.dev.tx.push_back(reply);
+                self.dev.tx.push(reply);
             }
             return;
         }
@@ -907,7 +960,11 @@ impl Nat {
             return self.drop_frame();
         }
         if dst == self.gateway {
-            // The gateway answers its own echo.
+            // The gateway answers its own echo, while the guest takes what it is sent.
+            if self.dev.tx.is_full() {
+                self.dev.tx.dropped += 1;
+                return;
+            }
             let mut reply = message.to_vec();
             reply[0] = 0; // echo reply
             let mut packet = Icmpv4Packet::new_unchecked(&mut reply[..]);
@@ -1024,6 +1081,10 @@ impl Nat {
 
     /// Queues an IPv4 packet from `src` to the guest with `payload` (already complete).
     fn push_ip(&mut self, src: Ipv4Addr, protocol: IpProtocol, payload: &[u8]) {
+        if self.dev.tx.is_full() {
+            self.dev.tx.dropped += 1;
+            return;
+        }
         let ip = Ipv4Repr {
             src_addr: src,
             dst_addr: self.guest,
@@ -1043,7 +1104,7 @@ impl Nat {
             &ChecksumCapabilities::default(),
         );
         frame[ETH_HDR + IP_HDR..].copy_from_slice(payload);
-        self.dev.tx.push_back(frame);
+        self.dev.tx.push(frame);
     }
 
     /// Queues a UDP datagram from `src` to the guest's port `dst_port` carrying the first
@@ -1070,7 +1131,7 @@ impl Nat {
         let udp = id & KIND_MASK == KIND_UDP;
         let max_payload = usize::from(self.cfg.mtu).saturating_sub(IP_HDR);
         loop {
-            if self.dev.tx.len() >= self.dev.tx_limit {
+            if self.dev.tx.is_full() {
                 return; // stays readable; read when the guest has taken frames
             }
             let table = if udp { &mut self.udp } else { &mut self.icmp };
@@ -1378,7 +1439,7 @@ impl Nat {
                 continue;
             };
             loop {
-                if self.dev.tx.len() >= self.dev.tx_limit {
+                if self.dev.tx.is_full() {
                     self.udp_listen_ready.push(i); // drained later
                     break;
                 }

@@ -65,7 +65,9 @@
 //! `tcp_flows` TCP flows (1024; SYNs and inbound connections beyond it are reset),
 //! `udp_flows` UDP flows (1024) and `icmp_flows` ICMP flows (64), the least recently used
 //! evicted; `to_guest_frames` frames queued for the guest (256: beyond it smoltcp keeps data
-//! in its socket buffers and datagrams wait in their host sockets). TCP buffers come from a
+//! in its socket buffers and datagrams wait in their host sockets, and what the engine answers
+//! by itself, such as ARP, DHCP, the gateway's echo replies, ACKs and resets, is dropped and
+//! counted, so a guest that posts no receive buffers cannot grow the queue). TCP buffers come from a
 //! budget, `tcp_memory` (128 MiB) for all flows together: a flow gets `tcp_buffer` (1 MiB)
 //! each way while the budget allows (large windows are what make a single stream fast),
 //! then [`SMALL_TCP_BUFFER`] (64 KiB), and when not even that fits it is refused. What a

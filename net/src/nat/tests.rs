@@ -507,12 +507,13 @@ fn a_syn_flood_is_bounded_and_other_flows_keep_working() {
     // A peer that accepts and never speaks: each SYN becomes a flow.
     let listener = TcpListener::bind((LOOPBACK, 0)).unwrap();
     let port = listener.local_addr().unwrap().port();
+    let mut frames = Vec::new();
     for src in 0..500 {
         nat.from_guest(&syn(LOOPBACK, 20000 + src, port));
-        nat.process();
+        frames.extend(drain(&mut nat));
     }
     std::thread::sleep(Duration::from_millis(50));
-    let frames = drain(&mut nat);
+    frames.extend(drain(&mut nat));
     let stats = nat.stats();
     assert!(stats.tcp_flows <= 16, "{stats:?}");
     assert!(stats.tcp_memory <= (16 * 2) << 20, "{stats:?}");
@@ -760,4 +761,54 @@ fn idle_udp_flows_expire() {
         std::thread::sleep(Duration::from_millis(100));
         nat.process();
     }
+}
+
+/// A guest that posts no receive buffers (takes nothing from the engine) and floods what the
+/// engine answers by itself: 64 KB echoes to the gateway, DHCP requests, SYNs to closed
+/// ports (smoltcp's RSTs), ARP for the gateway. Every path to the guest is bounded by
+/// `to-guest-frames`; the surplus is counted as dropped.
+#[test]
+fn frames_for_a_guest_that_reads_nothing_are_bounded_on_every_path() {
+    use crate::dhcp::testing::client_msg;
+    let limits = Limits {
+        to_guest_frames: 8,
+        ..Limits::default()
+    };
+    let mut cfg = config(limits);
+    cfg.mtu = 65520;
+    let mut nat = Nat::new(cfg, Arc::default()).unwrap();
+    let big = vec![0x5au8; 65000];
+    let repr = Icmpv4Repr::EchoRequest {
+        ident: 1,
+        seq_no: 1,
+        data: &big,
+    };
+    let mut echo = vec![0u8; repr.buffer_len()];
+    repr.emit(
+        &mut Icmpv4Packet::new_unchecked(&mut echo[..]),
+        &Default::default(),
+    );
+    let ping = ipv4(GATEWAY, IpProtocol::Icmp, &echo);
+    let dhcp = client_msg(MacAddr::new(GUEST_MAC), 1, None);
+    let who_has = arp(ArpOperation::Request, GUEST, GATEWAY);
+    for i in 0..200u16 {
+        nat.from_guest(&ping);
+        nat.from_guest(&dhcp);
+        nat.from_guest(&syn(GATEWAY, 30000 + i, 22));
+        nat.from_guest(&who_has);
+        nat.process();
+    }
+    let stats = nat.stats();
+    let queued = std::iter::from_fn(|| nat.to_guest()).count();
+    assert!(queued <= 8, "{queued} frames queued for the guest");
+    assert!(stats.to_guest_dropped >= 4 * 200 - 8, "{stats:?}");
+    // Once the guest reads again, answers flow again.
+    nat.from_guest(&ping);
+    nat.process();
+    let out = packets(&std::iter::from_fn(|| nat.to_guest()).collect::<Vec<_>>());
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        (out[0].0, out[0].1, out[0].2.len()),
+        (GATEWAY, IpProtocol::Icmp, echo.len())
+    );
 }

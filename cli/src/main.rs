@@ -58,7 +58,8 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct RunArgs {
     /// Print the plan (vCPUs, memory, boot source, devices and their host backends) and
-    /// exit, touching nothing.
+    /// exit, touching nothing, with the code `vmm run` would exit with before booting (2 if
+    /// a disk or interface would fail; /dev/kvm is not checked).
     #[arg(long)]
     dry_run: bool,
 
@@ -70,7 +71,9 @@ struct RunArgs {
     #[arg(long, value_name = "FILE")]
     serial_log: Option<PathBuf>,
 
-    /// Bind a volume of the manifest to a local file or directory.
+    /// Bind a volume of the manifest to a local file or block device (a directory for a
+    /// containerRootfs), in place of where its source would be found; the source keeps its
+    /// semantics (a containerDisk stays ephemeral, a persistentVolumeClaim persistent).
     #[arg(long = "volume", value_name = "NAME=PATH", value_parser = parse_volume)]
     volumes: Vec<(String, PathBuf)>,
 
@@ -188,6 +191,11 @@ fn run(args: RunArgs, start: Instant) -> u8 {
             Ok(plan) => {
                 print!("{plan}");
                 0
+            }
+            Err(runner::RunError::WouldFail(plan)) => {
+                print!("{plan}");
+                eprintln!("error: vmm run would fail: the plan says where (\"would fail\")");
+                runner::ExitCode::HostCannotRun as u8
             }
             Err(e) => report(&e),
         };

@@ -223,7 +223,9 @@ fn dry_run_prints_the_plan() {
         "/tmp/x.log",
         file.to_str().unwrap(),
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // net1 does not exist here: the run would fail, so the dry run exits as it would.
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("vmm run would fail"));
     let plan = text(&out.stdout);
     for want in [
         "vCPUs       6 (2 socket(s) × 3 core(s)), APIC IDs 0, 1, 2, 4, 5, 6",
@@ -364,7 +366,8 @@ fn the_dry_run_says_which_source_gave_each_vf() {
             cmd.env(k, v);
         }
         let out = cmd.output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        // No such VF on this machine: the plan says why, and the exit code is run's.
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
         text(&out.stdout)
     };
     let status = r#"[{"name": "cbr0", "interface": "eth0", "default": true},
@@ -390,4 +393,105 @@ fn the_dry_run_says_which_source_gave_each_vf() {
     );
     // This host cannot pass it through, and the plan says why.
     assert!(p.contains("would fail:"), "{p}");
+}
+
+/// A manifest with `disks` and `volumes` (YAML list items at their indentation).
+fn disk_manifest(kernel: &Path, disks: &str, volumes: &str) -> String {
+    manifest(kernel, "") + "    disks:\n" + disks + "  volumes:\n" + volumes
+}
+
+#[test]
+fn the_dry_run_lists_each_disk_with_its_source_format_size_and_fate() {
+    let dir = Dir::new("disks");
+    let kernel = dir.fake_bzimage("vmlinuz");
+    let raw = dir.write("data.img", &"\0".repeat(1 << 20));
+    dir.write("root.img", &"\0".repeat(2 << 20));
+    let yaml = disk_manifest(
+        &kernel,
+        "      - name: root\n      - name: data\n      - name: seed\n        readOnly: true\n",
+        "    - name: root\n      containerDisk:\n        image: root.img\n\
+         \x20   - name: data\n      persistentVolumeClaim:\n        claimName: data\n\
+         \x20   - name: seed\n      cloudInit:\n        userData: \"#cloud-config\"\n",
+    );
+    let file = dir.write("vm.yaml", &yaml);
+    let volume = format!("data={}", raw.display());
+    let out = vmm(&[
+        "run",
+        "--dry-run",
+        "--volume",
+        &volume,
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let plan = text(&out.stdout);
+    for want in [
+        "disks       (virtio-blk on PCI in this order: vda, vdb, ...; serial = disk name)",
+        &format!(
+            "root      containerDisk {}/root.img: raw, 2 MiB; ephemeral: writes go to a copy-on-write overlay, removed at exit",
+            dir.0.display()
+        ),
+        &format!(
+            "data      persistentVolumeClaim {} (--volume): raw, 1 MiB; persistent: writes go to the file",
+            raw.display()
+        ),
+        "seed      cloudInit: NoCloud seed, ISO 9660 \"cidata\" (meta-data, user-data), 54 KiB, built in memory; read-only",
+    ] {
+        assert!(plan.contains(want), "{want:?} missing from\n{plan}");
+    }
+}
+
+#[test]
+fn a_missing_volume_file_and_a_corrupt_qcow2_exit_2_naming_them() {
+    let dir = Dir::new("bad-disks");
+    let kernel = dir.fake_bzimage("vmlinuz");
+    let mut corrupt = b"QFI\xfb\0\0\0\x03".to_vec();
+    corrupt.resize(512, 0xff);
+    let bad = dir.0.join("bad.qcow2");
+    std::fs::write(&bad, corrupt).unwrap();
+    let yaml = disk_manifest(
+        &kernel,
+        "      - name: bad\n      - name: gone\n",
+        "    - name: bad\n      containerDisk:\n        image: bad.qcow2\n\
+         \x20   - name: gone\n      persistentVolumeClaim:\n        claimName: gone\n",
+    );
+    let file = dir.write("vm.yaml", &yaml);
+    let out = vmm(&["run", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "spec.instance.disks[0] (bad): containerDisk image {}",
+            bad.display()
+        )),
+        "{err}"
+    );
+    let out = vmm(&["run", "--dry-run", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let plan = text(&out.stdout);
+    assert!(
+        plan.contains("bad       would fail: containerDisk image"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("gone      would fail: persistentVolumeClaim: /mnt/gone does not exist"),
+        "{plan}"
+    );
+    let missing = dir.0.join("nothing.img");
+    let out = vmm(&[
+        "run",
+        "--volume",
+        &format!("gone={}", missing.display()),
+        "--volume",
+        &format!("bad={}", missing.display()),
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "spec.instance.disks[0] (bad): --volume {}",
+            missing.display()
+        )) && err.contains("No such file or directory"),
+        "{err}"
+    );
 }

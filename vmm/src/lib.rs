@@ -11,6 +11,7 @@ pub mod arch;
 pub mod boot;
 pub mod config;
 pub mod console;
+pub mod disk;
 pub mod host;
 pub mod interrupts;
 pub mod memory;

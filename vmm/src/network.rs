@@ -468,6 +468,9 @@ fn addresses_text(addresses: &[Ipv4Net]) -> String {
     }
 }
 
+/// What a `--dry-run` line says before why setting an interface up would fail.
+pub const WOULD_FAIL: &str = "would fail: ";
+
 /// For `--dry-run`: one line per interface saying which host link, bridge and TAP it will
 /// use, from what the namespace holds now (or why setting it up would fail).
 pub fn describe(cfg: &VmConfig, manifest: &Manifest) -> Vec<String> {
@@ -517,7 +520,7 @@ pub fn describe(cfg: &VmConfig, manifest: &Manifest) -> Vec<String> {
                         "no link {link}: TAP {tap} on bridge {bridge} (created, removed at exit)"
                     ),
                 },
-                Err(e) => format!("would fail: {e}"),
+                Err(e) => format!("{WOULD_FAIL}{e}"),
             }
         })
         .collect()
@@ -526,14 +529,14 @@ pub fn describe(cfg: &VmConfig, manifest: &Manifest) -> Vec<String> {
 fn describe_vf(index: usize, vfs: &Result<Vec<sriov::Vf>, sriov::SriovError>) -> String {
     let vfs = match vfs {
         Ok(vfs) => vfs,
-        Err(e) => return format!("would fail: {e}"),
+        Err(e) => return format!("{WOULD_FAIL}{e}"),
     };
     let Some(vf) = vfs.iter().find(|v| v.index == index) else {
         return "?".to_string();
     };
     let host = match sriov::check_host(vf, &sriov::HostPaths::default()) {
         Ok(()) => "the host is ready for it".to_string(),
-        Err(e) => format!("would fail: {}", e.why),
+        Err(e) => format!("{WOULD_FAIL}{}", e.why),
     };
     format!("VF {} from {}; {host}", vf.address, vf.source)
 }

@@ -10,6 +10,7 @@ use devices::legacy::serial::{COM1_BASE, COM1_IRQ};
 use crate::arch::cpuid::Topology;
 use crate::boot::{KernelFiles, KernelFormat};
 use crate::config::{Binding, Manifest, NetworkSource, VmConfig};
+use crate::disk::{DiskError, DiskPlan};
 use crate::runner::RunOptions;
 
 /// The plan as text.
@@ -19,6 +20,7 @@ pub fn render(
     kernel: Option<&(KernelFiles, KernelFormat)>,
     opts: &RunOptions,
     hosts: &[String],
+    disks: &[Result<DiskPlan, DiskError>],
 ) -> String {
     let mut out = String::new();
     let spec = manifest.vm.spec.as_ref();
@@ -65,7 +67,7 @@ pub fn render(
         "    marker    boot-time marker at MMIO {BOOT_MARKER_ADDR:#x}"
     );
     render_interfaces(&mut out, manifest, cfg, hosts);
-    render_disks(&mut out, manifest, opts);
+    render_disks(&mut out, disks);
     if let Some(api) = &opts.api_socket {
         let _ = writeln!(out, "  api         {}", api.display());
     }
@@ -157,33 +159,38 @@ fn render_interfaces(out: &mut String, manifest: &Manifest, cfg: &VmConfig, host
     }
 }
 
-fn render_disks(out: &mut String, manifest: &Manifest, opts: &RunOptions) {
-    let Some(spec) = manifest.vm.spec.as_ref() else {
-        return;
-    };
-    let disks = spec.instance.as_ref().map_or(&[][..], |i| &i.disks[..]);
+/// One line per disk, in guest order: what backs it, or why setting it up would fail.
+fn render_disks(out: &mut String, disks: &[Result<DiskPlan, DiskError>]) {
     if disks.is_empty() {
         return;
     }
-    let _ = writeln!(out, "  disks       (not supported by this build yet)");
+    let _ = writeln!(
+        out,
+        "  disks       (virtio-blk on PCI in this order: vda, vdb, ...; serial = disk name)"
+    );
     for disk in disks {
-        let bound = opts
-            .volumes
-            .iter()
-            .find(|(n, _)| *n == disk.name)
-            .map(|(_, p)| format!(" ← --volume {}", p.display()))
-            .unwrap_or_default();
-        let ro = if disk.read_only == Some(true) {
-            " (read-only)"
-        } else {
-            ""
-        };
-        let _ = writeln!(out, "    {}{ro}{bound}", disk.name);
+        match disk {
+            Ok(d) => {
+                let _ = writeln!(out, "    {:<9} {d}", d.name);
+            }
+            Err(e) => {
+                let cause = std::error::Error::source(e)
+                    .map(|s| format!(": {s}"))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "    {:<9} {}{}{cause}",
+                    e.name,
+                    crate::network::WOULD_FAIL,
+                    e.what
+                );
+            }
+        }
     }
 }
 
 /// `bytes` as KiB/MiB/GiB.
-fn human(bytes: u64) -> String {
+pub(crate) fn human(bytes: u64) -> String {
     const GIB: u64 = 1 << 30;
     const MIB: u64 = 1 << 20;
     if bytes >= GIB && bytes.is_multiple_of(GIB) {

@@ -17,7 +17,7 @@
 //! not powered off when `--shutdown-timeout` runs out, it is stopped and `vmm` exits 4.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use devices::boot_marker::Markers;
@@ -97,6 +97,12 @@ pub enum RunError {
     /// The host side of the network (exit 2).
     #[error(transparent)]
     Network(#[from] crate::network::NetworkError),
+    /// A disk (exit 2).
+    #[error(transparent)]
+    Disk(#[from] crate::disk::DiskError),
+    /// `--dry-run` found what the run would fail on (exit 2); the plan says what.
+    #[error("the plan above says what a run would fail on")]
+    WouldFail(String),
     /// Signal or epoll setup (exit 2).
     #[error("{what}: {source}")]
     Os {
@@ -127,6 +133,7 @@ struct Prepared {
     manifest: config::Manifest,
     config: VmConfig,
     kernel: KernelFiles,
+    disks: Vec<crate::disk::DiskPlan>,
 }
 
 /// Loads and checks everything that does not need KVM: the manifest, `--volume`s, the
@@ -138,7 +145,9 @@ fn prepare(opts: &RunOptions) -> Result<Prepared, RunError> {
     }
     let config = VmConfig::from_manifest(&manifest);
     check_volumes(&manifest, &opts.volumes)?;
-    check_supported(&config)?;
+    let disks = crate::disk::plan(&manifest, &opts.volumes, Path::new(crate::disk::POD_MNT))
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
     let kernel_cfg = config.kernel.as_ref().ok_or_else(|| {
         RunError::Unsupported(
             "spec.instance.kernel is not set: booting a disk image without a kernel is not \
@@ -152,6 +161,7 @@ fn prepare(opts: &RunOptions) -> Result<Prepared, RunError> {
         manifest,
         config,
         kernel,
+        disks,
     })
 }
 
@@ -176,19 +186,10 @@ fn check_volumes(
     Ok(())
 }
 
-/// Refuses, clearly, what later work will add. (An sriov interface is refused after its VF
-/// is found and the host checked: see [`crate::network`].)
-fn check_supported(cfg: &VmConfig) -> Result<(), RunError> {
-    if let Some(disk) = cfg.disks.first() {
-        return Err(RunError::Unsupported(format!(
-            "spec.instance.disks[0] ({}): disks are not supported by this build yet",
-            disk.name
-        )));
-    }
-    Ok(())
-}
-
-/// `vmm run --dry-run`: the plan, touching nothing.
+/// `vmm run --dry-run`: the plan, touching nothing. Exits as `vmm run` would before booting:
+/// an error for what stops the run before any plan (exit 1 or 2), else the plan, which says
+/// per disk and interface what would fail, and [`RunError::WouldFail`] (exit 2) if anything
+/// would. (`/dev/kvm` is not opened.)
 pub fn dry_run(opts: &RunOptions) -> Result<String, RunError> {
     let manifest = config::load(&opts.manifest)?;
     check_volumes(&manifest, &opts.volumes)?;
@@ -202,13 +203,15 @@ pub fn dry_run(opts: &RunOptions) -> Result<String, RunError> {
         None => None,
     };
     let hosts = crate::network::describe(&cfg, &manifest);
-    Ok(crate::plan::render(
-        &manifest,
-        &cfg,
-        kernel.as_ref(),
-        opts,
-        &hosts,
-    ))
+    let disks = crate::disk::plan(&manifest, &opts.volumes, Path::new(crate::disk::POD_MNT));
+    let plan = crate::plan::render(&manifest, &cfg, kernel.as_ref(), opts, &hosts, &disks);
+    let fails = disks.iter().any(Result::is_err)
+        || hosts.iter().any(|h| h.contains(crate::network::WOULD_FAIL))
+        || kernel.is_none();
+    if fails {
+        return Err(RunError::WouldFail(plan));
+    }
+    Ok(plan)
 }
 
 /// `vmm run`: boots the guest and runs it to the end. Returns the exit code.
@@ -222,6 +225,8 @@ pub fn run(opts: &RunOptions) -> Result<ExitCode, RunError> {
         return Ok(ExitCode::PoweredOff);
     }
     let kvm = host::open_kvm(prepared.config.topology.vcpus())?;
+    // Before the network: a disk that cannot be opened leaves nothing to undo.
+    let disks = crate::disk::open(prepared.disks.clone(), &crate::disk::temp_dir())?;
     // Restored when dropped, on every return from here on.
     let network = crate::network::set_up(&prepared.config, &prepared.manifest, opts.nat_limits)?;
     let signals = SignalFd::new().map_err(os_err("cannot take over SIGTERM and SIGINT"))?;
@@ -242,6 +247,7 @@ pub fn run(opts: &RunOptions) -> Result<ExitCode, RunError> {
         markers: Markers::default(),
         stdin_open: true,
         network: &network,
+        disks: &disks,
     };
     let result = runner.lifecycle();
     if raw {
@@ -322,6 +328,7 @@ struct Runner<'a> {
     markers: Markers,
     stdin_open: bool,
     network: &'a crate::network::HostNetwork,
+    disks: &'a [crate::disk::HostDisk],
 }
 
 /// The per-boot state of the event loop.
@@ -379,6 +386,7 @@ impl Runner<'_> {
             markers: self.markers.clone(),
             nics: &self.network.nics,
             vfs: &self.network.vfs,
+            disks: self.disks,
         })?;
         let epoll = Epoll::new().map_err(os_err("epoll"))?;
         let add = |fd: RawFd, token: u64| {
@@ -581,6 +589,7 @@ impl Runner<'_> {
             })
             .collect();
         let interfaces = self.network.report(cfg);
+        let disks: Vec<serde_json::Value> = self.disks.iter().map(crate::disk::report).collect();
         serde_json::json!({
             "name": cfg.name,
             "state": run_state,
@@ -590,6 +599,7 @@ impl Runner<'_> {
             "cores_per_socket": cfg.topology.cores_per_socket,
             "memory_bytes": cfg.memory_bytes,
             "interfaces": interfaces,
+            "disks": disks,
             "boot_markers": markers,
         })
         .to_string()

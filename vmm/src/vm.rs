@@ -161,6 +161,8 @@ pub struct BootContext<'a> {
     pub nics: &'a [HostNic],
     /// The VFs to pass through.
     pub vfs: &'a [crate::sriov::Vf],
+    /// The disks, in guest order.
+    pub disks: &'a [crate::disk::HostDisk],
 }
 
 impl std::fmt::Debug for BootContext<'_> {
@@ -251,6 +253,7 @@ impl Vm {
             ctx.vfs
                 .iter()
                 .zip(passthrough.iter().flat_map(|p| &p.devices)),
+            ctx.disks,
         )?;
 
         let topo = Topology::new(cfg.topology);
@@ -447,14 +450,15 @@ fn add_pci_devices<'a>(
     mmio_bus: &Arc<Bus>,
     nics: &[HostNic],
     vfs: impl Iterator<Item = (&'a Vf, &'a Arc<VfioDevice>)>,
+    disks: &[crate::disk::HostDisk],
 ) -> Result<(), VmError> {
     use devices::pci::{
         ECAM_SIZE, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN, PciConfigIo, PciEcam, PciRoot,
     };
+    use devices::virtio::block::Block;
     use devices::virtio::net::Net;
-    use devices::virtio::{VirtioPci, VirtioPciError};
 
-    use crate::arch::layout::{PCI_ECAM_ADDR, PCI_MMIO_END, PCI_MMIO_START};
+    use crate::arch::layout::{PCI_ECAM_ADDR, PCI_MMIO_START};
 
     let root = Arc::new(PciRoot::new(mmio_bus.clone()));
     io_bus.insert(
@@ -468,7 +472,7 @@ fn add_pci_devices<'a>(
         ECAM_SIZE,
     )?;
     let vfs: Vec<_> = vfs.collect();
-    if nics.is_empty() && vfs.is_empty() {
+    if nics.is_empty() && vfs.is_empty() && disks.is_empty() {
         return Ok(());
     }
     let routing = GsiRouting::new(vm_fd.clone());
@@ -482,6 +486,12 @@ fn add_pci_devices<'a>(
         .chain(vfs.iter().map(|&(vf, d)| Function::Vf(vf, d)))
         .collect();
     functions.sort_by_key(Function::index);
+    let virtio = VirtioFunction {
+        mem,
+        routing: &routing,
+        ioevents: &ioevents,
+        root: &root,
+    };
     for function in functions {
         let nic = match function {
             Function::Nic(nic) => nic,
@@ -504,29 +514,68 @@ fn add_pci_devices<'a>(
             nic.counters.clone(),
             nic.acked.clone(),
         );
-        // One vector per queue and one for configuration changes.
-        let vectors = routing
-            .msi_group(devices::virtio::VirtioDevice::queue_max_sizes(&device).len() + 1)
-            .map_err(|e| pci_err(format!("MSI vectors: {e}")))?;
-        let bar = next_bar;
-        next_bar += devices::virtio::BAR_SIZE;
-        if next_bar > PCI_MMIO_END {
-            return Err(pci_err("out of PCI MMIO space".into()));
-        }
-        let function = VirtioPci::new(
-            Box::new(device),
-            mem.clone(),
-            bar,
-            Arc::new(vectors),
-            ioevents.clone(),
-        )
-        .map_err(|e: VirtioPciError| pci_err(e.to_string()))?;
-        let slot = root
-            .add(Arc::new(Mutex::new(function)))
-            .map_err(|e| pci_err(e.to_string()))?;
-        log::debug!("virtio-net {} at 00:{slot:02x}.0, BAR {bar:#x}", nic.name);
+        let function = virtio
+            .add(Box::new(device), &mut next_bar)
+            .map_err(pci_err)?;
+        log::debug!("virtio-net {} at {function}", nic.name);
+    }
+    // Disks after the interfaces, in `disks` order: the guest names them vda, vdb, ...
+    for disk in disks {
+        let name = &disk.plan.name;
+        let pci_err = |why: String| VmError::Pci {
+            name: format!("disk {name}"),
+            why,
+        };
+        let device = Block::new(name, disk.backend.clone(), 1, disk.counters.clone());
+        let function = virtio
+            .add(Box::new(device), &mut next_bar)
+            .map_err(pci_err)?;
+        log::debug!("virtio-blk {name} at {function}");
     }
     Ok(())
+}
+
+/// What adding a virtio function to the PCI root takes.
+struct VirtioFunction<'a> {
+    mem: &'a GuestMemoryMmap,
+    routing: &'a Arc<GsiRouting>,
+    ioevents: &'a Arc<KvmIoEvents>,
+    root: &'a Arc<devices::pci::PciRoot>,
+}
+
+impl VirtioFunction<'_> {
+    /// Puts `device` behind a virtio-pci transport on the root, its BAR at `next_bar`;
+    /// returns where it is, for logs.
+    fn add(
+        &self,
+        device: Box<dyn devices::virtio::VirtioDevice>,
+        next_bar: &mut u64,
+    ) -> Result<String, String> {
+        use crate::arch::layout::PCI_MMIO_END;
+        // One vector per queue and one for configuration changes.
+        let vectors = self
+            .routing
+            .msi_group(device.queue_max_sizes().len() + 1)
+            .map_err(|e| format!("MSI vectors: {e}"))?;
+        let bar = *next_bar;
+        *next_bar += devices::virtio::BAR_SIZE;
+        if *next_bar > PCI_MMIO_END {
+            return Err("out of PCI MMIO space".into());
+        }
+        let function = devices::virtio::VirtioPci::new(
+            device,
+            self.mem.clone(),
+            bar,
+            Arc::new(vectors),
+            self.ioevents.clone(),
+        )
+        .map_err(|e| e.to_string())?;
+        let slot = self
+            .root
+            .add(Arc::new(Mutex::new(function)))
+            .map_err(|e| e.to_string())?;
+        Ok(format!("00:{slot:02x}.0, BAR {bar:#x}"))
+    }
 }
 
 fn clone_evt(evt: &EventFd) -> Result<EventFd, VmError> {

@@ -1,11 +1,12 @@
 //! Virtio: the device model ([`VirtioDevice`]), the modern virtio-pci transport and the
-//! devices (virtio-net).
+//! devices (virtio-net, virtio-blk).
 //!
 //! The transport owns what the driver programs through PCI (features, queue addresses,
 //! MSI-X vectors, status) and hands a device its queues when the driver sets DRIVER_OK; a
 //! reset takes them back. A device runs its queues on its own worker thread, woken by the
 //! queues' ioeventfds and by its backend, and signals the driver through [`VirtioInterrupt`].
 
+pub mod block;
 pub mod net;
 mod pci;
 
@@ -86,6 +87,27 @@ pub fn next_chain<'m>(
         return Err(virtio_queue::Error::InvalidAvailRingIndex);
     }
     Ok(None)
+}
+
+/// Blocks until `kill` is readable (or polling it fails): what a worker that stopped serving
+/// its queues does until the reset or the end of the boot that stops it.
+pub(crate) fn wait_for_kill(kill: &EventFd) {
+    use std::os::fd::AsRawFd;
+    use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+    let Ok(epoll) = Epoll::new() else { return };
+    let ev = EpollEvent::new(EventSet::IN, 0);
+    if epoll
+        .ctl(ControlOperation::Add, kill.as_raw_fd(), ev)
+        .is_err()
+    {
+        return;
+    }
+    let mut events = [EpollEvent::default()];
+    while let Err(e) = epoll.wait(-1, &mut events) {
+        if e.kind() != io::ErrorKind::Interrupted {
+            return;
+        }
+    }
 }
 
 /// What a device gets when the driver is ready.

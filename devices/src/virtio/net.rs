@@ -32,7 +32,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::{Activation, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use super::{NeedsReset, VirtioDevice, VirtioInterrupt, next_chain};
+use super::{NeedsReset, VirtioDevice, VirtioInterrupt, next_chain, wait_for_kill};
 
 /// Device type of virtio-net.
 pub const TYPE_NET: u16 = 1;
@@ -317,25 +317,6 @@ enum WorkerError {
     Io(#[from] io::Error),
 }
 
-/// Blocks until `evt` is readable (or polling it fails).
-fn wait_readable(evt: &EventFd) {
-    use std::os::fd::AsRawFd;
-    let Ok(epoll) = Epoll::new() else { return };
-    let ev = EpollEvent::new(EventSet::IN, 0);
-    if epoll
-        .ctl(ControlOperation::Add, evt.as_raw_fd(), ev)
-        .is_err()
-    {
-        return;
-    }
-    let mut events = [EpollEvent::default()];
-    while let Err(e) = epoll.wait(-1, &mut events) {
-        if e.kind() != io::ErrorKind::Interrupted {
-            return;
-        }
-    }
-}
-
 /// Guest buffers of a chain: all of one direction, inside guest RAM, bounded in number and
 /// total length. `None` if the chain breaks a rule.
 fn chain_buffers<'m>(
@@ -369,7 +350,7 @@ impl Worker {
             self.needs_reset.set();
             self.interrupt.notify_config();
             // Hold on to the backend until the reset that takes it back.
-            wait_readable(&kill);
+            wait_for_kill(&kill);
         }
         self.backend
     }

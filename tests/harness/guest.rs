@@ -32,6 +32,8 @@ pub struct Manifest {
     kernel_image: Option<PathBuf>,
     interfaces: String,
     networks: String,
+    disks: String,
+    volumes: String,
     documents: String,
 }
 
@@ -50,6 +52,8 @@ impl Manifest {
             kernel_image: None,
             interfaces: String::new(),
             networks: String::new(),
+            disks: String::new(),
+            volumes: String::new(),
             documents: String::new(),
         }
     }
@@ -120,7 +124,7 @@ impl Manifest {
              metadata:\n  name: {name}\n\
              spec:\n{policy}  instance:\n    cpu:\n      sockets: {sockets}\n      coresPerSocket: {cores}\n{dedicated}\
              \x20   memory:\n{memory}\
-             \x20   kernel:\n      image: {image}\n      cmdline: \"{cmdline}\"\n{interfaces}{networks}{documents}",
+             \x20   kernel:\n      image: {image}\n      cmdline: \"{cmdline}\"\n{disks}{interfaces}{volumes}{networks}{documents}",
             name = self.name,
             sockets = self.sockets,
             cores = self.cores,
@@ -130,6 +134,16 @@ impl Manifest {
                 .unwrap_or_else(guest_image)
                 .display(),
             cmdline = self.cmdline,
+            disks = if self.disks.is_empty() {
+                String::new()
+            } else {
+                format!("    disks:\n{}", self.disks)
+            },
+            volumes = if self.volumes.is_empty() {
+                String::new()
+            } else {
+                format!("  volumes:\n{}", self.volumes)
+            },
             interfaces = if self.interfaces.is_empty() {
                 String::new()
             } else {
@@ -149,6 +163,18 @@ impl Manifest {
     pub fn network(mut self, interfaces: &str, networks: &str) -> Self {
         self.interfaces = interfaces.to_string();
         self.networks = networks.to_string();
+        self
+    }
+
+    /// Adds a disk named `name` with the volume source `source` (YAML at the indentation of
+    /// a volume's fields, e.g. `containerDisk:\n        image: x`), read-only if asked.
+    pub fn disk(mut self, name: &str, read_only: bool, source: &str) -> Self {
+        self.disks.push_str(&format!("      - name: {name}\n"));
+        if read_only {
+            self.disks.push_str("        readOnly: true\n");
+        }
+        self.volumes
+            .push_str(&format!("    - name: {name}\n      {source}\n"));
         self
     }
 
@@ -257,7 +283,12 @@ impl std::fmt::Debug for Guest {
 impl Guest {
     /// Starts `vmm run` on `manifest` with `extra` arguments before the file.
     pub fn start(manifest: &Path, extra: &[&str]) -> Self {
-        Self::start_in(&[], manifest, extra)
+        Self::start_in(&[], manifest, extra, &[])
+    }
+
+    /// Like [`Guest::start`], with `env` added to vmm's environment.
+    pub fn start_with_env(manifest: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_in(&[], manifest, extra, env)
     }
 
     /// Like [`Guest::boot`], with vmm in network namespace `netns`.
@@ -270,12 +301,12 @@ impl Guest {
     pub fn boot_wrapped(wrapper: &[&str], manifest: &Manifest, extra: &[&str]) -> Self {
         let dir = TempDir::new("guest");
         let path = manifest.write(dir.path());
-        let mut guest = Self::start_in(wrapper, &path, extra);
+        let mut guest = Self::start_in(wrapper, &path, extra, &[]);
         guest._dir = Some(dir);
         guest
     }
 
-    fn start_in(wrapper: &[&str], manifest: &Path, extra: &[&str]) -> Self {
+    fn start_in(wrapper: &[&str], manifest: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut cmd = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
@@ -288,6 +319,7 @@ impl Guest {
             .args(["-v", "info", "run"])
             .args(extra)
             .arg(manifest)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

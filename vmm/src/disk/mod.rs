@@ -197,10 +197,14 @@ impl std::fmt::Display for DiskPlan {
             "read-only"
         } else if self.kind.persistent() {
             "persistent: writes go to the file"
-        } else if matches!(self.backing, Backing::Image { .. }) {
-            "ephemeral: writes go to a copy-on-write overlay, removed at exit"
         } else {
-            "ephemeral: removed at exit"
+            match self.backing {
+                Backing::Image { .. } => {
+                    "ephemeral: writes go to a copy-on-write overlay, removed at exit"
+                }
+                Backing::Rootfs { .. } => "ephemeral: the file system is removed at exit",
+                Backing::Seed { .. } => "ephemeral: writes stay in memory",
+            }
         };
         write!(f, "{line}; {fate}")
     }

@@ -129,6 +129,20 @@ testhost_test!(
                 .starts_with(&md5(&d.join("base.raw")))
         );
 
+        // Many requests in flight at once (direct reads from four processes on two disks):
+        // every one completes, and the data is right.
+        guest.check(
+            "for i in 1 2 3 4; do \
+               (dd if=/dev/vda of=/dev/null bs=4k count=256 skip=$((i * 200)) iflag=direct status=none; \
+                dd if=/dev/vdc of=/dev/null bs=4k count=256 skip=$((i * 300)) iflag=direct status=none) & \
+             done; wait",
+        );
+        assert!(
+            guest
+                .check("md5sum /dev/vda")
+                .starts_with(&md5(&d.join("data.raw")))
+        );
+
         // Writes: to both claims (flushed), to the container disk.
         for dev in ["vda", "vdb", "vdc"] {
             guest.check(&format!(

@@ -207,17 +207,7 @@ fn run(args: RunArgs, start: Instant) -> u8 {
 }
 
 fn report(e: &runner::RunError) -> u8 {
-    let mut message = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = s.source();
-    }
-    eprintln!("error: {message}");
+    eprintln!("error: {}", runner::error_chain(e));
     e.exit_code() as u8
 }
 

@@ -63,7 +63,8 @@ fn validate_prints_the_defaulted_manifest() {
     let file = dir.write(
         "vm.yaml",
         "apiVersion: virt.virtink.smartx.com/v1alpha1\nkind: VirtualMachine\nmetadata:\n  name: demo\n\
-         spec:\n  instance:\n    interfaces:\n      - name: pod\n  networks:\n    - name: pod\n      pod: {}\n",
+         spec:\n  instance:\n    kernel:\n      image: vmlinuz\n      cmdline: console=ttyS0\n\
+         \x20   interfaces:\n      - name: pod\n  networks:\n    - name: pod\n      pod: {}\n",
     );
     let out = vmm(&["validate", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));

@@ -13,6 +13,7 @@ pub mod config;
 pub mod console;
 pub mod disk;
 pub mod host;
+pub mod imageboot;
 pub mod interrupts;
 pub mod memory;
 pub mod network;

@@ -11,13 +11,15 @@ use crate::arch::cpuid::Topology;
 use crate::boot::{KernelFiles, KernelFormat};
 use crate::config::{Binding, Manifest, NetworkSource, VmConfig};
 use crate::disk::{DiskError, DiskPlan};
-use crate::runner::RunOptions;
+use crate::imageboot::BootChoice;
+use crate::runner::{RunError, RunOptions};
 
 /// The plan as text.
 pub fn render(
     manifest: &Manifest,
     cfg: &VmConfig,
     kernel: Option<&(KernelFiles, KernelFormat)>,
+    image_boot: Option<&Result<BootChoice, RunError>>,
     opts: &RunOptions,
     hosts: &[String],
     disks: &[Result<DiskPlan, DiskError>],
@@ -46,7 +48,7 @@ pub fn render(
         |p| format!("{} hugepages", human(p)),
     );
     let _ = writeln!(out, "  memory      {} ({backing})", human(cfg.memory_bytes));
-    render_boot(&mut out, cfg, kernel);
+    render_boot(&mut out, cfg, kernel, image_boot);
     let serial_to = opts.serial_log.as_ref().map_or_else(
         || "stdout".to_string(),
         |p| format!("stdout and {}", p.display()),
@@ -77,9 +79,14 @@ pub fn render(
     out
 }
 
-fn render_boot(out: &mut String, cfg: &VmConfig, kernel: Option<&(KernelFiles, KernelFormat)>) {
-    match (kernel, &cfg.kernel) {
-        (Some((files, format)), Some(k)) => {
+fn render_boot(
+    out: &mut String,
+    cfg: &VmConfig,
+    kernel: Option<&(KernelFiles, KernelFormat)>,
+    image_boot: Option<&Result<BootChoice, RunError>>,
+) {
+    match (kernel, &cfg.kernel, image_boot) {
+        (Some((files, format)), Some(k), _) => {
             let kind = match format {
                 KernelFormat::BzImage => "bzImage",
                 KernelFormat::Elf => "ELF vmlinux",
@@ -90,10 +97,24 @@ fn render_boot(out: &mut String, cfg: &VmConfig, kernel: Option<&(KernelFiles, K
             }
             let _ = writeln!(out, "  cmdline     {:?}", k.cmdline);
         }
+        (_, None, Some(Ok(choice))) => {
+            for (key, value) in choice.plan_lines() {
+                let _ = writeln!(out, "  {key:<11} {value}");
+            }
+        }
+        (_, None, Some(Err(e))) => {
+            let _ = writeln!(
+                out,
+                "  boot        first disk, firmware-free: {}{}",
+                crate::network::WOULD_FAIL,
+                crate::runner::error_chain(e)
+            );
+        }
         _ => {
             let _ = writeln!(
                 out,
-                "  boot        first disk (not supported by this build yet)"
+                "  boot        first disk, firmware-free: {}no disk",
+                crate::network::WOULD_FAIL
             );
         }
     }

@@ -100,6 +100,9 @@ pub enum RunError {
     /// A disk (exit 2).
     #[error(transparent)]
     Disk(#[from] crate::disk::DiskError),
+    /// Booting the first disk without a kernel (exit 2).
+    #[error("spec.instance.disks[0]: booting the image without a kernel")]
+    ImageBoot(#[source] crate::imageboot::ImageBootError),
     /// `--dry-run` found what the run would fail on (exit 2); the plan says what.
     #[error("the plan above says what a run would fail on")]
     WouldFail(String),
@@ -124,6 +127,21 @@ impl RunError {
     }
 }
 
+/// An error and its causes, as one line: `what: cause: cause`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = s.source();
+    }
+    message
+}
+
 fn os_err(what: &'static str) -> impl FnOnce(std::io::Error) -> RunError {
     move |source| RunError::Os { what, source }
 }
@@ -132,7 +150,9 @@ fn os_err(what: &'static str) -> impl FnOnce(std::io::Error) -> RunError {
 struct Prepared {
     manifest: config::Manifest,
     config: VmConfig,
-    kernel: KernelFiles,
+    /// The kernel files, or `None` to boot the first disk's own kernel (read anew at each
+    /// boot, so that a kernel the guest installed boots after its reboot).
+    kernel: Option<KernelFiles>,
     disks: Vec<crate::disk::DiskPlan>,
 }
 
@@ -148,21 +168,40 @@ fn prepare(opts: &RunOptions) -> Result<Prepared, RunError> {
     let disks = crate::disk::plan(&manifest, &opts.volumes, Path::new(crate::disk::POD_MNT))
         .into_iter()
         .collect::<Result<Vec<_>, _>>()?;
-    let kernel_cfg = config.kernel.as_ref().ok_or_else(|| {
-        RunError::Unsupported(
-            "spec.instance.kernel is not set: booting a disk image without a kernel is not \
-             supported by this build yet; give kernel.image and kernel.cmdline"
-                .into(),
-        )
-    })?;
-    let kernel = boot::resolve(&kernel_cfg.image)?;
-    boot::check(&kernel)?;
+    let kernel = match &config.kernel {
+        Some(k) => {
+            let files = boot::resolve(&k.image)?;
+            boot::check(&files)?;
+            Some(files)
+        }
+        None => {
+            // Found now for an early error; read again at each boot.
+            let choice = boot_choice(&disks)?;
+            log::info!(
+                "booting the image: {} ({}), kernel {:?}",
+                choice.entry,
+                choice.config,
+                choice.kernel
+            );
+            None
+        }
+    };
     Ok(Prepared {
         manifest,
         config,
         kernel,
         disks,
     })
+}
+
+/// What the first disk's image boots, read without changing it (for `prepare` and
+/// `--dry-run`).
+fn boot_choice(disks: &[crate::disk::DiskPlan]) -> Result<crate::imageboot::BootChoice, RunError> {
+    let first = disks.first().ok_or_else(|| {
+        RunError::Unsupported("spec.instance: no kernel and no disk to boot from".into())
+    })?;
+    let backend = crate::disk::open_read_only(first)?;
+    crate::imageboot::find(backend).map_err(RunError::ImageBoot)
 }
 
 /// Each `--volume NAME=PATH` must name a volume of the manifest.
@@ -204,10 +243,30 @@ pub fn dry_run(opts: &RunOptions) -> Result<String, RunError> {
     };
     let hosts = crate::network::describe(&cfg, &manifest);
     let disks = crate::disk::plan(&manifest, &opts.volumes, Path::new(crate::disk::POD_MNT));
-    let plan = crate::plan::render(&manifest, &cfg, kernel.as_ref(), opts, &hosts, &disks);
+    let image_boot = match (&cfg.kernel, disks.first()) {
+        (Some(_), _) => None,
+        (None, Some(Ok(first))) => Some(
+            crate::disk::open_read_only(first)
+                .map_err(RunError::Disk)
+                .and_then(|b| crate::imageboot::find(b).map_err(RunError::ImageBoot)),
+        ),
+        (None, Some(Err(_))) => Some(Err(RunError::Unsupported(
+            "the first disk cannot be opened (see disks)".into(),
+        ))),
+        (None, None) => None,
+    };
+    let plan = crate::plan::render(
+        &manifest,
+        &cfg,
+        kernel.as_ref(),
+        image_boot.as_ref(),
+        opts,
+        &hosts,
+        &disks,
+    );
     let fails = disks.iter().any(Result::is_err)
         || hosts.iter().any(|h| h.contains(crate::network::WOULD_FAIL))
-        || kernel.is_none();
+        || (kernel.is_none() && !matches!(image_boot, Some(Ok(_))));
     if fails {
         return Err(RunError::WouldFail(plan));
     }
@@ -357,7 +416,7 @@ impl Runner<'_> {
         loop {
             boots += 1;
             log::info!("booting the guest (boot {boots})");
-            let (stop, shutdown) = self.boot_once()?;
+            let (stop, shutdown) = self.boot_once(boots)?;
             match &stop {
                 Stop::PoweredOff => log::info!("the guest powered off"),
                 Stop::Failed(why) => log::error!("the guest failed: {why}"),
@@ -376,11 +435,31 @@ impl Runner<'_> {
     }
 
     /// Builds and runs one boot; returns how it ended and what shutdown was under way.
-    fn boot_once(&mut self) -> Result<(Stop, Option<Shutdown>), RunError> {
+    fn boot_once(&mut self, boot: u64) -> Result<(Stop, Option<Shutdown>), RunError> {
+        let cfg = &self.prepared.config;
+        let (kernel, cmdline, _extracted) = match &self.prepared.kernel {
+            Some(files) => (
+                files.clone(),
+                cfg.kernel
+                    .as_ref()
+                    .map(|k| k.cmdline.clone())
+                    .unwrap_or_default(),
+                None,
+            ),
+            None => match self.image_kernel() {
+                Ok((choice, extracted)) => (extracted.files(), choice.cmdline, Some(extracted)),
+                // The guest changed its disk since the first boot: its failure.
+                Err(e) if boot > 1 => {
+                    return Ok((Stop::Failed(error_chain(&e)), None));
+                }
+                Err(e) => return Err(e),
+            },
+        };
         let mut vm = Vm::build(BootContext {
             kvm: self.kvm,
             config: &self.prepared.config,
-            kernel: &self.prepared.kernel,
+            kernel: &kernel,
+            cmdline: &cmdline,
             console: self.console.writer(),
             process_start: self.opts.process_start,
             markers: self.markers.clone(),
@@ -420,6 +499,26 @@ impl Runner<'_> {
         let stop = self.event_loop(&epoll, &vm, &mut state);
         vm.stop();
         Ok((stop, state.shutdown))
+    }
+
+    /// The first disk's kernel and initrd, found and written out for this boot.
+    fn image_kernel(
+        &self,
+    ) -> Result<(crate::imageboot::BootChoice, crate::imageboot::Extracted), RunError> {
+        let disk = self.disks.first().ok_or_else(|| {
+            RunError::Unsupported("spec.instance: no kernel and no disk to boot from".into())
+        })?;
+        let choice = crate::imageboot::find(disk.backend.clone()).map_err(RunError::ImageBoot)?;
+        let extracted =
+            crate::imageboot::extract(disk.backend.clone(), &choice, &crate::disk::temp_dir())
+                .map_err(RunError::ImageBoot)?;
+        log::info!(
+            "boot entry {:?} from {}: cmdline {:?}",
+            choice.entry,
+            choice.config,
+            choice.cmdline
+        );
+        Ok((choice, extracted))
     }
 
     fn event_loop(&mut self, epoll: &Epoll, vm: &Vm, state: &mut BootState) -> Stop {

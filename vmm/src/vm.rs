@@ -151,6 +151,8 @@ pub struct BootContext<'a> {
     pub config: &'a VmConfig,
     /// Kernel and initrd.
     pub kernel: &'a KernelFiles,
+    /// The kernel command line.
+    pub cmdline: &'a str,
     /// Where the guest console's output goes.
     pub console: Box<dyn Write + Send>,
     /// When `vmm` started, for the boot marker.
@@ -260,8 +262,7 @@ impl Vm {
         let apic_ids = topo.apic_ids();
         regs::write_boot_tables(&mem)?;
         let rsdp = acpi::write_tables(&mem, &apic_ids)?;
-        let cmdline = cfg.kernel.as_ref().map_or("", |k| k.cmdline.as_str());
-        let entry = boot::load(&mem, cfg.memory_bytes, ctx.kernel, cmdline, rsdp)?;
+        let entry = boot::load(&mem, cfg.memory_bytes, ctx.kernel, ctx.cmdline, rsdp)?;
         log::debug!("kernel loaded, entry {:#x}", entry.entry);
 
         let mut pending_vcpus = Vec::with_capacity(apic_ids.len());

@@ -431,6 +431,26 @@ fn each_rule_reports_its_message() {
             ],
         ),
         case(
+            "no kernel needs a disk to boot",
+            vec![
+                ("/spec/instance/kernel", Value::Null),
+                ("/spec/instance/disks", json!([])),
+                ("/spec/volumes", json!([])),
+            ],
+            vec!["spec.instance.kernel: Required value: a VM without disks needs a kernel"],
+        ),
+        case(
+            "cloud-init: base64 fields must decode",
+            vec![(
+                "/spec/volumes/1",
+                json!({"name": "ci", "cloudInit": {
+                    "userDataBase64": "not base64!", "networkDataBase64": "dmVyc2lvbjogMgo="}}),
+            )],
+            vec![
+                "spec.volumes[1].cloudInit.userDataBase64: Invalid value: \"not base64!\": not valid base64",
+            ],
+        ),
+        case(
             "network names unique and required, one source, networkName required",
             vec![
                 (

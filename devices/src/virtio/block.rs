@@ -522,10 +522,11 @@ impl Worker {
         }
     }
 
-    /// Serves every request the driver queued.
+    /// Serves every request the driver queued. Each completion is signalled as soon as the
+    /// driver asked for it (event index): the guest can queue more while the rest of a
+    /// batch is served.
     fn process(&mut self) -> Result<(), WorkerError> {
         let mem = &self.mem;
-        let mut used = false;
         loop {
             self.queue.disable_notification(mem)?;
             while let Some(chain) = next_chain(&mut self.queue, mem)? {
@@ -545,14 +546,13 @@ impl Worker {
                     }
                 };
                 self.queue.add_used(mem, head, len)?;
-                used = true;
+                if self.queue.needs_notification(mem)? {
+                    self.interrupt.notify_queue(self.index);
+                }
             }
             if !self.queue.enable_notification(mem)? {
                 break;
             }
-        }
-        if used && self.queue.needs_notification(mem)? {
-            self.interrupt.notify_queue(self.index);
         }
         Ok(())
     }

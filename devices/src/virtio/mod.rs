@@ -73,20 +73,23 @@ impl NeedsReset {
 /// An error means the driver broke the ring: its available index is more than the queue
 /// size ahead of the device (virtio-queue's `pop_descriptor_chain` would log that and return
 /// nothing while `enable_notification` keeps reporting work, so a loop over the two spins
-/// for ever), or an entry cannot be read. A device stops serving the queue on an error.
+/// for ever), or it announced a chain that then could not be taken (its index moved back).
+/// A device stops serving the queue on an error.
 pub fn next_chain<'m>(
     queue: &mut Queue,
     mem: &'m GuestMemoryMmap,
 ) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, virtio_queue::Error> {
-    if let Some(chain) = queue.iter(mem)?.next() {
-        return Ok(Some(chain));
+    // The driver only ever moves its index forward, so what is seen here is still there
+    // when the iterator looks again (and more may have come).
+    let avail = queue.avail_idx(mem, Ordering::Acquire)?;
+    if avail == Wrapping(queue.next_avail()) {
+        return Ok(None);
     }
-    // Nothing came although the driver's index is elsewhere: the ring entry was unreadable.
-    let avail = queue.avail_idx(mem, std::sync::atomic::Ordering::Acquire)?;
-    if avail != Wrapping(queue.next_avail()) {
-        return Err(virtio_queue::Error::InvalidAvailRingIndex);
-    }
-    Ok(None)
+    queue
+        .iter(mem)?
+        .next()
+        .map(Some)
+        .ok_or(virtio_queue::Error::InvalidAvailRingIndex)
 }
 
 /// Blocks until `kill` is readable (or polling it fails): what a worker that stopped serving

@@ -224,6 +224,12 @@ fn validate_instance(instance: &Instance, path: &FieldPath, errs: &mut Errors) {
         if kernel.cmdline.is_empty() {
             errs.push(FieldError::required(kernel_path.child("cmdline"), ""));
         }
+    } else if instance.disks.is_empty() {
+        // Without a kernel the first disk boots: there must be one.
+        errs.push(FieldError::required(
+            path.child("kernel"),
+            "a VM without disks needs a kernel",
+        ));
     }
     let mut disk_names = HashSet::new();
     for (i, disk) in instance.disks.iter().enumerate() {
@@ -588,6 +594,18 @@ fn validate_cloud_init(ci: &CloudInit, path: &FieldPath, errs: &mut Errors) {
         for (field, value) in fields {
             if value.is_empty() {
                 continue;
+            }
+            if field.ends_with("Base64") && crate::disk::seed::decode(value).is_none() {
+                let shown = if value.len() > 40 {
+                    format!("{}...", &value[..value.floor_char_boundary(40)])
+                } else {
+                    value.to_string()
+                };
+                errs.push(FieldError::invalid(
+                    path.child(field),
+                    shown.as_str(),
+                    "not valid base64",
+                ));
             }
             count += 1;
             if count > 1 {

@@ -443,6 +443,31 @@ fn image_in_dir(dir: &Path) -> Result<PathBuf, Failure> {
     }
 }
 
+/// The disk `plan` describes, opened read-only without changing anything (no overlay, no
+/// file system made): for reading its boot configuration before the run.
+pub fn open_read_only(plan: &DiskPlan) -> Result<Arc<dyn BlockBackend>, DiskError> {
+    let fail = |what: String, source: Option<io::Error>| DiskError {
+        index: plan.index,
+        name: plan.name.clone(),
+        what,
+        source,
+    };
+    match &plan.backing {
+        Backing::Image { path, info } => image::open(path, info.format, true)
+            .map(Arc::from)
+            .map_err(|e| fail(path.display().to_string(), Some(e))),
+        Backing::Seed { image, .. } => Ok(Arc::new(MemoryDisk::new(image, true))),
+        Backing::Rootfs { dir, .. } => Err(fail(
+            format!(
+                "containerRootfs {} holds a file system, not a disk with a boot loader: give \
+                 spec.instance.kernel",
+                dir.display()
+            ),
+            None,
+        )),
+    }
+}
+
 /// A disk's host side, for the whole run: its backend and counters outlive boots.
 pub struct HostDisk {
     /// What it is.

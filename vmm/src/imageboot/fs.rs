@@ -1,0 +1,163 @@
+//! Read-only access to the file systems that hold boot files: ext2/3/4 (through
+//! `ext4-view`, which reads journaled and extent-mapped files and replays the journal in
+//! memory) and FAT (through `fatfs`, for EFI system partitions; names case-insensitive).
+
+use std::io::Read;
+
+use super::disk::{Content, Region};
+
+/// The largest file read (a kernel or initrd): bounds what a hostile image can make `vmm`
+/// hold.
+pub const MAX_FILE: u64 = 1 << 30;
+/// Most entries listed from one directory.
+const MAX_LISTED: usize = 4096;
+
+/// A file system holding boot files.
+pub enum BootFs {
+    /// ext2/3/4.
+    Ext(Box<ext4_view::Ext4>),
+    /// FAT.
+    Fat(Box<fatfs::FileSystem<super::disk::Cursor>>),
+}
+
+impl std::fmt::Debug for BootFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BootFs::Ext(_) => "BootFs::Ext",
+            BootFs::Fat(_) => "BootFs::Fat",
+        })
+    }
+}
+
+/// `Ext4Read` over a region.
+struct ExtReader(Region);
+
+impl ext4_view::Ext4Read for ExtReader {
+    fn read(
+        &mut self,
+        start_byte: u64,
+        dst: &mut [u8],
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
+        self.0.read_at(start_byte, dst).map_err(Box::from)
+    }
+}
+
+impl BootFs {
+    /// Opens the file system in `region`, if it is one this module reads.
+    pub fn open(region: &Region, content: Content) -> Result<Self, String> {
+        match content {
+            Content::Ext => ext4_view::Ext4::load(Box::new(ExtReader(region.clone())))
+                .map(|fs| BootFs::Ext(Box::new(fs)))
+                .map_err(|e| format!("ext4: {e}")),
+            Content::Fat => {
+                let options = fatfs::FsOptions::new().update_accessed_date(false);
+                fatfs::FileSystem::new(region.cursor(), options)
+                    .map(|fs| BootFs::Fat(Box::new(fs)))
+                    .map_err(|e| format!("FAT: {e}"))
+            }
+            other => Err(format!("{other}")),
+        }
+    }
+
+    /// The file system's UUID as GRUB and `root=UUID=` write it (`xxxx-xxxx` for FAT).
+    pub fn uuid(&self) -> String {
+        match self {
+            BootFs::Ext(fs) => fs.uuid().to_string(),
+            BootFs::Fat(fs) => {
+                let id = fs.volume_id();
+                format!("{:04X}-{:04X}", id >> 16, id & 0xffff)
+            }
+        }
+    }
+
+    /// The file system's label.
+    pub fn label(&self) -> String {
+        match self {
+            BootFs::Ext(fs) => fs.label().to_str().unwrap_or_default().to_string(),
+            BootFs::Fat(fs) => fs.volume_label().trim_end().to_string(),
+        }
+    }
+
+    /// The contents of the file at `path` (absolute; symbolic links followed on ext4).
+    pub fn read(&self, path: &str) -> Result<Vec<u8>, String> {
+        match self {
+            BootFs::Ext(fs) => {
+                let meta = fs.metadata(path).map_err(|e| e.to_string())?;
+                if meta.len() > MAX_FILE {
+                    return Err(format!("{path} is larger than {} MiB", MAX_FILE >> 20));
+                }
+                fs.read(path).map_err(|e| e.to_string())
+            }
+            BootFs::Fat(fs) => {
+                let rel = path.trim_start_matches('/');
+                let mut file = fs.root_dir().open_file(rel).map_err(|e| e.to_string())?;
+                let mut out = Vec::new();
+                (&mut file)
+                    .take(MAX_FILE + 1)
+                    .read_to_end(&mut out)
+                    .map_err(|e| e.to_string())?;
+                if out.len() as u64 > MAX_FILE {
+                    return Err(format!("{path} is larger than {} MiB", MAX_FILE >> 20));
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Whether `path` is a file.
+    pub fn is_file(&self, path: &str) -> bool {
+        match self {
+            BootFs::Ext(fs) => fs.metadata(path).is_ok_and(|m| !m.is_dir()),
+            BootFs::Fat(fs) => fs
+                .root_dir()
+                .open_file(path.trim_start_matches('/'))
+                .is_ok(),
+        }
+    }
+
+    /// Where the symbolic link at `path` points, if it is one (ext4 only).
+    pub fn read_link(&self, path: &str) -> Option<String> {
+        match self {
+            BootFs::Ext(fs) => fs
+                .read_link(path)
+                .ok()
+                .and_then(|p| p.to_str().ok().map(str::to_string)),
+            BootFs::Fat(_) => None,
+        }
+    }
+
+    /// The names of the files in directory `dir` (not `.` or `..`).
+    pub fn list(&self, dir: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        match self {
+            BootFs::Ext(fs) => {
+                if let Ok(entries) = fs.read_dir(dir) {
+                    for e in entries.flatten().take(MAX_LISTED) {
+                        let name = e.file_name().as_str().unwrap_or_default().to_string();
+                        if name != "." && name != ".." {
+                            out.push(name);
+                        }
+                    }
+                }
+            }
+            BootFs::Fat(fs) => {
+                let rel = dir.trim_matches('/');
+                let d = if rel.is_empty() {
+                    Ok(fs.root_dir())
+                } else {
+                    fs.root_dir().open_dir(rel)
+                };
+                if let Ok(d) = d {
+                    for e in d.iter().flatten().take(MAX_LISTED) {
+                        let name = e.file_name();
+                        if name != "." && name != ".." {
+                            out.push(name);
+                        }
+                    }
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Boot benchmark: vmm beside QEMU -enable-kvm (microvm and q35) on the same guest.
 
-    benches/boot.py [--runs N]          drive the benchmark and print the table
-    benches/boot.py --measure NAME ...  one boot of one contender (inside the test host)
+    benches/boot.py [--runs N] [--table kernel|cloud]   drive the benchmark, print the table
+    benches/boot.py --measure NAME ...                  one boot of one contender (inside
+                                                        the test host)
 
 Every boot happens inside the KVM test host, one test host per boot: QEMU under nested
 virtualization in TCG sometimes takes the test host down with it (a kernel panic in the
@@ -24,6 +25,23 @@ started by each contender from the same files. For each boot:
 
 The table shows medians and, for QEMU, the ratio to vmm. Absolute times inside the test host
 are those of an emulated machine; the ratios are what to compare.
+
+`--table cloud` boots the Debian cloud image images/cloud/build makes (debian.qcow2, its GRUB
+layout), 1 vCPU, 1 GiB, with a NoCloud seed holding the same meta-data and user data for
+every contender, to cloud-init's final message ("Cloud-init v. … finished at") on the
+console:
+
+  vmm                 no kernel in the manifest: vmm reads the image's grub.cfg and boots
+                      its default entry directly; the image a containerDisk (a qcow2
+                      overlay), the seed built by vmm
+  qemu seabios+grub   QEMU -enable-kvm (q35) with SeaBIOS booting the image's own GRUB,
+                      the image with snapshot=on, the seed an ISO made with genisoimage
+                      -volid cidata -joliet -rock, as Virtink makes it
+  qemu direct kernel  the same, with -kernel and -initrd (the image's kernel and initrd,
+                      taken out of it) and the command line of GRUB's default entry
+
+Each boot runs in a fresh test host, without a warm-up boot (the image files are read
+once first instead).
 """
 
 import argparse
@@ -42,6 +60,10 @@ MEMORY_MIB = 256
 CMDLINE = "console=ttyS0 loglevel=4"
 READY = b"VMMTEST-READY"
 CONTENDERS = ["vmm", "qemu microvm", "qemu q35"]
+CLOUD_CONTENDERS = ["vmm", "qemu seabios+grub", "qemu direct kernel"]
+CLOUD_MEMORY_MIB = 1024
+CLOUD_FINISHED = b"finished at"
+CLOUD_USER_DATA = "#cloud-config\nbootcmd:\n  - 'echo vmm-bench > /dev/null'\n"
 ATTEMPTS = 3
 
 
@@ -78,7 +100,7 @@ def first_entry():
     return None
 
 
-def rss_without_guest_ram(pid):
+def rss_without_guest_ram(pid, memory_mib=MEMORY_MIB):
     """KiB resident, not counting mappings at least as large as guest RAM."""
     total, size = 0, 0
     with open(f"/proc/{pid}/smaps") as f:
@@ -87,7 +109,7 @@ def rss_without_guest_ram(pid):
             if "-" in fields[0] and not fields[0].endswith(":"):
                 lo, hi = (int(x, 16) for x in fields[0].split("-"))
                 size = hi - lo
-            elif fields[0] == "Rss:" and size < MEMORY_MIB << 20:
+            elif fields[0] == "Rss:" and size < memory_mib << 20:
                 total += int(fields[1])
     return total
 
@@ -125,8 +147,85 @@ spec:
     ]
 
 
+def cloud_command(name, args):
+    """The argv of a cloud-image contender (inside the test host)."""
+    cloud = Path(args.cloud)
+    work = Path("/run/bench-cloud")
+    work.mkdir(parents=True, exist_ok=True)
+    if name == "vmm":
+        indented = "\n".join("          " + line for line in CLOUD_USER_DATA.splitlines())
+        manifest = work / "vm.yaml"
+        manifest.write_text(f"""apiVersion: virt.virtink.smartx.com/v1alpha1
+kind: VirtualMachine
+metadata:
+  name: bench
+spec:
+  instance:
+    memory:
+      size: {CLOUD_MEMORY_MIB}Mi
+    disks:
+      - name: root
+      - name: cloud-init
+  volumes:
+    - name: root
+      containerDisk:
+        image: {cloud / "debian.qcow2"}
+    - name: cloud-init
+      cloudInit:
+        userData: |
+{indented}
+""")
+        return [args.vmm, "run", str(manifest)]
+    (work / "seed").mkdir(exist_ok=True)
+    (work / "seed/meta-data").write_text("instance-id: bench\nlocal-hostname: bench\n")
+    (work / "seed/user-data").write_text(CLOUD_USER_DATA)
+    seed = work / "seed.iso"
+    subprocess.run(["genisoimage", "-quiet", "-output", str(seed), "-volid", "cidata",
+                    "-joliet", "-rock", str(work / "seed")], check=True)
+    qemu = Path(args.qemu)
+    argv = [
+        str(qemu / "bin/qemu-system-x86_64"),
+        "-L", str(qemu / "share/qemu"), "-L", str(qemu / "share/seabios"),
+        "-machine", "q35", "-enable-kvm", "-cpu", "host", "-smp", "1",
+        "-m", f"{CLOUD_MEMORY_MIB}M", "-nodefaults", "-no-user-config", "-display", "none",
+        "-monitor", "none", "-serial", "stdio", "-no-reboot",
+        "-drive", f"file={cloud / 'debian.qcow2'},format=qcow2,if=none,id=d0,snapshot=on",
+        "-device", "virtio-blk-pci,drive=d0,bootindex=0",
+        "-drive", f"file={seed},format=raw,if=none,id=d1,readonly=on",
+        "-device", "virtio-blk-pci,drive=d1",
+    ]
+    if name == "qemu direct kernel":
+        argv += ["-kernel", str(cloud / "vmlinuz"), "-initrd", str(cloud / "initrd.img"),
+                 "-append", grub_cmdline(args)]
+    return argv
+
+
+def grub_cmdline(args):
+    """The command line of the image's default GRUB entry, as vmm's plan shows it."""
+    manifest = Path("/run/bench-cloud/vm.yaml")
+    if not manifest.exists():
+        cloud_command("vmm", args)
+    plan = subprocess.run([args.vmm, "run", "--dry-run", str(manifest)], capture_output=True,
+                          text=True).stdout
+    for line in plan.splitlines():
+        if line.strip().startswith("cmdline"):
+            return json.loads(line.split("cmdline", 1)[1].strip())
+    raise RuntimeError(f"no cmdline in the plan:\n{plan}")
+
+
 def measure(name, args):
     """Boots once to warm the test host's page cache, then once measured."""
+    if args.table == "cloud":
+        for f in Path(args.cloud).iterdir():
+            with open(f, "rb") as src:
+                while src.read(1 << 20):
+                    pass
+        result = boot(cloud_command(name, args), trace=True, marker=CLOUD_FINISHED,
+                      timeout=1200, memory_mib=CLOUD_MEMORY_MIB)
+        if result is None:
+            return 1
+        print(json.dumps(result))
+        return 0
     argv = command(name, args)
     if boot(argv, trace=False) is None:
         return 1
@@ -137,15 +236,16 @@ def measure(name, args):
     return 0
 
 
-def boot(argv, trace):
+def boot(argv, trace, marker=READY, timeout=240, memory_mib=MEMORY_MIB):
     """One boot; returns the measurements, or None (after printing why)."""
+    wanted = marker
     if trace:
         arm_trace()
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL)
     seen, marker = b"", None
-    deadline = start + 240
+    deadline = start + timeout
     while marker is None and time.monotonic() < deadline:
         ready, _, _ = select.select([proc.stdout], [], [], 1.0)
         if not ready:
@@ -154,20 +254,24 @@ def boot(argv, trace):
         if not chunk:
             break
         seen += chunk
-        if READY in seen:
+        if wanted in seen:
             marker = time.monotonic() - start
     if marker is None:
         proc.kill()
         tail = seen.decode(errors="replace")[-1500:]
         print(json.dumps({"error": f"no marker (exit {proc.wait()})", "console": tail}))
         return None
-    rss = rss_without_guest_ram(proc.pid)
+    rss = rss_without_guest_ram(proc.pid, memory_mib)
     entry = first_entry() if trace else None
+    if wanted != READY:
+        # No agent in a cloud image: measured, so stopped.
+        proc.kill()
+        proc.wait()
     try:
         proc.stdin.write(b"1 poweroff -f\n")
         proc.stdin.flush()
         proc.wait(timeout=60)
-    except (BrokenPipeError, subprocess.TimeoutExpired):
+    except (BrokenPipeError, subprocess.TimeoutExpired, ValueError):
         proc.kill()
         proc.wait()
     return {
@@ -182,9 +286,11 @@ def boot(argv, trace):
 
 def boot_in_testhost(name, args):
     """One measured boot in a fresh test host; None if it failed."""
-    cmd = [str(ROOT / "tests/testhost"), "run", "--timeout", "400", "--",
+    timeout = "1500" if args.table == "cloud" else "400"
+    cmd = [str(ROOT / "tests/testhost"), "run", "--mem", "3G", "--timeout", timeout, "--",
            "/usr/bin/python3", str(Path(__file__).resolve()), "--measure", name,
-           "--vmm", args.vmm, "--image", args.image, "--qemu", args.qemu]
+           "--table", args.table, "--vmm", args.vmm, "--image", args.image,
+           "--qemu", args.qemu, "--cloud", args.cloud]
     out = subprocess.run(cmd, capture_output=True, text=True)
     for line in reversed(out.stdout.splitlines()):
         if line.startswith("{"):
@@ -199,11 +305,12 @@ def boot_in_testhost(name, args):
 
 
 def drive(args):
-    results = {name: [] for name in CONTENDERS}
-    failures = {name: 0 for name in CONTENDERS}
+    contenders = CLOUD_CONTENDERS if args.table == "cloud" else CONTENDERS
+    results = {name: [] for name in contenders}
+    failures = {name: 0 for name in contenders}
     # Interleave the contenders so drift on this machine affects all alike.
     for run in range(args.runs):
-        for name in CONTENDERS:
+        for name in contenders:
             for _ in range(ATTEMPTS):
                 r = boot_in_testhost(name, args)
                 if r is not None:
@@ -222,31 +329,40 @@ def drive(args):
         values = [r[key] for r in results[name] if r[key] is not None]
         return statistics.median(values) if values else float("nan")
 
+    marker = "cloud-init finished" if args.table == "cloud" else "/init marker"
     keys = [("start → first instruction", "first", lambda v: f"{v * 1000:.1f} ms"),
-            ("start → /init marker", "marker", lambda v: f"{v:.2f} s"),
+            (f"start → {marker}", "marker", lambda v: f"{v:.2f} s"),
             ("RSS excluding guest RAM", "rss_kib", lambda v: f"{v / 1024:.1f} MiB")]
     width = 24
-    print(f"\nBoot, inside the KVM test host (TCG, nested KVM): medians of {args.runs} runs; "
-          f"guest 2 vCPUs, {MEMORY_MIB} MiB, Debian cloud kernel + busybox initramfs")
-    print("".ljust(27) + "".join(n.rjust(width) for n in CONTENDERS))
+    if args.table == "cloud":
+        print(f"\nCloud image boot, inside the KVM test host (TCG, nested KVM): medians of "
+              f"{args.runs} runs; Debian bookworm genericcloud layout (qcow2), guest 1 vCPU, "
+              f"{CLOUD_MEMORY_MIB} MiB, NoCloud seed")
+    else:
+        print(f"\nBoot, inside the KVM test host (TCG, nested KVM): medians of {args.runs} "
+              f"runs; guest 2 vCPUs, {MEMORY_MIB} MiB, Debian cloud kernel + busybox initramfs")
+    print("".ljust(27) + "".join(n.rjust(width) for n in contenders))
     for label, key, fmt in keys:
         base = median("vmm", key)
         cells = []
-        for name in CONTENDERS:
+        for name in contenders:
             value = median(name, key)
             cell = fmt(value)
             if name != "vmm" and base > 0:
                 cell += f" ({value / base:.1f}×)"
             cells.append(cell.rjust(width))
         print(label.ljust(27) + "".join(cells))
-    print("failed attempts".ljust(27) + "".join(str(failures[n]).rjust(width) for n in CONTENDERS))
+    print("failed attempts".ljust(27) + "".join(str(failures[n]).rjust(width) for n in contenders))
     return 0
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--measure", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--table", choices=["kernel", "cloud"], default="kernel")
+    parser.add_argument("--measure", choices=CONTENDERS + CLOUD_CONTENDERS,
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--cloud", default=str(ROOT / "images/out/cloud"))
     parser.add_argument("--vmm", default=str(ROOT / "target/release/vmm"))
     parser.add_argument("--image", default=str(ROOT / "images/out/guest"))
     parser.add_argument("--qemu", default=str(ROOT / "images/out/qemu/usr"))

@@ -91,6 +91,16 @@ testhost_test!(
         assert!(during.contains("tap-eth0"), "{during}");
         assert!(during.contains("10.10.0.2/24"), "{during}");
 
+        // The peer speaks first: whoever answers its ARP for 10.10.0.2 must be the guest,
+        // not the pod's own stack (the address is on the pod's dummy, and the bridge does
+        // no ARP of its own).
+        sh("ip -n peer neigh flush all; ip netns exec peer ping -c 2 -W 5 10.10.0.2");
+        let neigh = sh("ip -n peer neigh show 10.10.0.2");
+        assert!(
+            neigh.contains("0a:58:0a:0a:00:02"),
+            "the peer learnt {neigh}"
+        );
+
         guest.check("ping -c 3 -W 5 10.10.0.1");
         guest.check("ping -c 2 -W 5 192.168.50.1");
         // TCP both ways: the guest fetches from the peer, the peer from the guest.

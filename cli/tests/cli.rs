@@ -496,3 +496,32 @@ fn a_missing_volume_file_and_a_corrupt_qcow2_exit_2_naming_them() {
         "{err}"
     );
 }
+
+#[test]
+fn an_image_without_a_readable_boot_configuration_exits_2_saying_what_to_do() {
+    let dir = Dir::new("no-boot-config");
+    // A disk holding an XFS file system and nothing vmm reads.
+    let mut xfs = b"XFSB".to_vec();
+    xfs.resize(1 << 20, 0);
+    std::fs::write(dir.0.join("xfs.img"), xfs).unwrap();
+    let yaml = "apiVersion: virt.virtink.smartx.com/v1alpha1\nkind: VirtualMachine\nmetadata:\n  name: demo\n\
+                spec:\n  instance:\n    memory:\n      size: 128Mi\n    disks:\n      - name: root\n\
+                \x20 volumes:\n    - name: root\n      containerDisk:\n        image: xfs.img\n";
+    let file = dir.write("vm.yaml", yaml);
+    let out = vmm(&["run", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("spec.instance.disks[0]: booting the image without a kernel")
+            && err.contains("the whole disk is XFS, which vmm does not read")
+            && err.contains("give spec.instance.kernel"),
+        "{err}"
+    );
+    let out = vmm(&["run", "--dry-run", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let plan = text(&out.stdout);
+    assert!(
+        plan.contains("boot        first disk, firmware-free: would fail:"),
+        "{plan}"
+    );
+}

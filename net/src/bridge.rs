@@ -6,7 +6,9 @@
 //! 2. remove its addresses, take it down, rename it `L-nic`, give it a new MAC with the same
 //!    OUI (the guest will use the original);
 //! 3. create a dummy `L` holding the pod addresses, so the pod IP stays visible in the pod;
-//! 4. create bridge `br-L` with `L`'s MTU, enslave `L-nic` with learning off, bring all up;
+//! 4. create bridge `br-L` with `L`'s MTU and no ARP of its own (the pod would otherwise answer
+//!    ARP for its address, now the guest's, on it), enslave `L-nic` with learning off, bring
+//!    all up;
 //! 5. create TAP `tap-L` on the bridge (the caller's [`Tap`] keeps it alive).
 //!
 //! Every step that changed something pushes its inverse onto an undo list; [`Binding`]
@@ -414,7 +416,16 @@ impl Binding {
             .map_err(nl_err(format!("cannot create bridge {bridge}")))?;
         self.undo.push(Undo::DeleteLink(bridge.clone()));
         let br = index_of(nl, &bridge)?;
-        nl.set_link(br, &up)
+        // The pod's address is on the dummy, so the pod's own stack would answer ARP for it
+        // on the bridge (any local address, on any interface: arp_ignore 0) and a peer
+        // asking for the guest could learn the bridge's MAC instead of the guest's. The
+        // bridge device does no ARP of its own; frames between its ports still pass.
+        let up_noarp = LinkChange {
+            up: Some(true),
+            noarp: Some(true),
+            ..LinkChange::default()
+        };
+        nl.set_link(br, &up_noarp)
             .map_err(nl_err(format!("cannot bring {bridge} up")))?;
         nl.set_link(
             l.index,

@@ -89,6 +89,8 @@ pub struct LinkChange {
     pub master: Option<u32>,
     /// New alias; an empty one clears it.
     pub alias: Option<String>,
+    /// Turn the link's own ARP off (`ip link set … arp off`) or on.
+    pub noarp: Option<bool>,
 }
 
 /// A kind of link [`Netlink::add_link`] can create.
@@ -240,9 +242,15 @@ impl Netlink {
             msg.attributes.push(LinkAttribute::Controller(master));
         }
         if let Some(up) = change.up {
-            msg.header.change_mask = LinkFlags::Up;
+            msg.header.change_mask |= LinkFlags::Up;
             if up {
-                msg.header.flags = LinkFlags::Up;
+                msg.header.flags |= LinkFlags::Up;
+            }
+        }
+        if let Some(noarp) = change.noarp {
+            msg.header.change_mask |= LinkFlags::Noarp;
+            if noarp {
+                msg.header.flags |= LinkFlags::Noarp;
             }
         }
         self.request(RouteNetlinkMessage::SetLink(msg), NLM_F_ACK)?;

@@ -30,6 +30,8 @@ pub struct Manifest {
     cmdline: String,
     run_policy: Option<String>,
     kernel_image: Option<PathBuf>,
+    /// No `kernel`: the first disk boots.
+    no_kernel: bool,
     interfaces: String,
     networks: String,
     disks: String,
@@ -50,6 +52,7 @@ impl Manifest {
             cmdline: "console=ttyS0 loglevel=4".to_string(),
             run_policy: None,
             kernel_image: None,
+            no_kernel: false,
             interfaces: String::new(),
             networks: String::new(),
             disks: String::new(),
@@ -96,6 +99,12 @@ impl Manifest {
         self
     }
 
+    /// No `kernel`: the first disk's own boot configuration is booted.
+    pub fn without_kernel(mut self) -> Self {
+        self.no_kernel = true;
+        self
+    }
+
     /// `spec.runPolicy`.
     pub fn run_policy(mut self, policy: &str) -> Self {
         self.run_policy = Some(policy.to_string());
@@ -124,16 +133,22 @@ impl Manifest {
              metadata:\n  name: {name}\n\
              spec:\n{policy}  instance:\n    cpu:\n      sockets: {sockets}\n      coresPerSocket: {cores}\n{dedicated}\
              \x20   memory:\n{memory}\
-             \x20   kernel:\n      image: {image}\n      cmdline: \"{cmdline}\"\n{disks}{interfaces}{volumes}{networks}{documents}",
+             {kernel}{disks}{interfaces}{volumes}{networks}{documents}",
             name = self.name,
             sockets = self.sockets,
             cores = self.cores,
-            image = self
-                .kernel_image
-                .clone()
-                .unwrap_or_else(guest_image)
-                .display(),
-            cmdline = self.cmdline,
+            kernel = if self.no_kernel {
+                String::new()
+            } else {
+                format!(
+                    "    kernel:\n      image: {}\n      cmdline: \"{}\"\n",
+                    self.kernel_image
+                        .clone()
+                        .unwrap_or_else(guest_image)
+                        .display(),
+                    self.cmdline
+                )
+            },
             disks = if self.disks.is_empty() {
                 String::new()
             } else {

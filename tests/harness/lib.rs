@@ -72,6 +72,20 @@ pub fn iperf_guest_image() -> PathBuf {
     dir
 }
 
+/// A cloud image made by images/cloud/build (`debian.qcow2`, `debian-bls.raw`, ...).
+pub fn cloud_image(name: &str) -> PathBuf {
+    let path = std::env::var_os("VMM_IMAGES_OUT")
+        .map_or_else(|| repo_root().join("images/out"), PathBuf::from)
+        .join("cloud")
+        .join(name);
+    assert!(
+        path.exists(),
+        "the cloud image {} is missing: run images/build",
+        path.display()
+    );
+    path
+}
+
 /// A directory for this test's files, fresh and removed on drop.
 #[derive(Debug)]
 pub struct TempDir(PathBuf);

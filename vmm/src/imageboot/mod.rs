@@ -113,8 +113,8 @@ impl BootChoice {
             Some(i) => self
                 .partitions
                 .get(*i)
-                .map_or("?".to_string(), |(n, c)| format!("({n}, {c})")),
-            None => "(whole disk)".to_string(),
+                .map_or("?".to_string(), |(n, c)| format!("({n}, {c}) ")),
+            None => "(whole disk) ".to_string(),
         };
         match source {
             Source::File(p, path) => format!("{}{path}", part(p)),
@@ -152,6 +152,8 @@ struct Image {
     parts: Vec<Partition>,
     fss: Vec<Option<BootFs>>,
     whole: Option<BootFs>,
+    /// What the whole disk holds, when it has no partition table.
+    whole_content: Content,
 }
 
 impl Image {
@@ -162,12 +164,22 @@ impl Image {
             .iter()
             .map(|p| BootFs::open(&p.region, p.content).ok())
             .collect();
+        let whole_content = if parts.is_empty() {
+            disk::identify(&disk)
+        } else {
+            Content::Unknown
+        };
         let whole = if parts.is_empty() {
-            BootFs::open(&disk, disk::identify(&disk)).ok()
+            BootFs::open(&disk, whole_content).ok()
         } else {
             None
         };
-        Ok(Self { parts, fss, whole })
+        Ok(Self {
+            parts,
+            fss,
+            whole,
+            whole_content,
+        })
     }
 
     fn fs(&self, index: Option<usize>) -> Option<&BootFs> {
@@ -503,12 +515,16 @@ fn from_links(image: &Image) -> Option<BootChoice> {
 /// Says what the disk holds, for a refusal.
 fn why_not(image: &Image) -> String {
     if image.parts.is_empty() {
-        return if image.whole.is_some() {
-            "the file system on the whole disk has no kernel (no grub.cfg, loader entries or \
-             /vmlinuz)"
-                .into()
-        } else {
-            "no partition table and no file system vmm reads (ext4, FAT)".into()
+        return match (&image.whole, image.whole_content) {
+            (Some(_), _) => "the file system on the whole disk has no kernel (no grub.cfg, \
+                             loader entries or /vmlinuz)"
+                .into(),
+            (None, Content::Unknown) => {
+                "no partition table and no file system vmm reads (ext4, FAT)".into()
+            }
+            (None, content) => format!(
+                "no partition table, and the whole disk is {content}, which vmm does not read"
+            ),
         };
     }
     let parts: Vec<String> = image

@@ -190,7 +190,9 @@ spec:
         "-m", f"{CLOUD_MEMORY_MIB}M", "-nodefaults", "-no-user-config", "-display", "none",
         "-monitor", "none", "-serial", "stdio", "-no-reboot",
         "-drive", f"file={cloud / 'debian.qcow2'},format=qcow2,if=none,id=d0,snapshot=on",
-        "-device", "virtio-blk-pci,drive=d0,bootindex=0",
+        # With -kernel, QEMU's kernel loader takes boot index 0 itself.
+        "-device", "virtio-blk-pci,drive=d0"
+        + (",bootindex=0" if name != "qemu direct kernel" else ""),
         "-drive", f"file={seed},format=raw,if=none,id=d1,readonly=on",
         "-device", "virtio-blk-pci,drive=d1",
     ]

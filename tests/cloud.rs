@@ -98,15 +98,13 @@ testhost_test!(
             &["--api-socket", socket.to_str().unwrap()],
         );
         guest.wait_for_after(0, "VMMTEST-RUNCMD grub-qcow2-7f3a", CLOUD_BOOT);
-        let console = guest.wait_for_after(0, "VMMTEST-ADDR", Duration::from_secs(60));
+        // GRUB's default entry and command line, as GRUB makes it.
         let stderr = guest.stderr();
         assert!(
-            stderr.contains("grub.cfg default entry") || stderr.contains("/boot/grub/grub.cfg"),
+            stderr.contains("from (gpt1) /boot/grub/grub.cfg: cmdline \"BOOT_IMAGE=/boot/vmlinuz-"),
             "{stderr}"
         );
-        // GRUB's own command line, and the kernel GRUB would boot.
-        assert!(console.contains("BOOT_IMAGE=/boot/vmlinuz-"), "{console}");
-        let done = guest.wait_for_after(0, "VMMTEST-ADDR ", Duration::from_secs(30));
+        let done = guest.wait_for_after(0, "VMMTEST-ADDR ", Duration::from_secs(60));
         let shadow = guest.wait_for_after(0, "VMMTEST-SHADOW $", Duration::from_secs(30));
         assert!(
             shadow.contains("VMMTEST-SHADOW $"),
@@ -197,17 +195,12 @@ testhost_test!(
         let mut guest = Guest::boot(&manifest, &[]);
         guest.wait_for_after(0, "VMMTEST-RUNCMD bls-5d1b", CLOUD_BOOT);
         assert_eq!(guest.wait_exit(SHUTDOWN), 0, "{}", guest.stderr());
+        // kernel-install's entry with its options as written: no GRUB in the way.
         let stderr = guest.stderr();
         assert!(
-            stderr.contains("boot loader specification entry")
-                || stderr.contains("/loader/entries/debian-"),
+            stderr.contains("from (gpt2) /loader/entries/debian-")
+                && stderr.contains("cmdline \"root=UUID="),
             "{stderr}"
-        );
-        // kernel-install's entry: its options, no GRUB in the way (no BOOT_IMAGE=).
-        let console = guest.console();
-        assert!(
-            !console.contains("BOOT_IMAGE="),
-            "GRUB's command line was used"
         );
     },
     timeout = 1500

@@ -373,10 +373,37 @@ impl Guest {
 
     fn context(&self) -> String {
         format!(
-            "\n--- console ---\n{}\n--- vmm stderr ---\n{}",
+            "\n--- console ---\n{}\n--- vmm stderr ---\n{}\n--- vmm threads ---\n{}",
             self.console(),
-            self.stderr()
+            self.stderr(),
+            self.threads()
         )
+    }
+
+    /// Each of vmm's threads: name, state and where in the kernel it waits, so that a guest
+    /// that stops can be told from a vmm that stopped.
+    fn threads(&self) -> String {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.child.id())) else {
+            return "(vmm has exited)".into();
+        };
+        let mut out = Vec::new();
+        for task in tasks.flatten() {
+            let dir = task.path();
+            let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+            let comm = read("comm");
+            let state = read("status")
+                .lines()
+                .find_map(|l| l.strip_prefix("State:").map(str::trim).map(str::to_string))
+                .unwrap_or_default();
+            out.push(format!(
+                "{:<16} {:<14} {}",
+                comm.trim(),
+                state,
+                read("wchan")
+            ));
+        }
+        out.sort();
+        out.join("\n")
     }
 
     /// Waits until the console shows `pattern` after byte `from`; returns the text up to and

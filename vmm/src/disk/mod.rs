@@ -211,12 +211,14 @@ impl std::fmt::Display for DiskPlan {
 }
 
 /// Where `vmm` makes temporary files: `$TMPDIR`, else `/var/tmp` (on disk more often than
-/// `/tmp`, which may be memory).
+/// `/tmp`, which may be memory), else `/tmp` (a minimal container image may have neither).
 pub fn temp_dir() -> PathBuf {
     std::env::var_os("TMPDIR")
         .map(PathBuf::from)
-        .filter(|p| p.is_dir())
-        .unwrap_or_else(|| PathBuf::from("/var/tmp"))
+        .into_iter()
+        .chain(["/var/tmp", "/tmp"].map(PathBuf::from))
+        .find(|p| p.is_dir())
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
 }
 
 /// A name for a temporary file of this process that no other has: `.vmm-<pid>-<n>-<what>`.

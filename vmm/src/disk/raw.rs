@@ -29,6 +29,8 @@ pub struct RawDisk {
     size: u64,
     read_only: bool,
     block_device: bool,
+    /// The block device discards (its queue says so); files punch holes.
+    discard: bool,
 }
 
 impl RawDisk {
@@ -52,14 +54,32 @@ impl RawDisk {
                 "not a regular file or block device",
             ));
         };
+        let discard = !block_device || device_discards(&meta);
         Ok(Self {
             file,
             // A trailing partial sector cannot be addressed by the guest.
             size: bytes - bytes % SECTOR,
             read_only,
             block_device,
+            discard,
         })
     }
+}
+
+/// Whether the block device `meta` describes can discard (`queue/discard_max_bytes` > 0),
+/// so that the guest is not offered a DISCARD that would only fail.
+fn device_discards(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let rdev = meta.rdev();
+    let path = format!(
+        "/sys/dev/block/{}:{}/queue/discard_max_bytes",
+        libc::major(rdev),
+        libc::minor(rdev)
+    );
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|max| max > 0)
 }
 
 /// The size of the block device open as `file`.
@@ -173,7 +193,7 @@ impl BlockBackend for RawDisk {
 
     fn capabilities(&self) -> BlockCapabilities {
         BlockCapabilities {
-            discard: true,
+            discard: self.discard,
             write_zeroes: true,
         }
     }

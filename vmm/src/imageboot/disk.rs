@@ -3,17 +3,51 @@
 //! recognised by the file system's own signature.
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use devices::virtio::block::BlockBackend;
 use vm_memory::VolatileSlice;
 
 const SECTOR: u64 = 512;
+/// What the disk is read in: file systems read a block at a time, and one read of a
+/// compressed qcow2 cluster decompresses all of it, so reads go through one cached chunk.
+const CHUNK: u64 = 256 << 10;
+
+/// The boot disk with its last chunk read.
+struct Cached {
+    backend: Arc<dyn BlockBackend>,
+    chunk: Mutex<Option<(u64, Vec<u8>)>>,
+}
+
+impl Cached {
+    /// Copies bytes at `offset` on the disk into `buf`, from the chunk that holds `offset`
+    /// (read first if it is not the cached one); returns how many were copied.
+    fn read_from_chunk(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let start = offset / CHUNK * CHUNK;
+        let mut cached = self.chunk.lock().unwrap_or_else(|e| e.into_inner());
+        if cached.as_ref().is_none_or(|(at, _)| *at != start) {
+            // Whole sectors through the block layer.
+            let len = CHUNK.min(self.backend.size().saturating_sub(start)) / SECTOR * SECTOR;
+            let mut data = vec![0u8; usize::try_from(len).map_err(io::Error::other)?];
+            self.backend
+                .read_at(start, &[VolatileSlice::from(&mut data[..])])?;
+            *cached = Some((start, data));
+        }
+        let (_, data) = cached.as_ref().ok_or(io::ErrorKind::UnexpectedEof)?;
+        let skip = usize::try_from(offset - start).map_err(io::Error::other)?;
+        let n = buf.len().min(data.len().saturating_sub(skip));
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        buf[..n].copy_from_slice(&data[skip..skip + n]);
+        Ok(n)
+    }
+}
 
 /// A byte range of the boot disk: the whole disk or one partition.
 #[derive(Clone)]
 pub struct Region {
-    disk: Arc<dyn BlockBackend>,
+    disk: Arc<Cached>,
     /// Where it starts on the disk.
     pub start: u64,
     /// Its length.
@@ -34,7 +68,10 @@ impl Region {
     pub fn whole(disk: Arc<dyn BlockBackend>) -> Self {
         let len = disk.size();
         Self {
-            disk,
+            disk: Arc::new(Cached {
+                backend: disk,
+                chunk: Mutex::new(None),
+            }),
             start: 0,
             len,
         }
@@ -52,18 +89,16 @@ impl Region {
 
     /// Fills `buf` from `offset` in the region; reading past its end is an error.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let end = offset
+        offset
             .checked_add(buf.len() as u64)
             .filter(|e| *e <= self.len)
             .ok_or(io::ErrorKind::UnexpectedEof)?;
-        // Whole sectors through the block layer, then the bytes wanted.
-        let first = (self.start + offset) / SECTOR * SECTOR;
-        let last = (self.start + end).div_ceil(SECTOR) * SECTOR;
-        let mut sectors = vec![0u8; usize::try_from(last - first).map_err(io::Error::other)?];
-        self.disk
-            .read_at(first, &[VolatileSlice::from(&mut sectors[..])])?;
-        let skip = usize::try_from(self.start + offset - first).map_err(io::Error::other)?;
-        buf.copy_from_slice(&sectors[skip..skip + buf.len()]);
+        let mut done = 0;
+        while done < buf.len() {
+            done += self
+                .disk
+                .read_from_chunk(self.start + offset + done as u64, &mut buf[done..])?;
+        }
         Ok(())
     }
 

@@ -9,21 +9,28 @@
 //! ```
 //!
 //! e.g. `curl --unix-socket /run/vm.sock -X PUT http://localhost/v1/vm/power/Shutdown`.
-//! One thread accepts connections and parses requests; each request is handed to the VMM's
-//! event loop with a channel for the answer, so the loop never blocks on a slow client.
+//! One thread accepts connections and hands each to a thread of its own (at most
+//! [`MAX_CLIENTS`] at once), so that a client that sends slowly or not at all holds up only
+//! itself; it has [`REQUEST_DEADLINE`] for its whole request, however it dribbles the bytes.
+//! Each request is handed to the VMM's event loop with a channel for the answer, so the loop
+//! never blocks on a client. The socket is created mode 0600: it powers the VM off.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 /// Requests larger than this are refused.
 const MAX_REQUEST: usize = 16 << 10;
-/// How long a client may take to send its request.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client may take to send its whole request.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// How many clients are served at once; more are answered 503 and closed.
+const MAX_CLIENTS: usize = 8;
 /// How long the API waits for the event loop to answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -125,13 +132,13 @@ impl ApiServer {
                 std::fs::remove_file(path).map_err(bind_err)?;
             }
         }
-        let listener = UnixListener::bind(path).map_err(bind_err)?;
+        let listener = bind_private(path).map_err(bind_err)?;
         let wakeup = EventFd::new(EFD_NONBLOCK).map_err(bind_err)?;
         let thread_wakeup = wakeup.try_clone().map_err(bind_err)?;
         let (tx, rx) = channel();
         std::thread::Builder::new()
             .name("api".into())
-            .spawn(move || serve(&listener, &tx, &thread_wakeup))
+            .spawn(move || serve(&listener, &tx, &thread_wakeup, REQUEST_DEADLINE))
             .map_err(bind_err)?;
         Ok(Self {
             path: path.to_path_buf(),
@@ -147,15 +154,62 @@ impl Drop for ApiServer {
     }
 }
 
-fn serve(listener: &UnixListener, requests: &Sender<ApiRequest>, wakeup: &EventFd) {
+/// Binds a socket at `path` that only its owner can connect to: created under umask 0177,
+/// so that there is no moment at which it is open to others.
+fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
+    // SAFETY: umask only swaps the process's file-creation mask; it cannot fail. Another
+    // thread creating a file meanwhile gets the stricter mask, never a looser one.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above; this restores the mask read before.
+    unsafe { libc::umask(old) };
+    let listener = bound?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+fn serve(
+    listener: &UnixListener,
+    requests: &Sender<ApiRequest>,
+    wakeup: &EventFd,
+    deadline: Duration,
+) {
+    let clients = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
-        match stream {
-            Ok(stream) => {
-                if let Err(e) = handle(stream, requests, wakeup) {
-                    log::debug!("api: {e}");
-                }
+        let mut stream = match stream {
+            Ok(stream) => stream,
+            Err(e) => {
+                log::warn!("api: accept: {e}");
+                continue;
             }
-            Err(e) => log::warn!("api: accept: {e}"),
+        };
+        if clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
+            clients.fetch_sub(1, Ordering::SeqCst);
+            // Told at once, without waiting for its request: the others are being served.
+            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+            let _ = respond(
+                &mut stream,
+                503,
+                "Service Unavailable",
+                &error_body("too many API clients at once"),
+            );
+            continue;
+        }
+        let (requests, wakeup, done) = (requests.clone(), wakeup.try_clone(), clients.clone());
+        let spawned = wakeup.map(|wakeup| {
+            std::thread::Builder::new()
+                .name("api-client".into())
+                .spawn(move || {
+                    if let Err(e) = handle(stream, &requests, &wakeup, deadline) {
+                        log::debug!("api: {e}");
+                    }
+                    done.fetch_sub(1, Ordering::SeqCst);
+                })
+        });
+        if !matches!(spawned, Ok(Ok(_))) {
+            clients.fetch_sub(1, Ordering::SeqCst);
+            log::warn!("api: cannot start a thread for a client");
         }
     }
 }
@@ -164,10 +218,14 @@ fn handle(
     mut stream: UnixStream,
     requests: &Sender<ApiRequest>,
     wakeup: &EventFd,
+    deadline: Duration,
 ) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(READ_TIMEOUT))?;
-    stream.set_write_timeout(Some(READ_TIMEOUT))?;
-    let (method, target) = match read_request(&stream) {
+    let until = Instant::now() + deadline;
+    stream.set_write_timeout(Some(deadline))?;
+    let (method, target) = match read_request(Deadline {
+        stream: &stream,
+        until,
+    }) {
         Ok(request_line) => request_line,
         Err(e) => return respond(&mut stream, 400, "Bad Request", &error_body(&e.to_string())),
     };
@@ -203,8 +261,38 @@ fn handle(
     }
 }
 
+/// A client's stream that may be read from until one instant: every read waits only for
+/// what is left of the time, so a request dribbled a byte at a time still ends on time.
+struct Deadline<'a> {
+    stream: &'a UnixStream,
+    until: Instant,
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the request took too long to arrive",
+            ));
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        let mut stream = self.stream;
+        match stream.read(buf) {
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock) => {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the request took too long to arrive",
+                ))
+            }
+            other => other,
+        }
+    }
+}
+
 /// Reads the request line and headers, and drains any body (bounded).
-fn read_request(stream: &UnixStream) -> std::io::Result<(String, String)> {
+fn read_request(stream: impl Read) -> std::io::Result<(String, String)> {
     let invalid = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
     let mut reader = BufReader::new(stream.take(MAX_REQUEST as u64));
     let mut line = String::new();
@@ -364,5 +452,85 @@ mod tests {
         let server = loop_side.join().unwrap();
         drop(server);
         assert!(!path.exists(), "socket removed");
+    }
+
+    /// A server on a fresh socket whose requests are answered `{"state":"Running"}` by a
+    /// stand-in for the event loop; the socket's path.
+    fn answered_server(name: &str, deadline: Duration) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("vmm-api-{}-{name}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = bind_private(&path).unwrap();
+        let wakeup = EventFd::new(EFD_NONBLOCK).unwrap();
+        let (tx, rx) = channel::<ApiRequest>();
+        std::thread::spawn(move || serve(&listener, &tx, &wakeup, deadline));
+        std::thread::spawn(move || {
+            for req in rx {
+                let _ = req
+                    .answer
+                    .send(ApiAnswer::Json("{\"state\":\"Running\"}".into()));
+            }
+        });
+        path
+    }
+
+    #[test]
+    fn only_the_owner_may_connect() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = answered_server("mode", REQUEST_DEADLINE);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn a_silent_client_does_not_hold_up_the_others() {
+        let path = answered_server("silent", Duration::from_secs(60));
+        let mut silent: Vec<UnixStream> = (0..MAX_CLIENTS - 1)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        let info = request(&path, "GET /v1/vm/info HTTP/1.1\r\n\r\n");
+        assert!(info.starts_with("HTTP/1.1 200 OK\r\n"), "{info}");
+        // The silent ones are still waiting to be heard, not closed.
+        silent[0]
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        let err = silent[0].read(&mut byte).unwrap_err();
+        assert!(
+            matches!(err.kind(), std::io::ErrorKind::WouldBlock),
+            "{err}"
+        );
+        // With every place taken, one more is told so at once.
+        silent.push(UnixStream::connect(&path).unwrap());
+        let mut busy = String::new();
+        UnixStream::connect(&path)
+            .unwrap()
+            .read_to_string(&mut busy)
+            .unwrap();
+        assert!(busy.starts_with("HTTP/1.1 503"), "{busy}");
+        assert!(busy.contains("too many API clients"), "{busy}");
+        drop(silent);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn a_request_dribbled_byte_by_byte_ends_at_its_deadline() {
+        let path = answered_server("dribble", Duration::from_millis(300));
+        let mut s = UnixStream::connect(&path).unwrap();
+        // Each byte well inside any per-read timeout; the whole far beyond the deadline.
+        let mut cut = false;
+        for b in b"GET /v1/vm/info HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n"
+        {
+            if s.write_all(&[*b]).is_err() {
+                cut = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        assert!(cut || out.starts_with("HTTP/1.1 400"), "{out}");
+        assert!(!out.contains("200 OK"), "{out}");
+        std::fs::remove_file(path).unwrap();
     }
 }

@@ -1,6 +1,9 @@
 //! The guest console on `vmm`'s own stdin and stdout.
 //!
-//! Output from the UART goes to stdout and, with `--serial-log`, to a file. When stdin is a
+//! Output from the UART goes to stdout and, with `--serial-log`, to a file that holds at
+//! most [`SERIAL_LOG_MAX`] bytes: when it is full it becomes `FILE.1` (replacing the one
+//! before) and a new `FILE` starts, so a guest that prints without end costs at most twice
+//! that on disk. When stdin is a
 //! terminal it is put in raw mode, so keys (Ctrl-C included) reach the guest as typed; the
 //! terminal is restored on every exit path, including a panic.
 
@@ -27,16 +30,78 @@ pub enum ConsoleError {
     Stdout(#[source] std::io::Error),
 }
 
+/// The size at which the serial log is rotated.
+pub const SERIAL_LOG_MAX: u64 = 32 << 20;
+
 /// Where guest output goes; cheap to clone for each boot.
 #[derive(Clone, Debug)]
 pub struct ConsoleOutput {
     stdout: Arc<File>,
-    log: Option<Arc<File>>,
+    log: Option<Arc<Mutex<SerialLog>>>,
+}
+
+/// The serial log file, rotated at `max` bytes.
+#[derive(Debug)]
+struct SerialLog {
+    path: std::path::PathBuf,
+    file: File,
+    written: u64,
+    max: u64,
+}
+
+impl SerialLog {
+    fn create(path: &Path, max: u64) -> std::io::Result<Self> {
+        Ok(Self {
+            path: path.to_path_buf(),
+            file: File::create(path)?,
+            written: 0,
+            max,
+        })
+    }
+
+    fn write(&mut self, mut buf: &[u8]) -> std::io::Result<()> {
+        while !buf.is_empty() {
+            if self.written >= self.max {
+                self.rotate()?;
+            }
+            let room = usize::try_from(self.max - self.written).unwrap_or(usize::MAX);
+            let n = buf.len().min(room);
+            self.file.write_all(&buf[..n])?;
+            self.written += n as u64;
+            buf = &buf[n..];
+        }
+        Ok(())
+    }
+
+    /// `FILE` becomes `FILE.1` and a new `FILE` starts; where the rename is refused, the
+    /// file starts over in place.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let mut old = self.path.clone().into_os_string();
+        old.push(".1");
+        self.file = match std::fs::rename(&self.path, &old) {
+            Ok(()) => File::create(&self.path)?,
+            Err(e) => {
+                log::warn!(
+                    "--serial-log {}: cannot rotate ({e}); starting it over",
+                    self.path.display()
+                );
+                // Created again, so truncated.
+                File::create(&self.path)?
+            }
+        };
+        self.written = 0;
+        Ok(())
+    }
 }
 
 impl ConsoleOutput {
     /// stdout, plus `serial_log` when given (created or truncated).
     pub fn new(serial_log: Option<&Path>) -> Result<Self, ConsoleError> {
+        Self::with_log_max(serial_log, SERIAL_LOG_MAX)
+    }
+
+    /// Like [`ConsoleOutput::new`], with the log rotated at `max` bytes.
+    fn with_log_max(serial_log: Option<&Path>, max: u64) -> Result<Self, ConsoleError> {
         // SAFETY: dup() of fd 1 returns a new descriptor (or -1, checked) that the File owns.
         let fd = unsafe { libc::dup(libc::STDOUT_FILENO) };
         if fd < 0 {
@@ -46,7 +111,7 @@ impl ConsoleOutput {
         let stdout = unsafe { File::from_raw_fd(fd) };
         let log = serial_log
             .map(|p| {
-                File::create(p).map_err(|source| ConsoleError::SerialLog {
+                SerialLog::create(p, max.max(1)).map_err(|source| ConsoleError::SerialLog {
                     path: p.display().to_string(),
                     source,
                 })
@@ -54,7 +119,7 @@ impl ConsoleOutput {
             .transpose()?;
         Ok(Self {
             stdout: Arc::new(stdout),
-            log: log.map(Arc::new),
+            log: log.map(|l| Arc::new(Mutex::new(l))),
         })
     }
 
@@ -69,7 +134,7 @@ impl Write for ConsoleOutput {
         // A closed stdout must not stop the guest: output is dropped, the log still gets it.
         let _ = (&*self.stdout).write_all(buf);
         if let Some(log) = &self.log {
-            (&**log).write_all(buf)?;
+            log.lock().unwrap_or_else(|e| e.into_inner()).write(buf)?;
         }
         Ok(buf.len())
     }
@@ -139,6 +204,26 @@ mod tests {
         w.write_all(b"hello\n").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"hello\n");
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn the_log_is_rotated_at_its_size() {
+        let path = std::env::temp_dir().join(format!("vmm-serial-rot-{}.log", std::process::id()));
+        let old = path.with_extension("log.1");
+        let out = ConsoleOutput::with_log_max(Some(&path), 10).unwrap();
+        let mut w = out.writer();
+        w.write_all(b"0123456").unwrap();
+        w.write_all(b"789abcdef").unwrap();
+        assert_eq!(std::fs::read(&old).unwrap(), b"0123456789");
+        assert_eq!(std::fs::read(&path).unwrap(), b"abcdef");
+        // A flood much larger than the cap: never more than twice the cap on disk.
+        for _ in 0..1000 {
+            w.write_all(b"xxxxxxx").unwrap();
+        }
+        assert!(std::fs::metadata(&path).unwrap().len() <= 10);
+        assert_eq!(std::fs::metadata(&old).unwrap().len(), 10);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::remove_file(&old).unwrap();
     }
 
     #[test]

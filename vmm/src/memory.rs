@@ -65,8 +65,22 @@ pub fn create(size: u64, hugepage_size: Option<u64>) -> Result<GuestMemoryMmap, 
                 }),
                 source,
             })?;
+        // Guest RAM never goes into a core dump: with `panic = "abort"` a crash would
+        // otherwise write all of the guest's memory (its secrets included) to disk.
+        advise(
+            &mapping,
+            libc::MADV_DONTDUMP,
+            "MADV_DONTDUMP",
+            log::Level::Warn,
+        );
         if hugepage_size.is_none() {
-            advise_transparent_hugepages(&mapping);
+            // Fewer TLB misses, for free where transparent hugepages are on.
+            advise(
+                &mapping,
+                libc::MADV_HUGEPAGE,
+                "MADV_HUGEPAGE",
+                log::Level::Debug,
+            );
         }
         let region = GuestRegionMmap::new(mapping, GuestAddress(range.start))
             .ok_or_else(|| MemoryError::Layout("region overflows the address space".into()))?;
@@ -75,20 +89,21 @@ pub fn create(size: u64, hugepage_size: Option<u64>) -> Result<GuestMemoryMmap, 
     GuestMemoryMmap::from_regions(regions).map_err(|e| MemoryError::Layout(e.to_string()))
 }
 
-/// Asks for transparent hugepages on guest RAM: fewer TLB misses, for free where THP is on.
-fn advise_transparent_hugepages(mapping: &MmapRegion) {
-    // SAFETY: the range is exactly the mapping `mapping` owns; madvise only changes paging
-    // policy and cannot invalidate memory.
+/// Applies `advice` to the whole of `mapping`; a refusal is logged at `level`.
+fn advise(mapping: &MmapRegion, advice: libc::c_int, name: &str, level: log::Level) {
+    // SAFETY: the range is exactly the mapping `mapping` owns; the advice given here only
+    // changes paging and dumping policy and cannot invalidate memory.
     let ret = unsafe {
         libc::madvise(
             mapping.as_ptr().cast::<libc::c_void>(),
             mapping.size(),
-            libc::MADV_HUGEPAGE,
+            advice,
         )
     };
     if ret != 0 {
-        log::debug!(
-            "madvise(MADV_HUGEPAGE) on guest RAM: {}",
+        log::log!(
+            level,
+            "madvise({name}) on guest RAM: {}",
             std::io::Error::last_os_error()
         );
     }
@@ -135,5 +150,32 @@ mod tests {
             mem.read_obj::<u8>(GuestAddress(0xd000_0000)).is_err(),
             "hole is unmapped"
         );
+    }
+
+    /// The `VmFlags` of the mapping in /proc/self/smaps that starts at `addr`.
+    fn vm_flags(addr: usize) -> String {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let start = format!("{addr:x}-");
+        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&start));
+        assert!(lines.next().is_some(), "no mapping at {addr:#x}");
+        lines
+            .find_map(|l| l.strip_prefix("VmFlags:"))
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn guest_ram_is_left_out_of_core_dumps() {
+        let mem = create(64 << 20, None).unwrap();
+        for region in mem.iter() {
+            let host = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .unwrap();
+            let flags = vm_flags(host as usize);
+            assert!(
+                flags.split_whitespace().any(|f| f == "dd"),
+                "guest RAM without VM_DONTDUMP: {flags}"
+            );
+        }
     }
 }

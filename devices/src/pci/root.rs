@@ -4,6 +4,7 @@
 //! Only bus 0 and function 0 of each slot exist; every other address reads as all ones
 //! ("no device"), as on real hardware.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use super::config::{ConfigSpace, PciIds};
@@ -69,6 +70,10 @@ impl BusDevice for BarWindow {
 /// Bus 0.
 pub struct PciRoot {
     slots: RwLock<Vec<Option<SharedPci>>>,
+    /// Where each (slot, BAR) is mapped on the MMIO bus now. The configuration space says
+    /// where the guest put a BAR, which is not always where it is mapped (a move onto
+    /// another device's range is refused), so only this says what a move may unmap.
+    mapped: Mutex<HashMap<(usize, usize), u64>>,
     /// Weak: the MMIO bus holds the ECAM window, which holds the root.
     mmio: Weak<Bus>,
 }
@@ -100,6 +105,7 @@ impl PciRoot {
         slots[0] = Some(Arc::new(Mutex::new(bridge)));
         Self {
             slots: RwLock::new(slots),
+            mapped: Mutex::new(HashMap::new()),
             mmio: Arc::downgrade(&mmio),
         }
     }
@@ -126,6 +132,10 @@ impl PciRoot {
                 return Err(e.into());
             }
             mapped.push(addr);
+        }
+        let mut where_mapped = self.mapped.lock().unwrap_or_else(|e| e.into_inner());
+        for (bar, addr, _) in lock(&device).bars() {
+            where_mapped.insert((slot, bar), addr);
         }
         slots[slot] = Some(device);
         Ok(slot)
@@ -164,7 +174,14 @@ impl PciRoot {
         let (Some(moved), Some(mmio)) = (moved, self.mmio.upgrade()) else {
             return;
         };
-        mmio.remove(moved.from);
+        // One move at a time, so that the bus and `mapped` agree.
+        let mut mapped = self.mapped.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (usize::from(slot), moved.bar);
+        // Unmap what this BAR has on the bus, which may not be `moved.from`: if the last
+        // move was refused, the BAR has nothing mapped, and `from` may be another device's.
+        if let Some(at) = mapped.remove(&key) {
+            mmio.remove(at);
+        }
         let window = Arc::new(Mutex::new(BarWindow {
             device: dev.clone(),
             bar: moved.bar,
@@ -177,6 +194,8 @@ impl PciRoot {
             );
             return;
         }
+        mapped.insert(key, moved.to);
+        drop(mapped);
         log::debug!(
             "PCI {bus:02x}:{slot:02x}.{function}: BAR {} moved {:#x} -> {:#x}",
             moved.bar,
@@ -416,5 +435,48 @@ mod tests {
         ecam.read(0xfffff, &mut d[..1]);
         ecam.read(0xffffe, &mut d);
         assert_eq!(d, [0xff; 4], "access across a dword");
+    }
+
+    /// Something else on the MMIO bus that records it was reached.
+    struct Other(Arc<Mutex<usize>>);
+
+    impl BusDevice for Other {
+        fn read(&mut self, _: u64, data: &mut [u8]) {
+            *self.0.lock().unwrap() += 1;
+            data.fill(0x5a);
+        }
+        fn write(&mut self, _: u64, _: &[u8]) {}
+    }
+
+    #[test]
+    fn a_refused_move_leaves_the_other_device_mapped() {
+        let (mmio, root, _dev) = setup();
+        let reads = Arc::new(Mutex::new(0));
+        mmio.insert(
+            Arc::new(Mutex::new(Other(reads.clone()))),
+            0xd000_0000,
+            0x1000,
+        )
+        .unwrap();
+        let mut ecam = PciEcam::new(root);
+        // Onto the other device: refused, so the BAR is mapped nowhere.
+        ecam.write((1 << 15) | 0x10, &0xd000_0000u32.to_le_bytes());
+        let mut b = [0u8; 1];
+        assert!(
+            !mmio.read(0xc000_0010, &mut b),
+            "unmapped from the old place"
+        );
+        assert!(mmio.read(0xd000_0010, &mut b));
+        assert_eq!(b, [0x5a], "the other device still answers there");
+        // Moved again: the other device, at the BAR's nominal address, must stay.
+        ecam.write((1 << 15) | 0x10, &0xe100_0000u32.to_le_bytes());
+        assert!(
+            mmio.read(0xd000_0010, &mut b),
+            "the other device was unmapped"
+        );
+        assert_eq!(b, [0x5a]);
+        assert!(mmio.read(0xe100_0010, &mut b));
+        assert_eq!(b, [0x10], "the BAR at its new place");
+        assert_eq!(*reads.lock().unwrap(), 2);
     }
 }

@@ -83,8 +83,9 @@ struct RunArgs {
     shutdown_timeout: Duration,
 
     /// A limit of the masquerade NAT, repeatable: tcp-flows, udp-flows, icmp-flows (counts),
-    /// tcp-buffer (bytes per direction per flow, e.g. 256K), to-guest-frames, udp-idle,
-    /// tcp-idle, connect-timeout (durations, e.g. 60s). See the README for the defaults.
+    /// tcp-buffer (bytes per direction per flow, e.g. 256K), tcp-memory, to-guest-frames,
+    /// udp-idle, tcp-idle, inbound-tcp-idle, connect-timeout (durations, e.g. 60s). See the
+    /// README for the defaults.
     #[arg(long = "nat-limit", value_name = "KEY=VALUE", value_parser = parse_nat_limit)]
     nat_limits: Vec<(String, String)>,
 

@@ -1,6 +1,7 @@
 //! The NAT engine: frames in from the guest, frames out to it, host sockets in between.
 //! See the [module documentation](super) for how it works.
 
+use hashlink::LinkedHashMap;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpStream, UdpSocket};
@@ -60,6 +61,9 @@ pub struct Limits {
     pub udp_idle: Duration,
     /// A TCP flow in which no byte moved for this long is reset.
     pub tcp_idle: Duration,
+    /// The same for a connection a peer opened to a forwarded port: shorter, since peers
+    /// are many and their idle connections would hold the inbound share.
+    pub inbound_tcp_idle: Duration,
     /// A host connection not established within this is given up (RST to the guest).
     pub connect_timeout: Duration,
 }
@@ -75,6 +79,7 @@ impl Default for Limits {
             to_guest_frames: 256,
             udp_idle: Duration::from_secs(60),
             tcp_idle: Duration::from_secs(24 * 3600),
+            inbound_tcp_idle: Duration::from_secs(3600),
             connect_timeout: Duration::from_secs(30),
         }
     }
@@ -106,6 +111,10 @@ impl Limits {
             "UDP and ICMP idle timeout, e.g. 60s (default 60s)",
         ),
         ("tcp-idle", "TCP idle timeout, e.g. 24h (default 24h)"),
+        (
+            "inbound-tcp-idle",
+            "idle timeout of peers' connections to forwarded ports (default 1h)",
+        ),
         (
             "connect-timeout",
             "outbound TCP connect timeout (default 30s)",
@@ -170,6 +179,7 @@ impl Limits {
             "to-guest-frames" => self.to_guest_frames = count()?,
             "udp-idle" => self.udp_idle = duration()?,
             "tcp-idle" => self.tcp_idle = duration()?,
+            "inbound-tcp-idle" => self.inbound_tcp_idle = duration()?,
             "connect-timeout" => self.connect_timeout = duration()?,
             _ => {
                 let keys: Vec<&str> = Self::KEYS.iter().map(|(k, _)| *k).collect();
@@ -221,6 +231,8 @@ impl NatConfig {
 pub struct NatStats {
     /// TCP flows now.
     pub tcp_flows: usize,
+    /// Of those, connections peers opened to forwarded ports.
+    pub inbound_tcp_flows: usize,
     /// Bytes of TCP buffer they hold.
     pub tcp_memory: usize,
     /// UDP flows now.
@@ -413,9 +425,16 @@ enum TcpState {
     },
 }
 
+/// A flow table in order of use, least recent first. Its keys are chosen by the guest and
+/// by peers, so it hashes with std's keyed SipHash rather than a fast unkeyed-strength hash.
+type Lru<K, V> = LinkedHashMap<K, V, std::hash::RandomState>;
+
 struct TcpFlow {
     key: (u16, SocketAddrV4),
-    /// Bytes of buffer its socket holds (both directions), 0 while connecting.
+    /// A peer opened it to a forwarded port (else the guest opened it).
+    inbound: bool,
+    /// Bytes of the TCP memory budget it holds: its socket's buffers (both directions), or
+    /// while connecting the SYN it holds.
     buffer: usize,
     host: TcpStream,
     state: TcpState,
@@ -454,21 +473,26 @@ pub struct Nat {
     next_id: u64,
     tcp: HashMap<u64, TcpFlow>,
     tcp_keys: HashMap<(u16, SocketAddrV4), u64>,
-    udp: HashMap<u64, DgramFlow>,
+    udp: Lru<u64, DgramFlow>,
     udp_keys: HashMap<(u16, SocketAddrV4), u64>,
-    icmp: HashMap<u64, DgramFlow>,
+    icmp: Lru<u64, DgramFlow>,
     icmp_keys: HashMap<(u16, SocketAddrV4), u64>,
     icmp_forbidden: bool,
     listeners: Arc<Listeners>,
     /// Listeners with connections or datagrams waiting (edge-triggered: kept until drained).
     tcp_listen_ready: Vec<usize>,
     udp_listen_ready: Vec<usize>,
-    inbound_udp: HashMap<(u16, SocketAddrV4), InboundUdp>,
+    inbound_udp: Lru<(u16, SocketAddrV4), InboundUdp>,
     start: Instant,
     next_sweep: Instant,
     stats: NatStats,
-    /// Bytes of TCP buffer allocated to flows.
+    /// Bytes of the TCP memory budget that flows hold.
     tcp_memory: usize,
+    /// Of those, inbound flows': at most half the budget, so that peers cannot starve the
+    /// guest's own connections.
+    inbound_tcp_memory: usize,
+    /// Inbound TCP flows: at most half the flow table, for the same reason.
+    inbound_tcp: usize,
     /// smoltcp took frames or reported a socket change since flows were last pumped: every
     /// flow may have something to move. Otherwise only those with host socket events do.
     smol_dirty: bool,
@@ -673,7 +697,7 @@ impl Nat {
             tcp_listen_ready: (0..listeners.tcp.len()).collect(),
             udp_listen_ready: (0..listeners.udp.len()).collect(),
             listeners,
-            inbound_udp: HashMap::new(),
+            inbound_udp: Lru::default(),
             gateway,
             guest,
             dns_redirect,
@@ -687,15 +711,17 @@ impl Nat {
             next_id: 0,
             tcp: HashMap::new(),
             tcp_keys: HashMap::new(),
-            udp: HashMap::new(),
+            udp: Lru::default(),
             udp_keys: HashMap::new(),
-            icmp: HashMap::new(),
+            icmp: Lru::default(),
             icmp_keys: HashMap::new(),
             icmp_forbidden: false,
             start,
             next_sweep: start + SWEEP,
             stats: NatStats::default(),
             tcp_memory: 0,
+            inbound_tcp_memory: 0,
+            inbound_tcp: 0,
             smol_dirty: false,
             touched: Vec::new(),
             buf: vec![0u8; 65536],
@@ -716,6 +742,7 @@ impl Nat {
     pub fn stats(&self) -> NatStats {
         NatStats {
             tcp_flows: self.tcp.len(),
+            inbound_tcp_flows: self.inbound_tcp,
             tcp_memory: self.tcp_memory,
             udp_flows: self.udp.len() + self.inbound_udp.len(),
             icmp_flows: self.icmp.len(),
@@ -876,10 +903,14 @@ impl Nat {
         } else {
             Some(key.1)
         };
-        if self.tcp.len() >= self.cfg.limits.tcp_flows {
+        // The SYN is held until the host connect finishes, and counts against the TCP
+        // memory budget meanwhile, as the flow's buffers will.
+        let full = self.tcp.len() >= self.cfg.limits.tcp_flows
+            || self.tcp_memory + frame.len() > self.cfg.limits.tcp_memory;
+        if full {
             self.stats.tcp_refused_full += 1;
         }
-        let Some(target) = target.filter(|_| self.tcp.len() < self.cfg.limits.tcp_flows) else {
+        let Some(target) = target.filter(|_| !full) else {
             // No listener: smoltcp answers the SYN with RST.
             self.ingest(frame);
             return;
@@ -898,11 +929,13 @@ impl Nat {
         };
         let now = Instant::now();
         self.tcp_keys.insert(key, id);
+        self.tcp_memory += frame.len();
         self.tcp.insert(
             id,
             TcpFlow {
                 key,
-                buffer: 0,
+                inbound: false,
+                buffer: frame.len(),
                 host,
                 state: TcpState::Connecting {
                     syn: frame.to_vec(),
@@ -918,7 +951,7 @@ impl Nat {
             return self.drop_frame();
         };
         let key = (udp.src_port(), SocketAddrV4::new(dst, udp.dst_port()));
-        if let Some(inbound) = self.inbound_udp.get_mut(&key) {
+        if let Some(inbound) = self.inbound_udp.to_back(&key) {
             // A reply to a peer that wrote to a forwarded port: from that port.
             inbound.last = Instant::now();
             let (_, sock) = &self.listeners.udp[inbound.listener];
@@ -943,7 +976,7 @@ impl Nat {
                 None => return self.drop_frame(),
             },
         };
-        let Some(flow) = self.udp.get_mut(&id) else {
+        let Some(flow) = self.udp.to_back(&id) else {
             return;
         };
         flow.last = Instant::now();
@@ -981,7 +1014,7 @@ impl Nat {
                 None => return self.drop_frame(),
             },
         };
-        let Some(flow) = self.icmp.get_mut(&id) else {
+        let Some(flow) = self.icmp.to_back(&id) else {
             return;
         };
         flow.last = Instant::now();
@@ -1008,11 +1041,9 @@ impl Nat {
         } else {
             &self.icmp
         };
+        // The table is kept in order of use, least recent first: eviction is O(1).
         if table.len() >= limit {
-            let oldest = table
-                .iter()
-                .min_by_key(|(_, f)| f.last)
-                .map(|(id, _)| *id)?;
+            let oldest = table.front().map(|(id, _)| *id)?;
             self.close_dgram(oldest);
         }
         let sock = match connect(libc::SOCK_DGRAM, protocol, target) {
@@ -1155,6 +1186,7 @@ impl Nat {
             };
             flow.last = Instant::now();
             let key = flow.key;
+            table.to_back(&id);
             let src = *key.1.ip();
             if udp {
                 if n + UDP_HDR > max_payload {
@@ -1337,21 +1369,38 @@ impl Nat {
         Some(id)
     }
 
-    /// A smoltcp socket with buffers as large as the budget allows, and its bytes; `None`
-    /// when not even small ones fit.
-    fn tcp_socket(&mut self) -> Option<(tcp::Socket<'static>, usize)> {
+    /// A smoltcp socket with buffers as large as the budget allows (for an `inbound` flow,
+    /// the inbound share of it), and its bytes; `None` when not even small ones fit.
+    fn tcp_socket(&mut self, inbound: bool) -> Option<(tcp::Socket<'static>, usize)> {
         let limits = &self.cfg.limits;
-        let free = limits.tcp_memory.saturating_sub(self.tcp_memory);
+        let mut free = limits.tcp_memory.saturating_sub(self.tcp_memory);
+        if inbound {
+            free = free.min((limits.tcp_memory / 2).saturating_sub(self.inbound_tcp_memory));
+        }
         let size = [limits.tcp_buffer, SMALL_TCP_BUFFER]
             .into_iter()
             .find(|size| 2 * size <= free)?;
-        self.tcp_memory += 2 * size;
+        self.hold_tcp_memory(2 * size, inbound);
         let mut socket = tcp::Socket::new(
             tcp::SocketBuffer::new(vec![0u8; size]),
             tcp::SocketBuffer::new(vec![0u8; size]),
         );
         socket.set_nagle_enabled(false);
         Some((socket, 2 * size))
+    }
+
+    fn hold_tcp_memory(&mut self, bytes: usize, inbound: bool) {
+        self.tcp_memory += bytes;
+        if inbound {
+            self.inbound_tcp_memory += bytes;
+        }
+    }
+
+    fn release_tcp_memory(&mut self, bytes: usize, inbound: bool) {
+        self.tcp_memory -= bytes;
+        if inbound {
+            self.inbound_tcp_memory -= bytes;
+        }
     }
 
     /// Accepts waiting inbound connections and starts the guest's side of each.
@@ -1379,15 +1428,17 @@ impl Nat {
     fn start_inbound(&mut self, stream: TcpStream, peer: SocketAddrV4, port: u16) {
         let src = SocketAddrV4::new(self.visible_source(*peer.ip()), peer.port());
         let key = (port, src);
-        if self.tcp.len() >= self.cfg.limits.tcp_flows || self.tcp_keys.contains_key(&key) {
-            self.stats.tcp_refused_full += u64::from(self.tcp.len() >= self.cfg.limits.tcp_flows);
+        let limit = self.cfg.limits.tcp_flows;
+        let full = self.tcp.len() >= limit || self.inbound_tcp >= limit.div_ceil(2);
+        if full || self.tcp_keys.contains_key(&key) {
+            self.stats.tcp_refused_full += u64::from(full);
             set_linger_zero(stream.as_raw_fd());
             return;
         }
         if stream.set_nonblocking(true).is_err() {
             return;
         }
-        let Some((mut socket, buffer)) = self.tcp_socket() else {
+        let Some((mut socket, buffer)) = self.tcp_socket(true) else {
             self.stats.tcp_refused_full += 1;
             set_linger_zero(stream.as_raw_fd());
             return;
@@ -1399,20 +1450,22 @@ impl Nat {
         };
         if let Err(e) = socket.connect(self.iface.context(), remote, local) {
             log::debug!("masquerade: inbound from {peer} to port {port}: {e}");
-            self.tcp_memory -= buffer;
+            self.release_tcp_memory(buffer, true);
             set_linger_zero(stream.as_raw_fd());
             return;
         }
         let Some(id) = self.watch_tcp(&stream) else {
-            self.tcp_memory -= buffer;
+            self.release_tcp_memory(buffer, true);
             return;
         };
         let handle = self.sockets.add(socket);
         self.tcp_keys.insert(key, id);
+        self.inbound_tcp += 1;
         self.tcp.insert(
             id,
             TcpFlow {
                 key,
+                inbound: true,
                 buffer,
                 host: stream,
                 state: TcpState::Spliced {
@@ -1455,15 +1508,11 @@ impl Nat {
                 }
                 let src = SocketAddrV4::new(self.visible_source(*peer.ip()), peer.port());
                 let key = (*port, src);
+                // In order of use, least recent first (insert moves a key to the back).
                 if !self.inbound_udp.contains_key(&key)
                     && self.inbound_udp.len() >= self.cfg.limits.udp_flows
-                    && let Some(oldest) = self
-                        .inbound_udp
-                        .iter()
-                        .min_by_key(|(_, f)| f.last)
-                        .map(|(k, _)| *k)
                 {
-                    self.inbound_udp.remove(&oldest);
+                    self.inbound_udp.pop_front();
                 }
                 self.inbound_udp.insert(
                     key,
@@ -1512,6 +1561,8 @@ impl Nat {
             return;
         };
         let syn = std::mem::take(syn);
+        // The held SYN's share of the budget goes back before the buffers are taken.
+        self.tcp_memory -= std::mem::take(&mut flow.buffer);
         if let Err(e) = socket_error(flow.host.as_raw_fd()) {
             log::debug!("masquerade: connect {}: {e}", flow.key.1);
             // No listener: smoltcp answers the guest's SYN with RST.
@@ -1520,7 +1571,7 @@ impl Nat {
             self.poll_iface();
             return;
         }
-        let Some((mut socket, buffer)) = self.tcp_socket() else {
+        let Some((mut socket, buffer)) = self.tcp_socket(false) else {
             // Out of buffer budget: refused, as with a full flow table.
             self.stats.tcp_refused_full += 1;
             self.remove_tcp(id, true);
@@ -1649,7 +1700,8 @@ impl Nat {
             return;
         };
         self.tcp_keys.remove(&flow.key);
-        self.tcp_memory -= flow.buffer;
+        self.release_tcp_memory(flow.buffer, flow.inbound);
+        self.inbound_tcp -= usize::from(flow.inbound);
         let _ = self.epoll.ctl(
             ControlOperation::Delete,
             flow.host.as_raw_fd(),
@@ -1676,7 +1728,14 @@ impl Nat {
             .iter()
             .filter_map(|(id, f)| match &f.state {
                 TcpState::Connecting { deadline, .. } if now >= *deadline => Some((*id, true)),
-                TcpState::Spliced { .. } if now.duration_since(f.last) >= limits.tcp_idle => {
+                TcpState::Spliced { .. }
+                    if now.duration_since(f.last)
+                        >= if f.inbound {
+                            limits.inbound_tcp_idle
+                        } else {
+                            limits.tcp_idle
+                        } =>
+                {
                     Some((*id, false))
                 }
                 _ => None,
@@ -1697,18 +1756,24 @@ impl Nat {
                 self.remove_tcp(id, true);
             }
         }
-        let idle = |flows: &HashMap<u64, DgramFlow>| -> Vec<u64> {
+        // Least recently used first: the idle ones are a prefix.
+        let idle = |flows: &Lru<u64, DgramFlow>| -> Vec<u64> {
             flows
                 .iter()
-                .filter(|(_, f)| now.duration_since(f.last) >= limits.udp_idle)
+                .take_while(|(_, f)| now.duration_since(f.last) >= limits.udp_idle)
                 .map(|(id, _)| *id)
                 .collect()
         };
         for id in idle(&self.udp).into_iter().chain(idle(&self.icmp)) {
             self.close_dgram(id);
         }
-        self.inbound_udp
-            .retain(|_, f| now.duration_since(f.last) < limits.udp_idle);
+        while self
+            .inbound_udp
+            .front()
+            .is_some_and(|(_, f)| now.duration_since(f.last) >= limits.udp_idle)
+        {
+            self.inbound_udp.pop_front();
+        }
     }
 }
 

@@ -498,6 +498,35 @@ fn udp_flows_are_bounded_by_evicting_the_oldest() {
 }
 
 #[test]
+fn the_udp_flow_evicted_is_the_least_recently_used() {
+    let limits = Limits {
+        udp_flows: 8,
+        ..Limits::default()
+    };
+    let mut nat = nat(limits);
+    let peer = UdpSocket::bind((LOOPBACK, 0)).unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let port = peer.local_addr().unwrap().port();
+    // The host port each guest port's datagram came from: one socket per flow.
+    let send = |nat: &mut Nat, src: u16| {
+        nat.from_guest(&udp(LOOPBACK, src, port, b"x"));
+        let mut buf = [0u8; 8];
+        peer.recv_from(&mut buf).unwrap().1.port()
+    };
+    let first: Vec<u16> = (0..8).map(|i| send(&mut nat, 30000 + i)).collect();
+    // Flow 0, the oldest opened, is used again; then a ninth flow evicts one.
+    assert_eq!(send(&mut nat, 30000), first[0]);
+    send(&mut nat, 30100);
+    assert_eq!(nat.stats().udp_flows, 8);
+    assert_eq!(
+        send(&mut nat, 30000),
+        first[0],
+        "the recently used flow was evicted"
+    );
+    assert_ne!(send(&mut nat, 30001), first[1], "flow 1 was the one to go");
+}
+
+#[test]
 fn a_syn_flood_is_bounded_and_other_flows_keep_working() {
     let limits = Limits {
         tcp_flows: 16,
@@ -523,6 +552,26 @@ fn a_syn_flood_is_bounded_and_other_flows_keep_working() {
         .filter(|(_, _, p)| TcpPacket::new_checked(&p[..]).is_ok_and(|t| t.rst()))
         .count();
     assert!(resets >= 484, "{resets} RSTs");
+}
+
+#[test]
+fn syns_held_while_connecting_count_against_the_tcp_memory_budget() {
+    let len = syn(LOOPBACK, 1, 2).len();
+    let limits = Limits {
+        tcp_memory: 4 * len + len / 2,
+        ..Limits::default()
+    };
+    let mut nat = nat(limits);
+    let listener = TcpListener::bind((LOOPBACK, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // No events are processed between the SYNs: every flow is still connecting.
+    for src in 0..10 {
+        nat.from_guest(&syn(LOOPBACK, 21000 + src, port));
+    }
+    let stats = nat.stats();
+    assert_eq!(stats.tcp_flows, 4, "{stats:?}");
+    assert_eq!(stats.tcp_memory, 4 * len, "{stats:?}");
+    assert_eq!(stats.tcp_refused_full, 6, "{stats:?}");
 }
 
 #[test]
@@ -653,6 +702,50 @@ fn inbound_tcp_reaches_a_guest_listener_and_a_closed_guest_port_resets() {
         std::thread::sleep(Duration::from_millis(1));
     }
     assert_eq!(peer.join().unwrap(), Err(ErrorKind::ConnectionReset));
+}
+
+#[test]
+fn peers_get_half_the_tcp_flow_table_and_the_guest_keeps_the_rest() {
+    use super::inbound::{Forward, Listeners, Protocol};
+    let open = free_port();
+    let listeners = Arc::new(Listeners::bind(&Forward::Ports(vec![(
+        open,
+        Protocol::Tcp,
+    )])));
+    let limits = Limits {
+        tcp_flows: 8,
+        ..Limits::default()
+    };
+    let mut nat = Nat::new(config(limits), listeners).unwrap();
+    nat.allow_loopback();
+    // Ten peers connect (the kernel completes their handshakes on the listener).
+    let peers: Vec<_> = (0..10)
+        .map(|_| std::net::TcpStream::connect((LOOPBACK, open)).unwrap())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while nat.stats().inbound_tcp_flows + usize::try_from(nat.stats().tcp_refused_full).unwrap()
+        < 10
+    {
+        assert!(Instant::now() < deadline, "{:?}", nat.stats());
+        drain(&mut nat);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let stats = nat.stats();
+    assert_eq!(stats.inbound_tcp_flows, 4, "{stats:?}");
+    assert_eq!(stats.tcp_refused_full, 6, "{stats:?}");
+    // The guest's own connections still get the other half.
+    let target = TcpListener::bind((LOOPBACK, 0)).unwrap();
+    let port = target.local_addr().unwrap().port();
+    for src in 0..4 {
+        nat.from_guest(&syn(LOOPBACK, 22000 + src, port));
+    }
+    let stats = nat.stats();
+    assert_eq!(
+        (stats.tcp_flows, stats.tcp_refused_full),
+        (8, 6),
+        "{stats:?}"
+    );
+    drop(peers);
 }
 
 #[test]

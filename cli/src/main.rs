@@ -89,6 +89,17 @@ struct RunArgs {
     #[arg(long = "nat-limit", value_name = "KEY=VALUE", value_parser = parse_nat_limit)]
     nat_limits: Vec<(String, String)>,
 
+    /// A range the masquerade guest may not reach (e.g. 10.0.0.0/8 or one address),
+    /// repeatable, added to the default: link-local 169.254.0.0/16, where clouds serve
+    /// instance metadata. The pod's own resolvers stay reachable on port 53.
+    #[arg(long = "nat-deny", value_name = "CIDR")]
+    nat_deny: Vec<vmm::Cidr>,
+
+    /// A range the masquerade guest may reach even though a denied range holds it,
+    /// repeatable (e.g. 169.254.169.254 to give the guest the cloud's metadata service).
+    #[arg(long = "nat-allow", value_name = "CIDR")]
+    nat_allow: Vec<vmm::Cidr>,
+
     /// The manifest.
     file: PathBuf,
 }
@@ -184,6 +195,12 @@ fn run(args: RunArgs, start: Instant) -> u8 {
                 let _ = limits.set(key, value);
             }
             limits
+        },
+        nat_egress: {
+            let mut egress = vmm::NatEgress::default();
+            egress.deny.extend(args.nat_deny);
+            egress.allow = args.nat_allow;
+            egress
         },
         process_start: start,
     };

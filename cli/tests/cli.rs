@@ -235,7 +235,8 @@ fn dry_run_prints_the_plan() {
         "cmdline     \"console=ttyS0\"",
         "16550A COM1",
         "stdout and /tmp/x.log",
-        "masquerade: in-process NAT on 10.0.2.0/30, gateway 10.0.2.1, guest 10.0.2.2, MTU 65520, inbound: every free TCP and UDP port outside the ephemeral range",
+        "masquerade: in-process NAT on 10.0.2.0/30, gateway 10.0.2.1, guest 10.0.2.2, MTU 65520, inbound: every free TCP and UDP port outside the ephemeral range; \
+         egress denies 169.254.0.0/16 (the pod's resolvers stay reachable on port 53)",
         // No net1 here and no NAD in the file: the plan says why the run would fail.
         "bridge: would fail: spec.instance.interfaces[1] (data): host link net1 not found",
     ] {
@@ -306,6 +307,48 @@ fn help_documents_exit_codes_and_examples() {
         assert!(
             help.contains("Example"),
             "{cmd} --help has no example:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn the_egress_policy_takes_ranges_to_deny_and_to_allow() {
+    let dir = Dir::new("egress");
+    let kernel = dir.fake_bzimage("vmlinuz");
+    let spec = manifest(&kernel, "")
+        + "    interfaces:\n      - name: pod\n        masquerade: {}\n  networks:\n    - name: pod\n      pod: {}\n";
+    let file = dir.write("vm.yaml", &spec);
+    let out = vmm(&[
+        "run",
+        "--dry-run",
+        "--nat-deny",
+        "10.1.2.3/8",
+        "--nat-allow",
+        "169.254.169.254",
+        file.to_str().unwrap(),
+    ]);
+    let plan = text(&out.stdout);
+    assert!(
+        plan.contains(
+            "egress denies 169.254.0.0/16, 10.0.0.0/8 except 169.254.169.254/32 \
+             (the pod's resolvers stay reachable on port 53)"
+        ),
+        "{plan}{}",
+        text(&out.stderr)
+    );
+    for bad in ["10.0.0.0/33", "fe80::/10", "example.com"] {
+        let out = vmm(&[
+            "run",
+            "--dry-run",
+            "--nat-deny",
+            bad,
+            file.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("--nat-deny") && err.contains(bad),
+            "{bad}: {err}"
         );
     }
 }

@@ -72,6 +72,7 @@ fn main() -> std::io::Result<()> {
         search: vec![],
         hostname: "flood".into(),
         limits: Limits::default(),
+        egress: net::nat::Egress::default(),
     };
     let mut nat = Nat::new(cfg, Arc::new(Listeners::default()))?;
     let frame = ping();

@@ -50,6 +50,7 @@ fn main() -> io::Result<()> {
             }
             limits
         },
+        egress: net::nat::Egress::default(),
     };
     let mut nat = Nat::new(cfg, Arc::new(Listeners::default()))?;
     let epoll = Epoll::new()?;

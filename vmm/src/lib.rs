@@ -28,3 +28,4 @@ pub use runner::{ExitCode, RunError, RunOptions};
 
 /// The masquerade NAT's limits (`--nat-limit`), for the command line.
 pub use net::nat::Limits as NatLimits;
+pub use net::nat::{Cidr, Egress as NatEgress};

@@ -16,7 +16,7 @@ use devices::virtio::net::NetCounters;
 use net::bridge::{self, BindError, Binding};
 use net::dhcp::{DhcpServer, Lease};
 use net::local_dhcp::LocalDhcp;
-use net::nat::{Forward, Limits, Listeners, NatBackend, NatConfig, Protocol};
+use net::nat::{Egress, Forward, Limits, Listeners, NatBackend, NatConfig, Protocol};
 use net::netlink::{Ipv4Net, Link, Netlink};
 use net::{FrameBackend, MacAddr, Tap};
 
@@ -300,11 +300,13 @@ fn mtu16(mtu: u32) -> u16 {
     u16::try_from(mtu).unwrap_or(u16::MAX)
 }
 
-/// What every interface's set-up shares: the pod's resolver settings, the NAT's limits.
+/// What every interface's set-up shares: the pod's resolver settings, the NAT's limits
+/// and egress policy.
 struct PodSettings {
     dns: Vec<Ipv4Addr>,
     search: Vec<String>,
     limits: Limits,
+    egress: Egress,
 }
 
 /// Sets up every interface's host side.
@@ -312,6 +314,7 @@ pub fn set_up(
     cfg: &VmConfig,
     manifest: &Manifest,
     limits: Limits,
+    egress: &Egress,
 ) -> Result<HostNetwork, NetworkError> {
     let mut host = HostNetwork::default();
     if cfg.interfaces.is_empty() {
@@ -326,6 +329,7 @@ pub fn set_up(
         dns,
         search,
         limits,
+        egress: egress.clone(),
     };
     for (index, iface) in cfg.interfaces.iter().enumerate() {
         if iface.binding == BindingKind::Sriov {
@@ -553,6 +557,7 @@ fn set_up_one(
         dns,
         search,
         limits,
+        egress,
     } = pod_settings;
     let name = iface.name.clone();
     let bind_err = |source| NetworkError::Bind {
@@ -591,12 +596,14 @@ fn set_up_one(
             search: search.to_vec(),
             hostname: cfg.name.clone(),
             limits: *limits,
+            egress: egress.clone(),
         };
         let host = format!(
-            "in-process NAT: gateway {}, guest {}/{prefix}, MTU {MASQUERADE_MTU}; {}",
+            "in-process NAT: gateway {}, guest {}/{prefix}, MTU {MASQUERADE_MTU}; {}; egress {}",
             cfg.gateway(),
             cfg.guest(),
-            listeners.summary()
+            listeners.summary(),
+            cfg.egress
         );
         return Ok(HostNic {
             index,
@@ -707,6 +714,7 @@ mod tests {
             search: vec![],
             hostname: "vm".into(),
             limits: Limits::default(),
+            egress: Egress::default(),
         };
         let counters = Arc::new(NetCounters::default());
         counters

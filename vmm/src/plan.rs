@@ -68,7 +68,7 @@ pub fn render(
         out,
         "    marker    boot-time marker at MMIO {BOOT_MARKER_ADDR:#x}"
     );
-    render_interfaces(&mut out, manifest, cfg, hosts);
+    render_interfaces(&mut out, manifest, cfg, hosts, &opts.nat_egress);
     render_disks(&mut out, disks);
     if let Some(api) = &opts.api_socket {
         let _ = writeln!(out, "  api         {}", api.display());
@@ -121,7 +121,13 @@ fn render_boot(
 }
 
 /// `hosts`: what each interface's host side will be ([`crate::network::describe`]).
-fn render_interfaces(out: &mut String, manifest: &Manifest, cfg: &VmConfig, hosts: &[String]) {
+fn render_interfaces(
+    out: &mut String,
+    manifest: &Manifest,
+    cfg: &VmConfig,
+    hosts: &[String],
+    egress: &net::nat::Egress,
+) {
     if cfg.interfaces.is_empty() {
         return;
     }
@@ -161,7 +167,7 @@ fn render_interfaces(out: &mut String, manifest: &Manifest, cfg: &VmConfig, host
                     },
                 );
                 format!(
-                    "masquerade: in-process NAT on {base}/{prefix}, gateway {}, guest {}, MTU {}, {ports}",
+                    "masquerade: in-process NAT on {base}/{prefix}, gateway {}, guest {}, MTU {}, {ports}; egress {egress}",
                     Ipv4Addr::from(base_u32 + 1),
                     Ipv4Addr::from(base_u32 + 2),
                     crate::network::MASQUERADE_MTU

@@ -63,6 +63,8 @@ pub struct RunOptions {
     pub shutdown_timeout: Duration,
     /// `--nat-limit`s over the defaults.
     pub nat_limits: net::nat::Limits,
+    /// The masquerade egress policy: the default with `--nat-deny` and `--nat-allow`.
+    pub nat_egress: net::nat::Egress,
     /// When the process started.
     pub process_start: Instant,
 }
@@ -287,7 +289,12 @@ pub fn run(opts: &RunOptions) -> Result<ExitCode, RunError> {
     // Before the network: a disk that cannot be opened leaves nothing to undo.
     let disks = crate::disk::open(prepared.disks.clone(), &crate::disk::temp_dir())?;
     // Restored when dropped, on every return from here on.
-    let network = crate::network::set_up(&prepared.config, &prepared.manifest, opts.nat_limits)?;
+    let network = crate::network::set_up(
+        &prepared.config,
+        &prepared.manifest,
+        opts.nat_limits,
+        &opts.nat_egress,
+    )?;
     let signals = SignalFd::new().map_err(os_err("cannot take over SIGTERM and SIGINT"))?;
     let console = ConsoleOutput::new(opts.serial_log.as_deref())?;
     let api = opts

@@ -2,6 +2,8 @@
 //! See the [module documentation](super) for how it works.
 
 use hashlink::LinkedHashMap;
+
+use super::egress::Egress;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpStream, UdpSocket};
@@ -212,6 +214,8 @@ pub struct NatConfig {
     pub hostname: String,
     /// Bounds.
     pub limits: Limits,
+    /// What the guest may not reach.
+    pub egress: Egress,
 }
 
 impl NatConfig {
@@ -245,6 +249,8 @@ pub struct NatStats {
     pub tcp_refused_full: u64,
     /// Frames for the guest dropped because `to-guest-frames` were already waiting.
     pub to_guest_dropped: u64,
+    /// Connections and datagrams the egress policy refused.
+    pub egress_denied: u64,
 }
 
 // --- the smoltcp device: two frame queues -----------------------------------------------
@@ -900,8 +906,12 @@ impl Nat {
                 Some(resolver) if key.1.port() == 53 => Some(resolver),
                 _ => None,
             }
-        } else {
+        } else if self.cfg.egress.allows(key.1, &self.cfg.dns) {
             Some(key.1)
+        } else {
+            // Refused as a closed port would be: smoltcp answers RST.
+            self.stats.egress_denied += 1;
+            None
         };
         // The SYN is held until the host connect finishes, and counts against the TCP
         // memory budget meanwhile, as the flow's buffers will.
@@ -965,8 +975,11 @@ impl Nat {
                 Some(resolver) if key.1.port() == 53 => resolver,
                 _ => return self.drop_frame(),
             }
-        } else {
+        } else if self.cfg.egress.allows(key.1, &self.cfg.dns) {
             key.1
+        } else {
+            self.stats.egress_denied += 1;
+            return self.drop_frame();
         };
         let payload = udp.payload();
         let id = match self.udp_keys.get(&key) {
@@ -1007,6 +1020,10 @@ impl Nat {
             return;
         }
         let key = (icmp.echo_ident(), SocketAddrV4::new(dst, 0));
+        if !self.cfg.egress.allows(key.1, &[]) {
+            self.stats.egress_denied += 1;
+            return self.drop_frame();
+        }
         let id = match self.icmp_keys.get(&key) {
             Some(id) => *id,
             None => match self.open_dgram(KIND_ICMP, key, key.1) {

@@ -59,7 +59,9 @@
 //! **Isolation.** The guest never reaches the pod's loopback: destinations in 127.0.0.0/8,
 //! 0.0.0.0/8, multicast and broadcast are dropped, and the gateway address is no alias of
 //! the host (unlike slirp's 10.0.2.2): TCP to it is refused, UDP to it dropped, except DNS
-//! as above.
+//! as above. Beyond that the guest reaches what the pod reaches, less what the [`Egress`]
+//! policy denies (by default link-local 169.254.0.0/16, cloud metadata, but never the pod's
+//! resolvers on port 53): a denied TCP connection is reset, UDP and ICMP dropped.
 //!
 //! **Bounds.** [`Limits`], each settable with `vmm run --nat-limit KEY=VALUE`: at most
 //! `tcp_flows` TCP flows (1024; SYNs and inbound connections beyond it are reset),
@@ -84,10 +86,12 @@
 //! ICMP echo to the pod from outside (the pod's kernel answers it, not the guest).
 
 pub mod backend;
+pub mod egress;
 pub mod engine;
 pub mod inbound;
 
 pub use backend::NatBackend;
+pub use egress::{Cidr, Egress};
 pub use engine::{GATEWAY_MAC, Limits, Nat, NatConfig, NatStats, SMALL_TCP_BUFFER};
 pub use inbound::{Forward, Listeners, Protocol};
 

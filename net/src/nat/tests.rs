@@ -16,6 +16,7 @@ use smoltcp::wire::{
     Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
 };
 
+use super::egress::Egress;
 use super::engine::{GATEWAY_MAC, Limits, Nat, NatConfig};
 use crate::mac::MacAddr;
 
@@ -34,6 +35,7 @@ fn config(limits: Limits) -> NatConfig {
         search: vec!["svc.cluster.local".into()],
         hostname: "vm".into(),
         limits,
+        egress: Egress::default(),
     }
 }
 
@@ -572,6 +574,51 @@ fn syns_held_while_connecting_count_against_the_tcp_memory_budget() {
     assert_eq!(stats.tcp_flows, 4, "{stats:?}");
     assert_eq!(stats.tcp_memory, 4 * len, "{stats:?}");
     assert_eq!(stats.tcp_refused_full, 6, "{stats:?}");
+}
+
+#[test]
+fn the_egress_policy_refuses_before_any_host_socket_is_opened() {
+    let mut cfg = config(Limits::default());
+    cfg.egress = Egress {
+        deny: vec!["127.0.0.0/8".parse().unwrap()],
+        allow: vec![],
+    };
+    let mut nat = Nat::new(cfg, Arc::default()).unwrap();
+    nat.allow_loopback();
+    let listener = TcpListener::bind((LOOPBACK, 0)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let peer = UdpSocket::bind((LOOPBACK, 0)).unwrap();
+    peer.set_nonblocking(true).unwrap();
+    let udp_port = peer.local_addr().unwrap().port();
+    nat.from_guest(&syn(LOOPBACK, 23000, port));
+    nat.from_guest(&udp(LOOPBACK, 23001, udp_port, b"x"));
+    let out = packets(&drain(&mut nat));
+    assert!(
+        out.iter()
+            .any(|(_, _, p)| TcpPacket::new_checked(&p[..]).is_ok_and(|t| t.rst())),
+        "the SYN is answered RST"
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(listener.accept().is_err(), "nothing connected");
+    assert!(peer.recv(&mut [0u8; 8]).is_err(), "nothing sent");
+    let stats = nat.stats();
+    assert_eq!(
+        (stats.egress_denied, stats.tcp_flows, stats.udp_flows),
+        (2, 0, 0)
+    );
+
+    // Reopened by an allow entry, the same connection goes through.
+    let mut cfg = config(Limits::default());
+    cfg.egress = Egress {
+        deny: vec!["127.0.0.0/8".parse().unwrap()],
+        allow: vec![std::net::Ipv4Addr::LOCALHOST.to_string().parse().unwrap()],
+    };
+    let mut nat = Nat::new(cfg, Arc::default()).unwrap();
+    nat.allow_loopback();
+    nat.from_guest(&syn(LOOPBACK, 23002, port));
+    assert_eq!(nat.stats().tcp_flows, 1);
+    assert_eq!(nat.stats().egress_denied, 0);
 }
 
 #[test]

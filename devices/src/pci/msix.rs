@@ -85,20 +85,26 @@ impl MsixVectors {
 
     /// Whether MSI-X is enabled.
     pub fn enabled(&self) -> bool {
-        self.enabled.load(Ordering::Acquire)
+        self.enabled.load(Ordering::SeqCst)
     }
 
     fn deliverable(&self, vector: usize) -> bool {
         self.enabled()
-            && !self.function_masked.load(Ordering::Acquire)
+            && !self.function_masked.load(Ordering::SeqCst)
             && self
                 .masked
                 .get(vector)
-                .is_some_and(|m| !m.load(Ordering::Acquire))
+                .is_some_and(|m| !m.load(Ordering::SeqCst))
     }
 
     /// Raises `vector` (out-of-range vectors, such as virtio's NO_VECTOR, are dropped).
     pub fn signal(&self, vector: usize) {
+        self.signal_with(vector, || {});
+    }
+
+    /// [`MsixVectors::signal`], running `between` after the mask was found set and before
+    /// the pending bit is: where another thread's unmask can land (the tests put one there).
+    fn signal_with(&self, vector: usize, between: impl FnOnce()) {
         if vector >= self.count() {
             return;
         }
@@ -106,22 +112,34 @@ impl MsixVectors {
             if let Err(e) = self.routes.trigger(vector) {
                 log::warn!("MSI-X vector {vector}: {e}");
             }
-        } else {
-            self.pending[vector].store(true, Ordering::Release);
+            return;
+        }
+        between();
+        self.pending[vector].store(true, Ordering::SeqCst);
+        // The vector may have been unmasked between the check above and the store, by a
+        // vCPU that then found nothing pending: look again, or the interrupt is lost and a
+        // driver waiting for it waits for ever. Sequentially consistent on both sides (the
+        // unmask stores the mask, then takes the pending bit), so at least one of the two
+        // threads sees the other's store, and the swap lets exactly one of them fire.
+        if self.deliverable(vector)
+            && self.pending[vector].swap(false, Ordering::SeqCst)
+            && let Err(e) = self.routes.trigger(vector)
+        {
+            log::warn!("MSI-X vector {vector}: {e}");
         }
     }
 
     fn is_pending(&self, vector: usize) -> bool {
         self.pending
             .get(vector)
-            .is_some_and(|p| p.load(Ordering::Acquire))
+            .is_some_and(|p| p.load(Ordering::SeqCst))
     }
 
     /// Fires what became deliverable and was pending.
     fn flush_pending(&self) {
         for v in 0..self.count() {
             if self.deliverable(v)
-                && self.pending[v].swap(false, Ordering::AcqRel)
+                && self.pending[v].swap(false, Ordering::SeqCst)
                 && let Err(e) = self.routes.trigger(v)
             {
                 log::warn!("MSI-X vector {v}: {e}");
@@ -169,7 +187,7 @@ impl MsixTable {
     fn sync_mask(&mut self, i: usize) {
         let v = &self.vectors;
         let masked = !v.enabled()
-            || v.function_masked.load(Ordering::Acquire)
+            || v.function_masked.load(Ordering::SeqCst)
             || self.entries[i].control & ENTRY_MASKED != 0;
         if self.reported_masked[i] != masked {
             self.reported_masked[i] = masked;
@@ -211,9 +229,9 @@ impl MsixTable {
     /// The guest wrote the capability's message control word.
     pub fn write_control(&mut self, control: u16) {
         let v = &self.vectors;
-        let was_enabled = v.enabled.swap(control & CTRL_ENABLE != 0, Ordering::AcqRel);
+        let was_enabled = v.enabled.swap(control & CTRL_ENABLE != 0, Ordering::SeqCst);
         v.function_masked
-            .store(control & CTRL_FUNCTION_MASK != 0, Ordering::Release);
+            .store(control & CTRL_FUNCTION_MASK != 0, Ordering::SeqCst);
         if v.enabled() && !was_enabled {
             for i in 0..self.entries.len() {
                 self.update_route(i);
@@ -284,7 +302,7 @@ impl MsixTable {
         if unmasked && (message_changed || before.control & ENTRY_MASKED != 0) {
             self.update_route(i);
         }
-        self.vectors.masked[i].store(!unmasked, Ordering::Release);
+        self.vectors.masked[i].store(!unmasked, Ordering::SeqCst);
         self.sync_mask(i);
         if unmasked {
             self.vectors.flush_pending();
@@ -356,6 +374,24 @@ mod tests {
         t.write_table(i * 16, &addr.to_le_bytes());
         t.write_table(i * 16 + 4, &0u32.to_le_bytes());
         t.write_table(i * 16 + 8, &data.to_le_bytes());
+    }
+
+    /// The guest unmasks the vector just after the device found it masked and before it
+    /// set the pending bit: the interrupt must still fire (before the fix it stayed pending
+    /// on an unmasked vector, lost, and the driver waiting for it waited for ever).
+    #[test]
+    fn a_signal_racing_an_unmask_is_not_lost() {
+        let (rec, mut t) = table(1);
+        t.write_control(CTRL_ENABLE);
+        program(&mut t, 0, 0xfee0_0000, 0x41);
+        let vectors = t.vectors().clone();
+        vectors.signal_with(0, || t.write_table(12, &0u32.to_le_bytes()));
+        assert_eq!(
+            *rec.fired.lock().unwrap(),
+            vec![0],
+            "the interrupt was lost"
+        );
+        assert!(!vectors.is_pending(0));
     }
 
     #[test]

@@ -21,8 +21,9 @@ file as its first disk and the qcow2 as its second:
 
 In the guest, with O_DIRECT (no guest page cache): sequential 1 MiB reads of the first N MiB,
 sequential 1 MiB writes of N MiB then fdatasync, and 4 KiB reads at random offsets over the
-whole disk from J threads for S seconds. The table shows the medians and their ratio to
-vmm. Absolute numbers inside the test host are those of an emulated machine; the ratios,
+whole disk from J threads for S seconds. The table shows the medians and, in brackets,
+the median of each round's ratio to vmm (rounds differ from one another more than the
+contenders do within one). Absolute numbers inside the test host are those of an emulated machine; the ratios,
 side by side in one run, are what to compare.
 """
 
@@ -160,18 +161,25 @@ def measure_one(name, args, raw, qcow2):
 def measure(args):
     raw, qcow2 = disks()
     rounds, failed = [], 0
+    failed_by = {name: 0 for name in CONTENDERS}
     for i in range(args.rounds):
-        try:
-            r = {name: measure_one(name, args, raw, qcow2) for name in CONTENDERS}
-        except RuntimeError as e:
-            # A guest that stopped answering: the test host's emulation, most often (see the
-            # README). The round is dropped and counted.
+        r, error = {}, None
+        for name in CONTENDERS:
+            try:
+                r[name] = measure_one(name, args, raw, qcow2)
+            except RuntimeError as e:
+                error = f"{name}: {str(e)[-600:]}"
+                break
+        if error:
+            # A guest that stopped answering. The round is dropped and counted, and the
+            # table says which contender it was.
             failed += 1
-            print(f"round {i + 1} failed: {str(e)[-600:]}", file=sys.stderr, flush=True)
+            failed_by[error.split(":")[0]] += 1
+            print(f"round {i + 1} failed: {error}", file=sys.stderr, flush=True)
             continue
         print(f"round {i + 1}: {json.dumps(r)}", file=sys.stderr, flush=True)
         rounds.append(r)
-    print(json.dumps({"rounds": rounds, "failed": failed}))
+    print(json.dumps({"rounds": rounds, "failed": failed, "failed_by": failed_by}))
     return 0
 
 
@@ -179,7 +187,8 @@ def measure(args):
 
 
 def in_testhost(args):
-    cmd = [str(ROOT / "tests/testhost"), "run", "--mem", "4G", "--timeout", "1800", "--",
+    timeout = str(300 + 420 * args.rounds)
+    cmd = [str(ROOT / "tests/testhost"), "run", "--mem", "4G", "--timeout", timeout, "--",
            "/usr/bin/python3", str(Path(__file__).resolve()), "--measure",
            "--rounds", str(args.rounds), "--mib", str(args.mib), "--seconds",
            str(args.seconds), "--jobs", str(args.jobs), "--vmm", args.vmm, "--image",
@@ -194,7 +203,18 @@ def in_testhost(args):
             if result["rounds"]:
                 return result
     tail = "\n".join(out.stdout.strip().splitlines()[-12:])
-    print(f"  the test host failed (exit {out.returncode}):\n{tail}", file=sys.stderr)
+    print(f"  the test host failed (exit {out.returncode}):\n{tail}\n{out.stderr[-3000:]}",
+          file=sys.stderr)
+    # The rounds it finished before it failed still count.
+    rounds = [json.loads(line.split(": ", 1)[1]) for line in out.stdout.splitlines()
+              if line.startswith("round ") and ": {" in line]
+    failed = sum(1 for line in out.stdout.splitlines()
+                 if line.startswith("round ") and " failed: " in line)
+    failed_by = {name: sum(1 for line in out.stdout.splitlines()
+                           if line.startswith("round ") and f" failed: {name}:" in line)
+                 for name in CONTENDERS}
+    if rounds:
+        return {"rounds": rounds, "failed": failed, "failed_by": failed_by, "partial": True}
     return None
 
 
@@ -228,8 +248,17 @@ def drive(args):
           f"side by side in one test host; guest 1 vCPU, {MEMORY_MIB} MiB, O_DIRECT in the "
           f"guest; files on tmpfs; sequential {args.mib} MiB in 1 MiB requests, random 4 KiB "
           f"reads for {args.seconds} s from {args.jobs} threads")
+    # Rounds differ from each other more than the contenders do within one, so the ratio
+    # is the median of each round's own ratio, not the ratio of the medians.
+    ratios = {
+        name: {key: statistics.median(r[name][key] / r["vmm"][key] for r in rounds)
+               for key in rounds[0][name]}
+        for name in CONTENDERS
+    }
+    by = result.get("failed_by", {})
     print_table(CONTENDERS, results, rows, 24,
-                [("failed rounds", [result["failed"], ""]), ("failed test hosts", [failures, ""])])
+                [("failed rounds", [by.get(name, "") for name in CONTENDERS]),
+                 ("failed test hosts", [failures, ""])], ratios=ratios)
     return 0
 
 

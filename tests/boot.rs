@@ -133,6 +133,8 @@ testhost_test!(
         guest.send("reboot -f");
         let second = guest.wait_ready(2);
         assert_ne!(first, second, "a new boot has a new boot id");
+        // The second boot's vCPU gave up its capabilities too; the main thread kept none.
+        assert!(guest.assert_confined(0) >= 2);
         guest.send("poweroff -f");
         assert_eq!(guest.wait_exit(EXIT), 0, "{}", guest.stderr());
         assert!(guest.stderr().contains("the guest asked for a reset"));

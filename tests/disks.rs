@@ -86,6 +86,8 @@ testhost_test!(
             ],
         );
         guest.wait_ready(1);
+        // vCPU, API and a worker per disk: none with any capability, nor the main thread.
+        assert!(guest.assert_confined(0) >= 3);
 
         // In `disks` order, each with its name as serial number and its size.
         assert_eq!(

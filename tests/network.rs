@@ -70,6 +70,9 @@ testhost_test!(
         let before = pod_state();
         let mut guest = Guest::boot_in_netns("pod", &bridge_manifest("bridged"), &[]);
         guest.wait_ready(1);
+        // The main thread keeps CAP_NET_ADMIN to give the pod its link back at exit; the
+        // vCPU and the virtio-net worker have nothing.
+        assert!(guest.assert_confined(1 << 12) >= 3);
         let lease = guest.check("udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 5 -T 2");
         assert!(lease.contains("ip=10.10.0.2 mask=24"), "{lease}");
         assert!(lease.contains("mtu=1400"), "{lease}");

@@ -7,6 +7,7 @@
 pub mod acpi;
 pub mod boot_marker;
 pub mod bus;
+pub mod confine;
 pub mod legacy;
 pub mod pci;
 pub mod vfio;

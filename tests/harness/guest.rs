@@ -380,6 +380,44 @@ impl Guest {
         )
     }
 
+    /// Asserts vmm's confinement: every thread has `no_new_privs`; every thread but the
+    /// main one has no capability at all; the main one has none beyond `main_may_keep` (a
+    /// mask of capability bits). Returns how many threads it looked at.
+    pub fn assert_confined(&self, main_may_keep: u64) -> usize {
+        let pid = self.child.id();
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("vmm's threads");
+        let mut seen = 0;
+        for task in tasks.flatten() {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            if status.is_empty() {
+                continue; // the thread ended meanwhile
+            }
+            let field = |name: &str| -> u64 {
+                let line = status
+                    .lines()
+                    .find(|l| l.starts_with(name))
+                    .unwrap_or_else(|| panic!("no {name} in\n{status}"));
+                let value = line.split_whitespace().nth(1).unwrap_or("");
+                u64::from_str_radix(value, if name == "NoNewPrivs:" { 10 } else { 16 })
+                    .unwrap_or_else(|_| panic!("{line}"))
+            };
+            let name = status.lines().next().unwrap_or("").to_string();
+            assert_eq!(field("NoNewPrivs:"), 1, "{name}: no_new_privs is not set");
+            let (eff, prm) = (field("CapEff:"), field("CapPrm:"));
+            if task.file_name().to_string_lossy() == pid.to_string() {
+                assert_eq!(
+                    (eff | prm) & !main_may_keep,
+                    0,
+                    "{name} (main) kept capabilities {eff:#x}/{prm:#x}, may keep {main_may_keep:#x}"
+                );
+            } else {
+                assert_eq!((eff, prm), (0, 0), "{name} kept capabilities");
+            }
+            seen += 1;
+        }
+        seen
+    }
+
     /// Each of vmm's threads: name, state and where in the kernel it waits, so that a guest
     /// that stops can be told from a vmm that stopped.
     fn threads(&self) -> String {

@@ -138,7 +138,10 @@ impl ApiServer {
         let (tx, rx) = channel();
         std::thread::Builder::new()
             .name("api".into())
-            .spawn(move || serve(&listener, &tx, &thread_wakeup, REQUEST_DEADLINE))
+            .spawn(move || {
+                devices::confine::unprivileged_thread("api");
+                serve(&listener, &tx, &thread_wakeup, REQUEST_DEADLINE);
+            })
             .map_err(bind_err)?;
         Ok(Self {
             path: path.to_path_buf(),

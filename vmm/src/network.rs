@@ -159,6 +159,12 @@ pub struct HostNetwork {
 }
 
 impl HostNetwork {
+    /// Whether the end of the run changes host links back (a taken-over pod link, a bridge
+    /// `vmm` made): then the main thread keeps `CAP_NET_ADMIN` for it.
+    pub fn restores_links(&self) -> bool {
+        !self.bindings.is_empty() || !self.created_bridges.is_empty()
+    }
+
     /// Each interface of `cfg` as the API's `info` reports it: name, binding, network, MAC,
     /// the guest's IPv4 address where `vmm` hands it out (DHCP delegation, masquerade), and
     /// for a virtio-net NIC its host side, MTU, negotiated features and counters, for a VF

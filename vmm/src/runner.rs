@@ -277,6 +277,11 @@ pub fn dry_run(opts: &RunOptions) -> Result<String, RunError> {
 
 /// `vmm run`: boots the guest and runs it to the end. Returns the exit code.
 pub fn run(opts: &RunOptions) -> Result<ExitCode, RunError> {
+    // Inherited by every thread started from here on: no setuid or file capability can
+    // give any of them privilege back.
+    if let Err(e) = devices::confine::set_no_new_privs() {
+        log::warn!("cannot set no_new_privs: {e}");
+    }
     let prepared = prepare(opts)?;
     if prepared.config.run_policy == RunPolicy::Halted {
         log::warn!(
@@ -303,6 +308,16 @@ pub fn run(opts: &RunOptions) -> Result<ExitCode, RunError> {
         .map(ApiServer::start)
         .transpose()?;
     let raw = console::enter_raw_mode();
+    // Set-up is done. The threads that handle the guest's and peers' input dropped every
+    // capability as they started; this one keeps only what the end of the run needs.
+    let keep: &[u32] = if network.restores_links() {
+        &[devices::confine::CAP_NET_ADMIN]
+    } else {
+        &[]
+    };
+    if let Err(e) = devices::confine::keep_only_capabilities(keep) {
+        log::warn!("cannot drop capabilities: {e}");
+    }
     let mut runner = Runner {
         opts,
         prepared: &prepared,

@@ -303,9 +303,11 @@ enum Exit {
 }
 
 fn run(mut vcpu: VcpuFd, ctx: &VcpuContext) {
+    // Pinning first: with capabilities gone it may be refused where a cpuset allows it.
     if let Some(cpu) = ctx.pin_cpu {
         pin_to_cpu(cpu);
     }
+    devices::confine::unprivileged_thread("vCPU");
     let run = vcpu.get_kvm_run();
     let immediate_exit: *mut u8 = &raw mut run.immediate_exit;
     IMMEDIATE_EXIT.with(|p| p.set(immediate_exit));

@@ -296,7 +296,10 @@ impl VirtioDevice for Block {
             let kill_worker = kill.try_clone()?;
             let handle = std::thread::Builder::new()
                 .name(format!("virtio-blk-{index}"))
-                .spawn(move || worker.run(&evt, &kill_worker))?;
+                .spawn(move || {
+                    crate::confine::unprivileged_thread("virtio-blk worker");
+                    worker.run(&evt, &kill_worker);
+                })?;
             self.workers.push((kill, handle));
         }
         log::debug!(

@@ -267,7 +267,10 @@ impl VirtioDevice for Net {
         let kill_worker = kill.try_clone()?;
         let handle = std::thread::Builder::new()
             .name("virtio-net".into())
-            .spawn(move || worker.run(rx_evt, tx_evt, kill_worker))?;
+            .spawn(move || {
+                crate::confine::unprivileged_thread("virtio-net worker");
+                worker.run(rx_evt, tx_evt, kill_worker)
+            })?;
         self.worker = Some((kill, handle));
         log::debug!(
             "virtio-net {}: running with {}",

@@ -129,6 +129,9 @@ const ENVIRONMENT_FAILURES: &[&str] = &[
     "triple fault (KVM_EXIT_SHUTDOWN)",
 ];
 
+/// The file (named by tests/run) where each environment failure is recorded.
+const RETRY_LOG: &str = "VMM_TEST_RETRY_LOG";
+
 /// How many times a test runs when each failure carries an [`ENVIRONMENT_FAILURES`] sign.
 const ATTEMPTS: usize = 3;
 
@@ -192,6 +195,17 @@ pub fn in_testhost_with(
         let sign = ENVIRONMENT_FAILURES
             .iter()
             .find(|sign| run.stdout.contains(*sign) || run.stderr.contains(*sign));
+        if let (Some(sign), Some(log)) = (sign, std::env::var_os(RETRY_LOG)) {
+            // One line per environment failure, for tests/run's count at the end.
+            use std::io::Write as _;
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(log)
+            {
+                let _ = writeln!(f, "{name} attempt {attempt}: {sign}");
+            }
+        }
         match sign {
             Some(sign) if attempt < ATTEMPTS => eprintln!(
                 "{name}: ENVIRONMENT FAILURE in attempt {attempt} (\"{sign}\"), running it again; \

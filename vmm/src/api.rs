@@ -159,9 +159,14 @@ impl Drop for ApiServer {
 
 /// Binds a socket at `path` that only its owner can connect to: created under umask 0177,
 /// so that there is no moment at which it is open to others.
+///
+/// The umask is the process's: a lock keeps two binds from overlapping (and one from
+/// restoring the other's mask), and `vmm` binds its socket during set-up, before any other
+/// of its threads creates files, so nothing else is made under the narrow mask.
 fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
-    // SAFETY: umask only swaps the process's file-creation mask; it cannot fail. Another
-    // thread creating a file meanwhile gets the stricter mask, never a looser one.
+    static UMASK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _held = UMASK.lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: umask takes a plain integer, touches no memory and cannot fail.
     let old = unsafe { libc::umask(0o177) };
     let bound = UnixListener::bind(path);
     // SAFETY: as above; this restores the mask read before.

@@ -3,7 +3,7 @@
 //! Output from the UART goes to stdout and, with `--serial-log`, to a file that holds at
 //! most [`SERIAL_LOG_MAX`] bytes: when it is full it becomes `FILE.1` (replacing the one
 //! before) and a new `FILE` starts, so a guest that prints without end costs at most twice
-//! that on disk. When stdin is a
+//! that on disk. A `FILE` that is not a regular file (a FIFO, `/dev/null`) is not rotated. When stdin is a
 //! terminal it is put in raw mode, so keys (Ctrl-C included) reach the guest as typed; the
 //! terminal is restored on every exit path, including a panic.
 
@@ -51,11 +51,15 @@ struct SerialLog {
 
 impl SerialLog {
     fn create(path: &Path, max: u64) -> std::io::Result<Self> {
+        let file = File::create(path)?;
+        // Only a regular file is rotated: `/dev/null`, a FIFO to a log shipper or a
+        // terminal is written as it is, without end (and never renamed).
+        let regular = file.metadata()?.is_file();
         Ok(Self {
             path: path.to_path_buf(),
-            file: File::create(path)?,
+            file,
             written: 0,
-            max,
+            max: if regular { max } else { u64::MAX },
         })
     }
 
@@ -211,6 +215,10 @@ mod tests {
         let path = std::env::temp_dir().join(format!("vmm-serial-rot-{}.log", std::process::id()));
         let old = path.with_extension("log.1");
         let out = ConsoleOutput::with_log_max(Some(&path), 10).unwrap();
+        // Not a regular file: never renamed, whatever is written.
+        let null = ConsoleOutput::with_log_max(Some(Path::new("/dev/null")), 10).unwrap();
+        null.writer().write_all(&[b'x'; 100]).unwrap();
+        assert!(Path::new("/dev/null").exists() && !Path::new("/dev/null.1").exists());
         let mut w = out.writer();
         w.write_all(b"0123456").unwrap();
         w.write_all(b"789abcdef").unwrap();

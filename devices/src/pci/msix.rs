@@ -229,14 +229,18 @@ impl MsixTable {
     /// The guest wrote the capability's message control word.
     pub fn write_control(&mut self, control: u16) {
         let v = &self.vectors;
-        let was_enabled = v.enabled.swap(control & CTRL_ENABLE != 0, Ordering::SeqCst);
-        v.function_masked
-            .store(control & CTRL_FUNCTION_MASK != 0, Ordering::SeqCst);
-        if v.enabled() && !was_enabled {
+        let enable = control & CTRL_ENABLE != 0;
+        // Routes first, then MSI-X on: a device signalling in between must not find it
+        // enabled with a stale or missing route.
+        if enable && !v.enabled() {
             for i in 0..self.entries.len() {
                 self.update_route(i);
             }
         }
+        let v = &self.vectors;
+        v.enabled.store(enable, Ordering::SeqCst);
+        v.function_masked
+            .store(control & CTRL_FUNCTION_MASK != 0, Ordering::SeqCst);
         for i in 0..self.entries.len() {
             self.sync_mask(i);
         }

@@ -70,10 +70,12 @@ impl BusDevice for BarWindow {
 /// Bus 0.
 pub struct PciRoot {
     slots: RwLock<Vec<Option<SharedPci>>>,
-    /// Where each (slot, BAR) is mapped on the MMIO bus now. The configuration space says
+    /// Each (slot, BAR): the address its device was last told of ([`PciDevice::bar_moved`])
+    /// and whether the BAR is mapped there on the MMIO bus. The configuration space says
     /// where the guest put a BAR, which is not always where it is mapped (a move onto
-    /// another device's range is refused), so only this says what a move may unmap.
-    mapped: Mutex<HashMap<(usize, usize), u64>>,
+    /// another device's range is refused), so only this says what a move may unmap, and
+    /// where the device's own mappings (ioeventfds, memory slots) are to be moved from.
+    mapped: Mutex<HashMap<(usize, usize), (u64, bool)>>,
     /// Weak: the MMIO bus holds the ECAM window, which holds the root.
     mmio: Weak<Bus>,
 }
@@ -135,7 +137,7 @@ impl PciRoot {
         }
         let mut where_mapped = self.mapped.lock().unwrap_or_else(|e| e.into_inner());
         for (bar, addr, _) in lock(&device).bars() {
-            where_mapped.insert((slot, bar), addr);
+            where_mapped.insert((slot, bar), (addr, true));
         }
         slots[slot] = Some(device);
         Ok(slot)
@@ -170,18 +172,31 @@ impl PciRoot {
         let Some(dev) = self.device(bus, slot, function) else {
             return;
         };
+        // Held across the configuration write and the bus update, so that two vCPUs moving
+        // the same BAR cannot leave the configuration space and the bus disagreeing. The
+        // order (this lock, then the device's) is the one `add` takes too.
+        let mut mapped = self.mapped.lock().unwrap_or_else(|e| e.into_inner());
         let moved = lock(&dev).write_config(reg, offset, data);
         let (Some(moved), Some(mmio)) = (moved, self.mmio.upgrade()) else {
             return;
         };
-        // One move at a time, so that the bus and `mapped` agree.
-        let mut mapped = self.mapped.lock().unwrap_or_else(|e| e.into_inner());
         let key = (usize::from(slot), moved.bar);
         // Unmap what this BAR has on the bus, which may not be `moved.from`: if the last
         // move was refused, the BAR has nothing mapped, and `from` may be another device's.
-        if let Some(at) = mapped.remove(&key) {
-            mmio.remove(at);
-        }
+        let told = match mapped.get(&key).copied() {
+            Some((at, on_bus)) => {
+                if on_bus {
+                    mmio.remove(at);
+                }
+                at
+            }
+            None => moved.from,
+        };
+        // The device moves its own mappings from where it last put them.
+        let moved = BarMove {
+            from: told,
+            ..moved
+        };
         let window = Arc::new(Mutex::new(BarWindow {
             device: dev.clone(),
             bar: moved.bar,
@@ -192,9 +207,10 @@ impl PciRoot {
                 moved.bar,
                 moved.to
             );
+            mapped.insert(key, (told, false));
             return;
         }
-        mapped.insert(key, moved.to);
+        mapped.insert(key, (moved.to, true));
         drop(mapped);
         log::debug!(
             "PCI {bus:02x}:{slot:02x}.{function}: BAR {} moved {:#x} -> {:#x}",
@@ -450,7 +466,7 @@ mod tests {
 
     #[test]
     fn a_refused_move_leaves_the_other_device_mapped() {
-        let (mmio, root, _dev) = setup();
+        let (mmio, root, dev) = setup();
         let reads = Arc::new(Mutex::new(0));
         mmio.insert(
             Arc::new(Mutex::new(Other(reads.clone()))),
@@ -478,5 +494,10 @@ mod tests {
         assert!(mmio.read(0xe100_0010, &mut b));
         assert_eq!(b, [0x10], "the BAR at its new place");
         assert_eq!(*reads.lock().unwrap(), 2);
+        // The device was told of one move, from where it last was, not from the refused
+        // address (where it has no mappings to take down).
+        let moves = &dev.lock().unwrap().moves;
+        assert_eq!(moves.len(), 1);
+        assert_eq!((moves[0].from, moves[0].to), (0xc000_0000, 0xe100_0000));
     }
 }

@@ -917,7 +917,7 @@ impl Nat {
         // memory budget meanwhile, as the flow's buffers will.
         let full = self.tcp.len() >= self.cfg.limits.tcp_flows
             || self.tcp_memory + frame.len() > self.cfg.limits.tcp_memory;
-        if full {
+        if full && target.is_some() {
             self.stats.tcp_refused_full += 1;
         }
         let Some(target) = target.filter(|_| !full) else {
@@ -1446,7 +1446,7 @@ impl Nat {
         let src = SocketAddrV4::new(self.visible_source(*peer.ip()), peer.port());
         let key = (port, src);
         let limit = self.cfg.limits.tcp_flows;
-        let full = self.tcp.len() >= limit || self.inbound_tcp >= limit.div_ceil(2);
+        let full = self.tcp.len() >= limit || self.inbound_tcp >= (limit / 2).max(1);
         if full || self.tcp_keys.contains_key(&key) {
             self.stats.tcp_refused_full += u64::from(full);
             set_linger_zero(stream.as_raw_fd());

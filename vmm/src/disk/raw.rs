@@ -71,12 +71,14 @@ impl RawDisk {
 fn device_discards(meta: &std::fs::Metadata) -> bool {
     use std::os::unix::fs::MetadataExt;
     let rdev = meta.rdev();
-    let path = format!(
-        "/sys/dev/block/{}:{}/queue/discard_max_bytes",
-        libc::major(rdev),
-        libc::minor(rdev)
-    );
-    std::fs::read_to_string(path)
+    let dev = format!("/sys/dev/block/{}:{}", libc::major(rdev), libc::minor(rdev));
+    // A partition has no queue of its own: its disk's is one level up.
+    let queue = if Path::new(&dev).join("partition").exists() {
+        format!("{dev}/../queue/discard_max_bytes")
+    } else {
+        format!("{dev}/queue/discard_max_bytes")
+    };
+    std::fs::read_to_string(queue)
         .ok()
         .and_then(|v| v.trim().parse::<u64>().ok())
         .is_some_and(|max| max > 0)

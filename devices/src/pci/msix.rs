@@ -228,11 +228,10 @@ impl MsixTable {
 
     /// The guest wrote the capability's message control word.
     pub fn write_control(&mut self, control: u16) {
-        let v = &self.vectors;
         let enable = control & CTRL_ENABLE != 0;
         // Routes first, then MSI-X on: a device signalling in between must not find it
         // enabled with a stale or missing route.
-        if enable && !v.enabled() {
+        if enable && !self.vectors.enabled() {
             for i in 0..self.entries.len() {
                 self.update_route(i);
             }

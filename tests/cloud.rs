@@ -28,7 +28,13 @@ fn user_data(token: &str, extra_runcmd: &str) -> String {
          \x20               #!/bin/sh\n\
          \x20               echo \"VMMTEST-RUNCMD {token}\"\n\
          \x20               echo \"VMMTEST-SHADOW $(getent shadow tester | cut -d: -f2 | cut -c1-3)\"\n\
-         \x20               echo \"VMMTEST-ADDR $(ip -4 -o addr show scope global | tr -s ' ' | cut -d' ' -f4)\"\n\
+         \x20               addr() {{ ip -4 -o addr show scope global | tr -s ' ' | cut -d' ' -f4; }}\n\
+         \x20               waited=0\n\
+         \x20               while [ -z \"$(addr)\" ] && [ $waited -lt 120 ]; do sleep 1; waited=$((waited + 1)); done\n\
+         \x20               echo \"VMMTEST-ADDR-WAITED $waited\"\n\
+         \x20               echo \"VMMTEST-ADDR $(addr)\"\n\
+         \x20               if [ -z \"$(addr)\" ]; then ip -o link; ip -o addr; ps ax | grep -v grep | grep dhc; journalctl -b --no-pager -u networking | tail -n 30; fi\n\
+         \x20               echo VMMTEST-REPORTED\n\
          \x20         bootcmd:\n            - 'echo \"VMMTEST-BOOT $(cat /proc/sys/kernel/random/boot_id)\" > /dev/ttyS0'\n\
          \x20         runcmd:\n            - '/usr/local/bin/vmmtest-report > /dev/ttyS0'\n\
          {extra_runcmd}"
@@ -104,7 +110,7 @@ testhost_test!(
             stderr.contains("from (gpt1) /boot/grub/grub.cfg: cmdline \"BOOT_IMAGE=/boot/vmlinuz-"),
             "{stderr}"
         );
-        let done = guest.wait_for_after(0, "VMMTEST-ADDR ", Duration::from_secs(60));
+        let done = guest.wait_for_after(0, "VMMTEST-REPORTED", Duration::from_secs(180));
         let shadow = guest.wait_for_after(0, "VMMTEST-SHADOW $", Duration::from_secs(30));
         assert!(
             shadow.contains("VMMTEST-SHADOW $"),
@@ -119,8 +125,9 @@ testhost_test!(
                 .next()
                 .unwrap()
                 .contains("10.0.2.2/30"),
-            "{}",
-            &done[done.len().saturating_sub(500)..]
+            "{}\n--- vmm's log ---\n{}",
+            &done[done.len().saturating_sub(4000)..],
+            guest.stderr()
         );
         guest.wait_for_after(0, "finished at", Duration::from_secs(120));
         // The peer reaches the guest's SSH server through the forwarded port 22.

@@ -16,7 +16,8 @@ Exit codes:
   1  the manifest is invalid
   2  the host cannot run it: no /dev/kvm, missing permission, a missing file,
      interface or device, or a feature this build does not have
-  3  the guest failed (triple fault, KVM internal error)
+  3  the guest failed (triple fault, KVM internal error), or a vmm thread made
+     a system call its seccomp filter forbids (a bug in vmm)
   4  stopped by SIGTERM/SIGINT after the shutdown grace period
 ";
 
@@ -100,8 +101,23 @@ struct RunArgs {
     #[arg(long = "nat-allow", value_name = "CIDR")]
     nat_allow: Vec<vmm::Cidr>,
 
+    /// The per-thread seccomp filters: true (a forbidden system call ends vmm with exit 3,
+    /// naming the thread and the call), log (the kernel logs it and the call goes through),
+    /// false (no filters).
+    #[arg(long, value_name = "true|false|log", default_value = "true", value_parser = parse_seccomp)]
+    seccomp: vmm::SeccompMode,
+
     /// The manifest.
     file: PathBuf,
+}
+
+fn parse_seccomp(s: &str) -> Result<vmm::SeccompMode, String> {
+    match s {
+        "true" => Ok(vmm::SeccompMode::Enforce),
+        "false" => Ok(vmm::SeccompMode::Off),
+        "log" => Ok(vmm::SeccompMode::Log),
+        _ => Err(format!("{s:?} is not one of true, false, log")),
+    }
 }
 
 fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
@@ -202,6 +218,7 @@ fn run(args: RunArgs, start: Instant) -> u8 {
             egress.allow = args.nat_allow;
             egress
         },
+        seccomp: args.seccomp,
         process_start: start,
     };
     if args.dry_run {

@@ -106,11 +106,16 @@ pub fn keep_only_capabilities(keep: &[u32]) -> io::Result<()> {
 }
 
 /// For a thread that handles guest or peer input and needs no privilege: drops every
-/// capability, logging (not failing) if the kernel refuses.
-pub fn unprivileged_thread(name: &str) {
+/// capability (logging, not failing, if the kernel refuses) and installs `role`'s seccomp
+/// filter (failing if that is refused: the thread must then not go on).
+pub fn confine_thread(name: &str, role: crate::seccomp::Role) -> io::Result<()> {
     if let Err(e) = drop_all_capabilities() {
         log::warn!("{name}: cannot drop capabilities: {e}");
     }
+    crate::seccomp::confine(role).map_err(|e| {
+        log::error!("{name}: cannot install its seccomp filter: {e}");
+        e
+    })
 }
 
 #[cfg(test)]

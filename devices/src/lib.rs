@@ -10,7 +10,9 @@ pub mod bus;
 pub mod confine;
 pub mod legacy;
 pub mod pci;
+pub mod seccomp;
 pub mod vfio;
 pub mod virtio;
+pub mod worker;
 
 pub use bus::{Bus, BusDevice, BusError, SharedDevice};

@@ -283,7 +283,17 @@ impl DhcpServer {
                     // The client chose another server.
                     return None;
                 }
-                if wanted == l.address { ACK } else { NAK }
+                if wanted == l.address {
+                    log::info!("DHCP: {} acknowledged for {}", l.address, l.client);
+                    ACK
+                } else {
+                    log::info!(
+                        "DHCP: {wanted} refused for {} (its lease is {})",
+                        l.client,
+                        l.address
+                    );
+                    NAK
+                }
             }
             _ => return None,
         };

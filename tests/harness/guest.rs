@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use crate::{TempDir, guest_image, vmm_bin};
 
+/// Numbers the strace files of one test run (see `VMM_TEST_STRACE`).
+static STRACED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// How long a test guest may take to boot to its agent, nested under TCG.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long one agent command may take.
@@ -322,6 +325,22 @@ impl Guest {
     }
 
     fn start_in(wrapper: &[&str], manifest: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        // A debugging aid: VMM_TEST_STRACE=1 with VMM_TESTHOST_KEEP=1 leaves an strace of
+        // each vmm, one file per thread, in the kept job directory of the test host.
+        let trace = std::env::var_os("VMM_TEST_STRACE")
+            .and(std::env::var_os("TESTHOST_JOB"))
+            .map(|job| {
+                let n = STRACED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                format!("{}/strace.{n}", job.to_string_lossy())
+            });
+        let traced: Vec<&str> = match &trace {
+            Some(out) => ["strace", "-f", "-ff", "-qq", "-o", out.as_str()]
+                .into_iter()
+                .chain(wrapper.iter().copied())
+                .collect(),
+            None => wrapper.to_vec(),
+        };
+        let wrapper = traced.as_slice();
         let mut cmd = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
@@ -330,8 +349,13 @@ impl Guest {
             }
             None => Command::new(vmm_bin()),
         };
+        // Every test runs with the seccomp filters enforced (vmm's default) unless
+        // VMM_TEST_SECCOMP says otherwise (`log` to find calls missing from a filter).
+        cmd.args(["-v", "info", "run"]);
+        if let Some(mode) = std::env::var_os("VMM_TEST_SECCOMP") {
+            cmd.arg("--seccomp").arg(mode);
+        }
         let mut child = cmd
-            .args(["-v", "info", "run"])
             .args(extra)
             .arg(manifest)
             .envs(env.iter().copied())
@@ -380,12 +404,16 @@ impl Guest {
         )
     }
 
-    /// Asserts vmm's confinement: every thread has `no_new_privs`; every thread but the
-    /// main one has no capability at all; the main one has none beyond `main_may_keep` (a
-    /// mask of capability bits). Returns how many threads it looked at.
+    /// Asserts vmm's confinement: every thread has `no_new_privs` and runs under seccomp
+    /// filters (its own stacked on its parent's); every thread but the main one has no
+    /// capability at all; the main one has none beyond `main_may_keep` (a mask of capability
+    /// bits). Returns how many threads it looked at.
     pub fn assert_confined(&self, main_may_keep: u64) -> usize {
         let pid = self.child.id();
         let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("vmm's threads");
+        let task_is_main =
+            |task: &std::fs::DirEntry| task.file_name().to_string_lossy() == pid.to_string();
+        let seccomp_on = std::env::var("VMM_TEST_SECCOMP").map_or(true, |m| m != "false");
         let mut seen = 0;
         for task in tasks.flatten() {
             let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
@@ -398,13 +426,29 @@ impl Guest {
                     .find(|l| l.starts_with(name))
                     .unwrap_or_else(|| panic!("no {name} in\n{status}"));
                 let value = line.split_whitespace().nth(1).unwrap_or("");
-                u64::from_str_radix(value, if name == "NoNewPrivs:" { 10 } else { 16 })
+                let decimal = matches!(name, "NoNewPrivs:" | "Seccomp:" | "Seccomp_filters:");
+                u64::from_str_radix(value, if decimal { 10 } else { 16 })
                     .unwrap_or_else(|_| panic!("{line}"))
             };
             let name = status.lines().next().unwrap_or("").to_string();
             assert_eq!(field("NoNewPrivs:"), 1, "{name}: no_new_privs is not set");
+            if seccomp_on {
+                // 2: filter mode. Main has its filter and the clone3 one; a thread it
+                // started has those and its own; the API's threads started before main's.
+                assert_eq!(field("Seccomp:"), 2, "{name}: no seccomp filter");
+                let own = if name.contains("api") || task_is_main(&task) {
+                    2
+                } else {
+                    3
+                };
+                assert!(
+                    field("Seccomp_filters:") >= own,
+                    "{name}: {} seccomp filters, expected {own}",
+                    field("Seccomp_filters:")
+                );
+            }
             let (eff, prm) = (field("CapEff:"), field("CapPrm:"));
-            if task.file_name().to_string_lossy() == pid.to_string() {
+            if task_is_main(&task) {
                 assert_eq!(
                     (eff | prm) & !main_may_keep,
                     0,

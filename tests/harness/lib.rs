@@ -118,16 +118,50 @@ impl Drop for TempDir {
 
 /// Signs in a failed run's output that the nested-virtualisation stack under the test host
 /// failed, not vmm: QEMU's TCG emulation of SVM occasionally corrupts L1 or L2 state under
-/// load (measured: about 1 test in 10 with QEMU 10.0; see the README, "Test host"). The
-/// triple fault is the one vmm reports; a test that expects one passes and is never retried.
+/// load (measured: about 1 test in 10 with QEMU 10.0; see the README, "Test host").
 const ENVIRONMENT_FAILURES: &[&str] = &[
     "testhost: the test host did not finish",
     "testhost: the test host stopped without running the command",
     "Kernel panic",
     "soft lockup",
     "stack guard page",
-    "triple fault (KVM_EXIT_SHUTDOWN)",
 ];
+
+/// A triple fault vmm reports is the emulation's only with its signature: the vCPU was put
+/// back at the reset vector (real mode, `cs` 0xf000, `rip` 0xfff0) behind the guest's back,
+/// or the test host's own kernel log shows its KVM or its CPU emulation going wrong. A
+/// triple fault at a guest address is a real failure and fails the test at once; a test that
+/// expects one passes and is never retried.
+const TRIPLE_FAULT: &str = "triple fault (KVM_EXIT_SHUTDOWN)";
+const RESET_VECTOR: &str = "at rip 0xfff0 (cs 0xf000";
+/// Signs in the test host's kernel log (what tests/testhost prints after [`KERNEL_LOG`]).
+const TESTHOST_KERNEL_SIGNATURES: &[&str] = &[
+    "BUG: ",
+    "general protection fault",
+    "WARNING: CPU",
+    "invalid opcode",
+];
+const KERNEL_LOG: &str = "the test host's kernel log ends:";
+
+/// The environment failure `run` shows, if any.
+fn environment_failure(run: &TesthostRun) -> Option<&'static str> {
+    let seen = |sign: &str| run.stdout.contains(sign) || run.stderr.contains(sign);
+    if let Some(sign) = ENVIRONMENT_FAILURES.iter().find(|s| seen(s)) {
+        return Some(sign);
+    }
+    let kernel_log = run
+        .stderr
+        .find(KERNEL_LOG)
+        .map_or("", |at| &run.stderr[at..]);
+    let emulation = seen(RESET_VECTOR)
+        || TESTHOST_KERNEL_SIGNATURES
+            .iter()
+            .any(|s| kernel_log.contains(s));
+    if seen(TRIPLE_FAULT) && emulation {
+        return Some(TRIPLE_FAULT);
+    }
+    None
+}
 
 /// The file (named by tests/run) where each environment failure is recorded.
 const RETRY_LOG: &str = "VMM_TEST_RETRY_LOG";
@@ -192,9 +226,7 @@ pub fn in_testhost_with(
         if run.passed {
             return;
         }
-        let sign = ENVIRONMENT_FAILURES
-            .iter()
-            .find(|sign| run.stdout.contains(*sign) || run.stderr.contains(*sign));
+        let sign = environment_failure(&run);
         if let (Some(sign), Some(log)) = (sign, std::env::var_os(RETRY_LOG)) {
             // One line per environment failure, for tests/run's count at the end.
             use std::io::Write as _;
@@ -286,4 +318,50 @@ macro_rules! testhost_test {
             );
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(stdout: &str, stderr: &str) -> TesthostRun {
+        TesthostRun {
+            passed: false,
+            status: Some(101),
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn a_triple_fault_is_the_environment_s_only_with_its_signature() {
+        let at_guest_code = "error: vCPU 0 triple fault (KVM_EXIT_SHUTDOWN) at rip \
+                             0xffffffff81000123 (cs 0x10, cr0 0x80050033, cr3 0x1000, rsp 0x0)";
+        assert_eq!(environment_failure(&run(at_guest_code, "")), None);
+        // A guest oops on the console is not the test host's kernel log.
+        let oops = format!("{at_guest_code}\ngeneral protection fault");
+        assert_eq!(environment_failure(&run(&oops, "")), None);
+        let at_reset = "error: vCPU 1 triple fault (KVM_EXIT_SHUTDOWN) at rip 0xfff0 (cs 0xf000, \
+                        cr0 0x60000010, cr3 0x0, rsp 0x0)";
+        assert_eq!(environment_failure(&run(at_reset, "")), Some(TRIPLE_FAULT));
+        let l1 = "testhost: the command failed (exit 101); the test host's kernel log ends:\n\
+                  [ 12.1] BUG: unable to handle page fault";
+        assert_eq!(
+            environment_failure(&run(at_guest_code, l1)),
+            Some(TRIPLE_FAULT)
+        );
+    }
+
+    #[test]
+    fn a_test_host_crash_is_the_environment_s_and_a_plain_failure_is_not() {
+        assert_eq!(
+            environment_failure(&run("", "Kernel panic - not syncing")),
+            Some("Kernel panic")
+        );
+        assert_eq!(
+            environment_failure(&run("assertion failed: left == right", "")),
+            None
+        );
+    }
 }

@@ -15,6 +15,7 @@
 //! Each request is handed to the VMM's event loop with a channel for the answer, so the loop
 //! never blocks on a client. The socket is created mode 0600: it powers the VM off.
 
+use devices::seccomp::Role;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -139,8 +140,9 @@ impl ApiServer {
         std::thread::Builder::new()
             .name("api".into())
             .spawn(move || {
-                devices::confine::unprivileged_thread("api");
-                serve(&listener, &tx, &thread_wakeup, REQUEST_DEADLINE);
+                if devices::confine::confine_thread("api", Role::Api).is_ok() {
+                    serve(&listener, &tx, &thread_wakeup, REQUEST_DEADLINE);
+                }
             })
             .map_err(bind_err)?;
         Ok(Self {

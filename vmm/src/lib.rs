@@ -26,6 +26,7 @@ pub mod vm;
 
 pub use runner::{ExitCode, RunError, RunOptions};
 
+pub use devices::seccomp::Mode as SeccompMode;
 /// The masquerade NAT's limits (`--nat-limit`), for the command line.
 pub use net::nat::Limits as NatLimits;
 pub use net::nat::{Cidr, Egress as NatEgress};

@@ -65,6 +65,8 @@ pub struct RunOptions {
     pub nat_limits: net::nat::Limits,
     /// The masquerade egress policy: the default with `--nat-deny` and `--nat-allow`.
     pub nat_egress: net::nat::Egress,
+    /// `--seccomp`: what the per-thread system call filters do.
+    pub seccomp: devices::seccomp::Mode,
     /// When the process started.
     pub process_start: Instant,
 }
@@ -282,6 +284,7 @@ pub fn run(opts: &RunOptions) -> Result<ExitCode, RunError> {
     if let Err(e) = devices::confine::set_no_new_privs() {
         log::warn!("cannot set no_new_privs: {e}");
     }
+    devices::seccomp::set_mode(opts.seccomp).map_err(os_err("cannot handle SIGSYS"))?;
     let prepared = prepare(opts)?;
     if prepared.config.run_policy == RunPolicy::Halted {
         log::warn!(
@@ -318,6 +321,9 @@ pub fn run(opts: &RunOptions) -> Result<ExitCode, RunError> {
     if let Err(e) = devices::confine::keep_only_capabilities(keep) {
         log::warn!("cannot drop capabilities: {e}");
     }
+    devices::seccomp::confine(devices::seccomp::Role::Main).map_err(os_err(
+        "cannot install the main thread's seccomp filter (--seccomp=false runs without)",
+    ))?;
     let mut runner = Runner {
         opts,
         prepared: &prepared,

@@ -14,6 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, Once};
 use std::thread::JoinHandle;
 
 use devices::Bus;
+use devices::seccomp::Role;
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, Msrs};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
@@ -307,7 +308,17 @@ fn run(mut vcpu: VcpuFd, ctx: &VcpuContext) {
     if let Some(cpu) = ctx.pin_cpu {
         pin_to_cpu(cpu);
     }
-    devices::confine::unprivileged_thread("vCPU");
+    if devices::confine::confine_thread("vCPU", Role::Vcpu).is_err() {
+        // Never into the guest unconfined: the VM fails (the error is logged).
+        report(
+            ctx,
+            VcpuEvent::Failed(format!(
+                "vCPU {}: cannot install its seccomp filter",
+                ctx.index
+            )),
+        );
+        return;
+    }
     let run = vcpu.get_kvm_run();
     let immediate_exit: *mut u8 = &raw mut run.immediate_exit;
     IMMEDIATE_EXIT.with(|p| p.set(immediate_exit));
@@ -484,6 +495,48 @@ pub fn allowed_cpus() -> Vec<usize> {
 
 #[cfg(test)]
 mod tests {
+
+    /// The vCPU's seccomp filter lists ioctl numbers by value (devices knows no KVM): they
+    /// must be the kernel's.
+    #[test]
+    fn the_vcpu_filter_s_ioctl_numbers_are_the_kernel_s() {
+        use devices::seccomp::vcpu_ioctl as n;
+        use kvm_bindings::{
+            KVMIO, kvm_ioeventfd, kvm_irq_level, kvm_irq_routing, kvm_irqfd, kvm_msi, kvm_regs,
+            kvm_sregs, kvm_userspace_memory_region,
+        };
+        vmm_sys_util::ioctl_io_nr!(RUN, KVMIO, 0x80);
+        vmm_sys_util::ioctl_ior_nr!(GET_REGS, KVMIO, 0x81, kvm_regs);
+        vmm_sys_util::ioctl_ior_nr!(GET_SREGS, KVMIO, 0x83, kvm_sregs);
+        vmm_sys_util::ioctl_iow_nr!(IRQ_LINE, KVMIO, 0x61, kvm_irq_level);
+        vmm_sys_util::ioctl_iow_nr!(IRQFD, KVMIO, 0x76, kvm_irqfd);
+        vmm_sys_util::ioctl_iow_nr!(GSI_ROUTING, KVMIO, 0x6a, kvm_irq_routing);
+        vmm_sys_util::ioctl_iow_nr!(SIGNAL_MSI, KVMIO, 0xa5, kvm_msi);
+        vmm_sys_util::ioctl_iow_nr!(IOEVENTFD, KVMIO, 0x79, kvm_ioeventfd);
+        vmm_sys_util::ioctl_iow_nr!(MEMORY_REGION, KVMIO, 0x46, kvm_userspace_memory_region);
+        vmm_sys_util::ioctl_iow_nr!(TUN_OFFLOAD, 0x54, 208, std::os::raw::c_uint);
+        // VFIO_TYPE is ';', VFIO_BASE 100.
+        vmm_sys_util::ioctl_io_nr!(SET_IRQS, 0x3b, 100 + 10);
+        vmm_sys_util::ioctl_io_nr!(DEVICE_RESET, 0x3b, 100 + 11);
+        let pairs = [
+            (RUN(), n::KVM_RUN),
+            (GET_REGS(), n::KVM_GET_REGS),
+            (GET_SREGS(), n::KVM_GET_SREGS),
+            (IRQ_LINE(), n::KVM_IRQ_LINE),
+            (IRQFD(), n::KVM_IRQFD),
+            (GSI_ROUTING(), n::KVM_SET_GSI_ROUTING),
+            (SIGNAL_MSI(), n::KVM_SIGNAL_MSI),
+            (IOEVENTFD(), n::KVM_IOEVENTFD),
+            (MEMORY_REGION(), n::KVM_SET_USER_MEMORY_REGION),
+            (TUN_OFFLOAD(), n::TUNSETOFFLOAD),
+            (SET_IRQS(), n::VFIO_DEVICE_SET_IRQS),
+            (DEVICE_RESET(), n::VFIO_DEVICE_RESET),
+        ];
+        for (i, (kernel, listed)) in pairs.into_iter().enumerate() {
+            assert_eq!(kernel, listed, "entry {i}: {kernel:#x} != {listed:#x}");
+        }
+    }
+
     use super::*;
     use std::time::Duration;
 

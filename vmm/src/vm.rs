@@ -514,7 +514,8 @@ fn add_pci_devices<'a>(
             backend,
             nic.counters.clone(),
             nic.acked.clone(),
-        );
+        )
+        .map_err(|e| pci_err(format!("worker thread: {e}")))?;
         let function = virtio
             .add(Box::new(device), &mut next_bar)
             .map_err(pci_err)?;
@@ -527,7 +528,8 @@ fn add_pci_devices<'a>(
             name: format!("disk {name}"),
             why,
         };
-        let device = Block::new(name, disk.backend.clone(), 1, disk.counters.clone());
+        let device = Block::new(name, disk.backend.clone(), 1, disk.counters.clone())
+            .map_err(|e| pci_err(format!("worker thread: {e}")))?;
         let function = virtio
             .add(Box::new(device), &mut next_bar)
             .map_err(pci_err)?;

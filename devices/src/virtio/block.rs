@@ -29,7 +29,6 @@
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::JoinHandle;
 
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ,
@@ -44,6 +43,8 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::{Activation, NeedsReset, VirtioDevice, VirtioInterrupt, next_chain, wait_for_kill};
 use super::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use crate::seccomp::Role;
+use crate::worker::WorkerThread;
 
 /// Device type of virtio-blk.
 pub const TYPE_BLOCK: u16 = 2;
@@ -133,7 +134,11 @@ pub struct Block {
     backend: Arc<dyn BlockBackend>,
     queue_sizes: Vec<u16>,
     counters: Arc<BlockCounters>,
-    workers: Vec<(EventFd, JoinHandle<()>)>,
+    /// One thread per queue, started with the device; each serves its queue while the
+    /// device runs.
+    threads: Vec<WorkerThread<()>>,
+    /// Tells the running jobs to stop.
+    kills: Vec<EventFd>,
     /// Set once a guest-triggered warning about this disk was logged.
     warned: Arc<AtomicBool>,
 }
@@ -144,7 +149,7 @@ impl std::fmt::Debug for Block {
             .field("id", &self.id)
             .field("size", &self.backend.size())
             .field("queues", &self.queue_sizes.len())
-            .field("running", &!self.workers.is_empty())
+            .field("running", &!self.kills.is_empty())
             .finish_non_exhaustive()
     }
 }
@@ -152,21 +157,27 @@ impl std::fmt::Debug for Block {
 impl Block {
     /// A disk named `id` (what GET_ID answers, at most 20 bytes of it) over `backend`, with
     /// `queues` request queues (at least one); `counters` are shared with whoever reports on
-    /// the disk.
+    /// the disk. The queues' worker threads start here and confine themselves before the
+    /// guest can reach them.
     pub fn new(
         id: &str,
         backend: Arc<dyn BlockBackend>,
         queues: usize,
         counters: Arc<BlockCounters>,
-    ) -> Self {
-        Self {
+    ) -> io::Result<Self> {
+        let queues = queues.clamp(1, 64);
+        let threads = (0..queues)
+            .map(|index| WorkerThread::spawn(&format!("virtio-blk-{index}"), Role::BlockWorker))
+            .collect::<io::Result<_>>()?;
+        Ok(Self {
             id: id.to_string(),
             backend,
-            queue_sizes: vec![QUEUE_SIZE; queues.clamp(1, 64)],
+            queue_sizes: vec![QUEUE_SIZE; queues],
             counters,
-            workers: Vec::new(),
+            threads,
+            kills: Vec::new(),
             warned: Arc::default(),
-        }
+        })
     }
 
     fn capabilities(&self) -> BlockCapabilities {
@@ -206,11 +217,11 @@ impl Block {
     }
 
     fn stop_workers(&mut self) {
-        for (kill, _) in &self.workers {
+        for kill in self.kills.drain(..) {
             let _ = kill.write(1);
         }
-        for (_, handle) in self.workers.drain(..) {
-            if handle.join().is_err() {
+        for thread in &mut self.threads {
+            if thread.busy() && thread.wait().is_none() {
                 log::error!("virtio-blk worker panicked");
             }
         }
@@ -294,18 +305,17 @@ impl VirtioDevice for Block {
                 warned: self.warned.clone(),
             };
             let kill_worker = kill.try_clone()?;
-            let handle = std::thread::Builder::new()
-                .name(format!("virtio-blk-{index}"))
-                .spawn(move || {
-                    crate::confine::unprivileged_thread("virtio-blk worker");
-                    worker.run(&evt, &kill_worker);
-                })?;
-            self.workers.push((kill, handle));
+            let thread = self
+                .threads
+                .get_mut(index)
+                .ok_or_else(|| io::Error::other(format!("no worker for queue {index}")))?;
+            thread.start(move || worker.run(&evt, &kill_worker))?;
+            self.kills.push(kill);
         }
         log::debug!(
             "virtio-blk {}: running, {} queue(s), features {features:#x}",
             self.id,
-            self.workers.len()
+            self.kills.len()
         );
         Ok(())
     }

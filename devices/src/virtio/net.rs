@@ -20,10 +20,11 @@
 //! backend is not polled (it would poll readable forever); the receive queue's notification
 //! resumes it.
 
+use crate::seccomp::Role;
+use crate::worker::WorkerThread;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::thread::JoinHandle;
 
 use net::{FrameBackend, MacAddr, Offloads, VNET_HDR_LEN};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
@@ -155,7 +156,10 @@ pub struct Net {
     mtu: u16,
     backend: Option<Box<dyn FrameBackend>>,
     counters: Arc<NetCounters>,
-    worker: Option<(EventFd, JoinHandle<Box<dyn FrameBackend>>)>,
+    /// The thread that serves the queues while the device runs, started with the device.
+    thread: WorkerThread<Box<dyn FrameBackend>>,
+    /// Tells the running job to stop.
+    kill: Option<EventFd>,
     acked: Arc<AtomicU64>,
 }
 
@@ -164,29 +168,31 @@ impl std::fmt::Debug for Net {
         f.debug_struct("Net")
             .field("mac", &self.mac)
             .field("mtu", &self.mtu)
-            .field("running", &self.worker.is_some())
+            .field("running", &self.kill.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl Net {
     /// A NIC with `mac` and `mtu` whose frames go through `backend`; `counters` and `acked`
-    /// (the features the driver accepted) are shared with whoever reports on the NIC.
+    /// (the features the driver accepted) are shared with whoever reports on the NIC. Its
+    /// worker thread starts here and confines itself before the guest can reach it.
     pub fn new(
         mac: MacAddr,
         mtu: u16,
         backend: Box<dyn FrameBackend>,
         counters: Arc<NetCounters>,
         acked: Arc<AtomicU64>,
-    ) -> Self {
-        Self {
+    ) -> io::Result<Self> {
+        Ok(Self {
             mac,
             mtu,
             backend: Some(backend),
             counters,
-            worker: None,
+            thread: WorkerThread::spawn("virtio-net", Role::NetWorker)?,
+            kill: None,
             acked,
-        }
+        })
     }
 
     fn config_bytes(&self) -> [u8; 12] {
@@ -199,11 +205,11 @@ impl Net {
     }
 
     fn stop_worker(&mut self) {
-        if let Some((kill, handle)) = self.worker.take() {
+        if let Some(kill) = self.kill.take() {
             let _ = kill.write(1);
-            match handle.join() {
-                Ok(backend) => self.backend = Some(backend),
-                Err(_) => log::error!("virtio-net worker panicked; the NIC is gone"),
+            match self.thread.wait() {
+                Some(backend) => self.backend = Some(backend),
+                None => log::error!("virtio-net worker panicked; the NIC is gone"),
             }
         }
     }
@@ -265,13 +271,9 @@ impl VirtioDevice for Net {
             needs_reset: a.needs_reset,
         };
         let kill_worker = kill.try_clone()?;
-        let handle = std::thread::Builder::new()
-            .name("virtio-net".into())
-            .spawn(move || {
-                crate::confine::unprivileged_thread("virtio-net worker");
-                worker.run(rx_evt, tx_evt, kill_worker)
-            })?;
-        self.worker = Some((kill, handle));
+        self.thread
+            .start(move || worker.run(rx_evt, tx_evt, kill_worker))?;
+        self.kill = Some(kill);
         log::debug!(
             "virtio-net {}: running with {}",
             self.mac,
@@ -829,7 +831,8 @@ mod tests {
             }),
             Arc::default(),
             Arc::default(),
-        );
+        )
+        .unwrap();
         let mut mac = [0u8; 6];
         net.read_config(0, &mut mac);
         assert_eq!(mac, [0x52, 0x54, 0, 0x12, 0x34, 0x56]);

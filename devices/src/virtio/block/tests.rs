@@ -274,7 +274,7 @@ fn a_read_only_disk_refuses_writes_and_says_so() {
         write_zeroes: true,
     };
     let s = setup(disk);
-    let block = Block::new("ro", s.disk.clone(), 1, Arc::default());
+    let block = Block::new("ro", s.disk.clone(), 1, Arc::default()).unwrap();
     let features = block.features();
     assert_ne!(features & (1 << VIRTIO_BLK_F_RO), 0);
     assert_eq!(
@@ -497,7 +497,7 @@ fn discard_and_write_zeroes_check_every_range_first() {
 
 #[test]
 fn config_space_says_capacity_segments_and_queues() {
-    let block = Block::new("d", Arc::new(MemDisk::new(2048)), 4, Arc::default());
+    let block = Block::new("d", Arc::new(MemDisk::new(2048)), 4, Arc::default()).unwrap();
     let mut capacity = [0u8; 8];
     block.read_config(0, &mut capacity);
     assert_eq!(u64::from_le_bytes(capacity), 2048);

@@ -502,7 +502,7 @@ impl VfioPci {
             ] {
                 if b == bar {
                     let start = off - off % PAGE;
-                    let stop = (off + len).next_multiple_of(PAGE);
+                    let stop = off.saturating_add(len).next_multiple_of(PAGE);
                     holes.push((start, stop));
                 }
             }
@@ -511,7 +511,8 @@ impl VfioPci {
         let mut areas = Vec::new();
         let mut at = 0;
         for (start, stop) in holes {
-            if start > at {
+            // A table the device places past its region's end leaves nothing to skip.
+            if start > at && at < end {
                 areas.push((at, start.min(end) - at));
             }
             at = at.max(stop);

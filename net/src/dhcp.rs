@@ -306,6 +306,7 @@ impl DhcpServer {
         put_option(&mut o, OPT_MSG_TYPE, &[reply_type]);
         put_option(&mut o, OPT_SERVER_ID, &l.server.octets());
         if reply_type == NAK {
+            o.push(OPT_END);
             return o;
         }
         put_option(&mut o, OPT_LEASE, &u32::MAX.to_be_bytes());
@@ -580,6 +581,40 @@ mod tests {
             }
             let _ = server.handle(&f);
         }
+    }
+
+    /// Whether the options of `reply` are well formed and end with END, with nothing after.
+    fn options_end_with_end(reply: &[u8]) -> bool {
+        let mut opts = &reply[ETH_HDR + 20 + 8 + BOOTP_FIXED + 4..];
+        while let Some((&code, rest)) = opts.split_first() {
+            if code == OPT_END {
+                return rest.is_empty();
+            }
+            let Some(len) = rest.first() else {
+                return false;
+            };
+            let Some(after) = rest.get(1 + usize::from(*len)..) else {
+                return false;
+            };
+            opts = after;
+        }
+        false
+    }
+
+    #[test]
+    fn offers_acks_and_naks_end_their_options_with_end() {
+        // Found by fuzz/ (dhcp): a NAK's options stopped after the server id, without END.
+        let server = DhcpServer::new(lease());
+        let offer = server.handle(&client_msg(CLIENT, DISCOVER, None)).unwrap();
+        let requested = Some(Ipv4Addr::new(10, 244, 1, 7));
+        let ack = server
+            .handle(&client_msg(CLIENT, REQUEST, requested))
+            .unwrap();
+        let wrong = Some(Ipv4Addr::new(10, 0, 0, 9));
+        let nak = server.handle(&client_msg(CLIENT, REQUEST, wrong)).unwrap();
+        assert!(options_end_with_end(&offer), "OFFER");
+        assert!(options_end_with_end(&ack), "ACK");
+        assert!(options_end_with_end(&nak), "NAK");
     }
 
     #[test]

@@ -386,6 +386,15 @@ fn error_body(message: &str) -> String {
     serde_json::json!({ "error": message }).to_string()
 }
 
+/// What [`handle`] makes of the bytes a client sent, before it asks the event loop: the
+/// command, or the status and JSON body of the error answer. For the fuzz target.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub fn fuzz_request(bytes: &[u8]) -> Result<ApiCommand, (u16, String)> {
+    let (method, target) = read_request(bytes).map_err(|e| (400, error_body(&e.to_string())))?;
+    route(&method, &target).map_err(|(status, _, message)| (status, error_body(&message)))
+}
+
 fn respond(stream: &mut UnixStream, status: u16, reason: &str, body: &str) -> std::io::Result<()> {
     let content_type = if body.is_empty() {
         ""

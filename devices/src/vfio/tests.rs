@@ -325,6 +325,17 @@ fn mappable_areas_leave_out_the_msix_pages() {
     assert_eq!(s.pci.mappable(9), vec![]);
 }
 
+/// Found by the vfio fuzz target: an MSI-X table and PBA the device places past the end of
+/// their BAR made the area arithmetic subtract past zero.
+#[test]
+fn msix_structures_past_their_bar_leave_the_bar_mappable() {
+    let mut c = device_config();
+    put(&mut c, 0x54, &(0x8000u32 | 4).to_le_bytes());
+    put(&mut c, 0x58, &(0x1_0000u32 | 4).to_le_bytes());
+    let s = setup_with(c);
+    assert_eq!(s.pci.mappable(4), vec![(0, 16384)]);
+}
+
 #[test]
 fn hostile_config_offsets_and_a_looping_capability_list_are_harmless() {
     let mut s = setup();

@@ -41,7 +41,9 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::{Activation, NeedsReset, VirtioDevice, VirtioInterrupt, next_chain, wait_for_kill};
+use super::{
+    Activation, IdleRounds, NeedsReset, VirtioDevice, VirtioInterrupt, next_chain, wait_for_kill,
+};
 use super::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use crate::seccomp::Role;
 use crate::worker::WorkerThread;
@@ -540,9 +542,11 @@ impl Worker {
     /// batch is served.
     fn process(&mut self) -> Result<(), WorkerError> {
         let mem = &self.mem;
+        let mut idle = IdleRounds::default();
         loop {
             self.queue.disable_notification(mem)?;
             while let Some(chain) = next_chain(&mut self.queue, mem)? {
+                idle.took_chain();
                 let head = chain.head_index();
                 let len = match request_buffers(mem, chain) {
                     Some((readable, writable)) => self.execute(readable, writable),
@@ -566,6 +570,7 @@ impl Worker {
             if !self.queue.enable_notification(mem)? {
                 break;
             }
+            idle.more_reported()?;
         }
         Ok(())
     }
@@ -722,3 +727,131 @@ enum WorkerError {
 
 #[cfg(test)]
 mod tests;
+
+/// The virtio-blk fuzz target's entry point (also replayed by unit tests).
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::virtio::fuzzing::{NoInterrupts, memory, queue};
+
+    /// A disk in memory that fails the target if the device ever asks for bytes past its
+    /// end or a range it did not offer.
+    struct Disk {
+        bytes: Mutex<Vec<u8>>,
+        read_only: bool,
+        caps: BlockCapabilities,
+    }
+
+    impl Disk {
+        fn check(&self, offset: u64, len: u64) -> usize {
+            let size = self.size();
+            assert!(
+                offset.checked_add(len).is_some_and(|end| end <= size),
+                "{len} bytes at {offset} on a disk of {size}"
+            );
+            usize::try_from(offset).unwrap_or(usize::MAX)
+        }
+    }
+
+    impl BlockBackend for Disk {
+        fn size(&self) -> u64 {
+            self.bytes.lock().map_or(0, |b| b.len() as u64)
+        }
+        fn read_only(&self) -> bool {
+            self.read_only
+        }
+        fn capabilities(&self) -> BlockCapabilities {
+            self.caps
+        }
+        fn read_at(&self, offset: u64, bufs: &[VolatileSlice<'_>]) -> io::Result<()> {
+            let total: usize = bufs.iter().map(|b| b.len()).sum();
+            let mut at = self.check(offset, total as u64);
+            let bytes = self.bytes.lock().map_err(|_| io::ErrorKind::Other)?;
+            for b in bufs {
+                b.copy_from(&bytes[at..at + b.len()]);
+                at += b.len();
+            }
+            Ok(())
+        }
+        fn write_at(&self, offset: u64, bufs: &[VolatileSlice<'_>]) -> io::Result<()> {
+            assert!(!self.read_only, "a write reached a read-only disk");
+            let total: usize = bufs.iter().map(|b| b.len()).sum();
+            let mut at = self.check(offset, total as u64);
+            let mut bytes = self.bytes.lock().map_err(|_| io::ErrorKind::Other)?;
+            for b in bufs {
+                b.copy_to(&mut bytes[at..at + b.len()]);
+                at += b.len();
+            }
+            Ok(())
+        }
+        fn flush(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+            assert!(self.caps.discard && !self.read_only, "discard not offered");
+            self.check(offset, len);
+            Ok(())
+        }
+        fn write_zeroes(&self, offset: u64, len: u64, _unmap: bool) -> io::Result<()> {
+            assert!(
+                self.caps.write_zeroes && !self.read_only,
+                "write zeroes not offered"
+            );
+            let at = self.check(offset, len);
+            let end = at + usize::try_from(len).unwrap_or(0);
+            if let Ok(mut bytes) = self.bytes.lock() {
+                bytes[at..end].fill(0);
+            }
+            Ok(())
+        }
+    }
+
+    /// `data`: the queue's placement (7 bytes, see [`queue`]), the disk's size in sectors,
+    /// whether it is read-only and which range operations it offers and the driver took,
+    /// then guest RAM.
+    pub fn run(data: &[u8]) {
+        let Some((head, rest)) = data.split_first_chunk::<9>() else {
+            return;
+        };
+        let mem = memory(rest);
+        let at: [u8; 7] = head[0..7].try_into().unwrap_or_default();
+        let Some(queue) = queue(&mem, at) else {
+            return;
+        };
+        let flags = head[8];
+        let caps = BlockCapabilities {
+            discard: flags & 1 != 0,
+            write_zeroes: flags & 2 != 0,
+        };
+        let read_only = flags & 4 != 0;
+        let offered = |on: bool| on && !read_only;
+        let disk = Disk {
+            bytes: Mutex::new(vec![0x5a; usize::from(head[7]) * 512]),
+            read_only,
+            caps,
+        };
+        let mut worker = Worker {
+            mem,
+            queue,
+            index: 0,
+            backend: Arc::new(disk),
+            ranges: RangeOps {
+                discard: offered(caps.discard) && flags & 8 != 0,
+                write_zeroes: offered(caps.write_zeroes) && flags & 16 != 0,
+            },
+            id: [b'f'; VIRTIO_BLK_ID_BYTES as usize],
+            interrupt: Arc::new(NoInterrupts),
+            counters: Arc::default(),
+            needs_reset: NeedsReset::default(),
+            warned: Arc::default(),
+        };
+        for _ in 0..2 {
+            if worker.process().is_err() {
+                break;
+            }
+        }
+    }
+}

@@ -33,7 +33,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::{Activation, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use super::{NeedsReset, VirtioDevice, VirtioInterrupt, next_chain, wait_for_kill};
+use super::{IdleRounds, NeedsReset, VirtioDevice, VirtioInterrupt, next_chain, wait_for_kill};
 
 /// Device type of virtio-net.
 pub const TYPE_NET: u16 = 1;
@@ -425,16 +425,19 @@ impl Worker {
         let mem = &self.mem;
         let mut used = false;
         let mut out_of_buffers = false;
+        let mut idle = IdleRounds::default();
         loop {
             let Some(chain) = next_chain(&mut self.rx, mem)? else {
                 // Out of buffers: ask the guest to say when it posts more, and stop
                 // polling the backend until then.
                 if self.rx.enable_notification(mem)? {
+                    idle.more_reported()?;
                     continue;
                 }
                 out_of_buffers = true;
                 break;
             };
+            idle.took_chain();
             let head = chain.head_index();
             let Some((bufs, total)) = chain_buffers(mem, chain, true, usize::MAX)
                 .filter(|(_, total)| *total >= VNET_HDR_LEN)
@@ -486,9 +489,11 @@ impl Worker {
     fn process_tx(&mut self) -> Result<(), WorkerError> {
         let mem = &self.mem;
         let mut used = false;
+        let mut idle = IdleRounds::default();
         loop {
             self.tx.disable_notification(mem)?;
             while let Some(chain) = next_chain(&mut self.tx, mem)? {
+                idle.took_chain();
                 let head = chain.head_index();
                 match chain_buffers(mem, chain, false, MAX_TX_FRAME)
                     .filter(|(_, total)| *total > VNET_HDR_LEN)
@@ -514,6 +519,7 @@ impl Worker {
             if !self.tx.enable_notification(mem)? {
                 break;
             }
+            idle.more_reported()?;
         }
         self.backend.tx_done();
         if used && self.tx.needs_notification(mem)? {
@@ -845,5 +851,107 @@ mod tests {
         net.read_config(11, &mut far);
         assert_eq!(far, [5, 0, 0, 0]);
         assert!(feature_names(net.features()).contains(&"HOST_TSO4"));
+    }
+}
+
+/// The virtio-net fuzz target's entry point (also replayed by unit tests).
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::collections::VecDeque;
+    use std::os::fd::{AsRawFd, RawFd};
+
+    use super::*;
+    use crate::virtio::fuzzing::{NoInterrupts, memory, queue};
+
+    /// Frames in from the fuzzer; frames out checked against the device's own bound.
+    struct Backend {
+        evt: EventFd,
+        frames: VecDeque<Vec<u8>>,
+    }
+
+    impl FrameBackend for Backend {
+        fn poll_fd(&self) -> RawFd {
+            self.evt.as_raw_fd()
+        }
+        fn recv(&mut self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
+            let total: usize = bufs.iter().map(|b| b.len()).sum();
+            assert!(
+                total >= VNET_HDR_LEN,
+                "receive chain shorter than the header"
+            );
+            let frame = self.frames.pop_front().ok_or(io::ErrorKind::WouldBlock)?;
+            Ok(net::backend::scatter(bufs, &[&frame]))
+        }
+        fn send(&mut self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
+            let total: usize = bufs.iter().map(|b| b.len()).sum();
+            assert!(
+                total > VNET_HDR_LEN && total <= MAX_TX_FRAME,
+                "frame of {total}"
+            );
+            let mut out = vec![0u8; total];
+            Ok(net::backend::gather(bufs, &mut out))
+        }
+        fn set_offloads(&mut self, _: Offloads) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// `data`: the receive queue's and the transmit queue's placement (7 bytes each, see
+    /// [`queue`]), a frame count and an order of work, the frames (a length byte each),
+    /// then guest RAM.
+    pub fn run(data: &[u8]) {
+        let Some((head, rest)) = data.split_first_chunk::<16>() else {
+            return;
+        };
+        let mut rest = rest;
+        let mut frames = VecDeque::new();
+        for _ in 0..head[14] % 8 {
+            let Some((&len, tail)) = rest.split_first() else {
+                break;
+            };
+            let n = usize::from(len).min(tail.len());
+            frames.push_back(tail[..n].to_vec());
+            rest = &tail[n..];
+        }
+        let mem = memory(rest);
+        let rx_at: [u8; 7] = head[0..7].try_into().unwrap_or_default();
+        let tx_at: [u8; 7] = head[7..14].try_into().unwrap_or_default();
+        let (Some(rx), Some(tx)) = (queue(&mem, rx_at), queue(&mem, tx_at)) else {
+            return;
+        };
+        let Ok(evt) = EventFd::new(EFD_NONBLOCK) else {
+            return;
+        };
+        let mut worker = Worker {
+            mem,
+            rx,
+            tx,
+            backend: Box::new(Backend { evt, frames }),
+            interrupt: std::sync::Arc::new(NoInterrupts),
+            counters: Arc::default(),
+            backend_polled: true,
+            needs_reset: NeedsReset::default(),
+        };
+        let Ok(epoll) = Epoll::new() else {
+            return;
+        };
+        let _ = epoll.ctl(
+            ControlOperation::Add,
+            worker.backend.poll_fd(),
+            EpollEvent::new(EventSet::IN, TOKEN_BACKEND),
+        );
+        // Up to four rounds of work in an order the input picks; an error stops the
+        // device, as it would in the worker.
+        for round in 0..4 {
+            let result = if head[15] >> round & 1 == 0 {
+                worker.process_tx()
+            } else {
+                worker.process_rx(&epoll)
+            };
+            if result.is_err() {
+                break;
+            }
+        }
     }
 }

@@ -266,6 +266,17 @@ pub fn partitions(disk: &Region) -> io::Result<Vec<Partition>> {
     if types.contains(&0xee) {
         return gpt_partitions(disk);
     }
+    // Entries that are used but all start at sector 0, on the table itself, describe no
+    // partition (and mbrman panics on them, looking for their common alignment): then the
+    // sector is a file system's boot sector, or nonsense.
+    let used_starts: Vec<u32> = (0..4)
+        .map(|i| &mbr_head[446 + 16 * i..446 + 16 * (i + 1)])
+        .filter(|entry| entry[4] != 0)
+        .map(|entry| u32::from_le_bytes([entry[8], entry[9], entry[10], entry[11]]))
+        .collect();
+    if !used_starts.is_empty() && used_starts.iter().all(|&start| start == 0) {
+        return Ok(Vec::new());
+    }
     mbr_partitions(disk)
 }
 

@@ -459,3 +459,18 @@ fn images_vmm_cannot_read_are_refused_with_the_reason() {
         "{e}"
     );
 }
+
+#[test]
+fn an_mbr_whose_entries_all_start_at_sector_0_is_no_partition_table() {
+    // Found by fuzz/ (image_boot): mbrman panicked on it (`find_alignment` unwraps None).
+    let mut image = vec![0u8; 4096];
+    image[446 + 4] = 0x83; // entry 1: Linux, first LBA 0,
+    image[446 + 12] = 8; // 8 sectors
+    image[510..512].copy_from_slice(&[0x55, 0xaa]);
+    let disk = Arc::new(crate::disk::MemoryDisk::new(&image, true));
+    let e = find(disk).unwrap_err().to_string();
+    assert!(
+        e.contains("no partition table and no file system vmm reads"),
+        "{e}"
+    );
+}

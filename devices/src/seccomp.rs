@@ -223,6 +223,9 @@ const VCPU_IOCTLS: &[u64] = &[
 /// `_IO(0x12, 119)`, `_IO(0x12, 127)`: discard and zero a range of a block device.
 const BLKDISCARD: u64 = 0x1277;
 const BLKZEROOUT: u64 = 0x127f;
+/// `_IOR(0x12, 114, u64)` and `_IO(0x12, 104)`: a block device's size and sector size.
+const BLKGETSIZE64: u64 = 0x8008_1272;
+const BLKSSZGET: u64 = 0x1268;
 
 /// Every thread: memory, locks, time, its own end, logging to stderr.
 const COMMON: &[i64] = &[
@@ -308,6 +311,9 @@ const DISK_IO: &[i64] = &[
     libc::SYS_fdatasync,
     libc::SYS_fsync,
     libc::SYS_fallocate,
+    // A qcow2 image (and a container disk's overlay) grows as clusters are allocated.
+    libc::SYS_ftruncate,
+    libc::SYS_fstatfs,
     libc::SYS_lseek,
     libc::SYS_fstat,
     libc::SYS_newfstatat,
@@ -405,8 +411,13 @@ fn allowed(role: Role) -> Vec<Allowed> {
         out.push(one_of(libc::SYS_ioctl, 1, &[libc::FIONBIO]));
     }
     if role == Role::BlockWorker {
-        // DISCARD and WRITE_ZEROES on a raw block device; nothing else.
-        out.push(one_of(libc::SYS_ioctl, 1, &[BLKDISCARD, BLKZEROOUT]));
+        // DISCARD and WRITE_ZEROES on a raw block device, and the size and sector size
+        // queries imago may make of a block device under a qcow2 chain; nothing else.
+        out.push(one_of(
+            libc::SYS_ioctl,
+            1,
+            &[BLKDISCARD, BLKZEROOUT, BLKGETSIZE64, BLKSSZGET],
+        ));
     }
     // Threads, never processes or namespaces: `clone` only with the flags glibc's
     // `pthread_create` passes. (`clone3` hides its flags behind a pointer, so it is refused
@@ -648,8 +659,13 @@ mod tests {
     fn block_ioctl_numbers_are_the_kernel_s() {
         vmm_sys_util::ioctl_io_nr!(DISCARD, 0x12, 119);
         vmm_sys_util::ioctl_io_nr!(ZEROOUT, 0x12, 127);
+        vmm_sys_util::ioctl_ior_nr!(GETSIZE64, 0x12, 114, u64);
+        vmm_sys_util::ioctl_io_nr!(SSZGET, 0x12, 104);
         assert_eq!(DISCARD(), BLKDISCARD);
         assert_eq!(ZEROOUT(), BLKZEROOUT);
+        assert_eq!(GETSIZE64(), BLKGETSIZE64);
+        assert_eq!(SSZGET(), BLKSSZGET);
+        assert_eq!(SSZGET(), libc::BLKSSZGET as u64);
     }
 
     #[test]

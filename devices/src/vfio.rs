@@ -146,8 +146,9 @@ impl Msi {
                 *r = (*r & !mask) | (b & mask);
             }
         }
-        // Multiple message enable cannot exceed what the function is capable of.
-        let mme = ((self.control() >> 4) & 7).min(capable);
+        // Multiple message enable cannot exceed what the function is capable of, nor 32
+        // vectors (5: 6 and 7 are reserved, in either field).
+        let mme = ((self.control() >> 4) & 7).min(capable).min(5);
         self.regs[2] = (self.regs[2] & !0x70) | u8::try_from(mme << 4).unwrap_or(0);
         self.apply(dev);
     }

@@ -444,3 +444,20 @@ fn without_msix_msi_is_emulated_into_routes_and_vfio() {
     s.pci.write_config(0x40 / 4, 2, &0x0000u16.to_le_bytes());
     assert_eq!(s.log.lock().unwrap().msi.last(), Some(&None));
 }
+
+/// Found by the vfio fuzz target: a function whose MSI capability claims a reserved
+/// multiple-message count (6 or 7) let the guest enable 64 or 128 vectors; MSI has 32.
+#[test]
+fn msi_never_asks_for_more_than_32_vectors() {
+    let mut c = device_config();
+    // 64-bit, masking, 7 (reserved) capable.
+    put(&mut c, 0x40, &[MSI_CAP_ID, 0x60, 0x8e, 0x01]);
+    let mut s = setup_with(c);
+    s.pci.write_config(0x40 / 4, 2, &0x0071u16.to_le_bytes());
+    assert_eq!(s.log.lock().unwrap().msi, vec![Some(32)]);
+    assert_eq!(
+        s.pci.read_config(0x40 / 4) >> 16 & 0x70,
+        0x50,
+        "32 messages at most"
+    );
+}

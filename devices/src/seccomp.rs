@@ -665,7 +665,7 @@ mod tests {
         assert_eq!(ZEROOUT(), BLKZEROOUT);
         assert_eq!(GETSIZE64(), BLKGETSIZE64);
         assert_eq!(SSZGET(), BLKSSZGET);
-        assert_eq!(SSZGET(), libc::BLKSSZGET as u64);
+        assert_eq!(SSZGET(), libc::BLKSSZGET);
     }
 
     #[test]

@@ -6,46 +6,14 @@
 
 #![no_main]
 
-use std::net::Ipv4Addr;
-
 use libfuzzer_sys::fuzz_target;
-use net::MacAddr;
-use net::dhcp::{DhcpServer, Lease, StaticRoute};
+use net::dhcp::DhcpServer;
+use net::dhcp::testing::{CLIENT, lease};
 
 const ETH_HDR: usize = 14;
 /// `MAX_REPLY_IP` in net/src/dhcp.rs: a reply fits one IP packet of the usual MTU.
 const MAX_REPLY_IP: usize = 1500;
 const BOOTP_FIXED: usize = 236;
-const CLIENT: MacAddr = MacAddr::new([0x52, 0x54, 0, 1, 2, 3]);
-const SERVER_MAC: MacAddr = MacAddr::new([0x02, 0, 0, 0, 0, 1]);
-
-/// The lease of net/src/dhcp.rs's unit tests: every option present.
-fn lease() -> Lease {
-    Lease {
-        client: CLIENT,
-        address: Ipv4Addr::new(10, 244, 1, 7),
-        prefix: 32,
-        router: Some(Ipv4Addr::new(169, 254, 1, 1)),
-        routes: vec![
-            StaticRoute {
-                dst: Ipv4Addr::new(169, 254, 1, 1),
-                prefix: 32,
-                gateway: Ipv4Addr::UNSPECIFIED,
-            },
-            StaticRoute {
-                dst: Ipv4Addr::UNSPECIFIED,
-                prefix: 0,
-                gateway: Ipv4Addr::new(169, 254, 1, 1),
-            },
-        ],
-        dns: vec![Ipv4Addr::new(10, 96, 0, 10)],
-        search: vec!["default.svc.cluster.local".into(), "cluster.local".into()],
-        mtu: Some(1450),
-        hostname: "vm1".into(),
-        server: Ipv4Addr::new(169, 254, 1, 1),
-        server_mac: SERVER_MAC,
-    }
-}
 
 fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
@@ -81,7 +49,7 @@ fn check_reply(request: &[u8], reply: &[u8]) {
         dst == CLIENT.octets() || dst == [0xff; 6],
         "dst MAC {dst:02x?}"
     );
-    assert_eq!(&reply[6..12], &SERVER_MAC.octets());
+    assert_eq!(&reply[6..12], &lease().server_mac.octets());
     assert_eq!(be16(reply, 12), 0x0800);
     // IPv4: no options, the whole rest of the frame, UDP, valid checksum.
     let ip = &reply[ETH_HDR..];

@@ -404,13 +404,46 @@ impl DhcpServer {
     }
 }
 
-/// Client messages and reply parsing for tests here and in the masquerade engine.
-#[cfg(test)]
-pub(crate) mod testing {
+/// Client messages, reply parsing and a lease with every option, for tests here and in the
+/// masquerade engine, and for the DHCP fuzz target.
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub mod testing {
     use super::*;
 
+    /// The client of [`lease`].
+    pub const CLIENT: MacAddr = MacAddr::new([0x52, 0x54, 0, 1, 2, 3]);
+
+    /// The lease of the unit tests: every option present.
+    pub fn lease() -> Lease {
+        Lease {
+            client: CLIENT,
+            address: Ipv4Addr::new(10, 244, 1, 7),
+            prefix: 32,
+            router: Some(Ipv4Addr::new(169, 254, 1, 1)),
+            routes: vec![
+                StaticRoute {
+                    dst: Ipv4Addr::new(169, 254, 1, 1),
+                    prefix: 32,
+                    gateway: Ipv4Addr::UNSPECIFIED,
+                },
+                StaticRoute {
+                    dst: Ipv4Addr::UNSPECIFIED,
+                    prefix: 0,
+                    gateway: Ipv4Addr::new(169, 254, 1, 1),
+                },
+            ],
+            dns: vec![Ipv4Addr::new(10, 96, 0, 10)],
+            search: vec!["default.svc.cluster.local".into(), "cluster.local".into()],
+            mtu: Some(1450),
+            hostname: "vm1".into(),
+            server: Ipv4Addr::new(169, 254, 1, 1),
+            server_mac: MacAddr::new([0x02, 0, 0, 0, 0, 1]),
+        }
+    }
+
     /// A client message as udhcpc sends it.
-    pub(crate) fn client_msg(mac: MacAddr, msg_type: u8, requested: Option<Ipv4Addr>) -> Vec<u8> {
+    pub fn client_msg(mac: MacAddr, msg_type: u8, requested: Option<Ipv4Addr>) -> Vec<u8> {
         let mut bootp = vec![0u8; BOOTP_FIXED];
         bootp[0] = BOOTREQUEST;
         bootp[1] = 1;
@@ -440,7 +473,7 @@ pub(crate) mod testing {
     }
 
     /// The options of a reply frame, code → concatenated value.
-    pub(crate) fn options(reply: &[u8]) -> std::collections::BTreeMap<u8, Vec<u8>> {
+    pub fn options(reply: &[u8]) -> std::collections::BTreeMap<u8, Vec<u8>> {
         let bootp = &reply[ETH_HDR + 20 + 8..];
         let mut opts = &bootp[BOOTP_FIXED + 4..];
         let mut out = std::collections::BTreeMap::<u8, Vec<u8>>::new();
@@ -461,34 +494,7 @@ mod tests {
     use super::testing::{client_msg, options};
     use super::*;
 
-    const CLIENT: MacAddr = MacAddr::new([0x52, 0x54, 0, 1, 2, 3]);
-
-    fn lease() -> Lease {
-        Lease {
-            client: CLIENT,
-            address: Ipv4Addr::new(10, 244, 1, 7),
-            prefix: 32,
-            router: Some(Ipv4Addr::new(169, 254, 1, 1)),
-            routes: vec![
-                StaticRoute {
-                    dst: Ipv4Addr::new(169, 254, 1, 1),
-                    prefix: 32,
-                    gateway: Ipv4Addr::UNSPECIFIED,
-                },
-                StaticRoute {
-                    dst: Ipv4Addr::UNSPECIFIED,
-                    prefix: 0,
-                    gateway: Ipv4Addr::new(169, 254, 1, 1),
-                },
-            ],
-            dns: vec![Ipv4Addr::new(10, 96, 0, 10)],
-            search: vec!["default.svc.cluster.local".into(), "cluster.local".into()],
-            mtu: Some(1450),
-            hostname: "vm1".into(),
-            server: Ipv4Addr::new(169, 254, 1, 1),
-            server_mac: MacAddr::new([0x02, 0, 0, 0, 0, 1]),
-        }
-    }
+    use super::testing::{CLIENT, lease};
 
     #[test]
     fn offers_and_acks_the_delegated_address_with_every_option() {

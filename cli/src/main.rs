@@ -79,7 +79,7 @@ struct RunArgs {
     volumes: Vec<(String, PathBuf)>,
 
     /// After SIGTERM/SIGINT, how long the guest has to power off after the ACPI power
-    /// button before it is stopped (e.g. 30s, 500ms, 2m; a bare number is seconds).
+    /// button before it is stopped (e.g. 30s, 500ms, 2m, 1h; a bare number is seconds).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     shutdown_timeout: Duration,
 
@@ -139,23 +139,14 @@ fn parse_nat_limit(s: &str) -> Result<(String, String), String> {
         .split_once('=')
         .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
     // Checked here so that a mistake is a usage error before anything runs.
-    vmm::NatLimits::default().set(key, value)?;
+    vmm::NatLimits::default()
+        .set(key, value)
+        .map_err(|e| e.to_string())?;
     Ok((key.to_string(), value.to_string()))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration such as 30s"))?;
-    match unit {
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "ms" => Ok(Duration::from_millis(n)),
-        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
-        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
-    }
+    vmm::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -256,7 +247,8 @@ mod tests {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("2h").is_err());
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("2d").is_err());
         assert!(parse_duration("s").is_err());
     }
 

@@ -361,7 +361,7 @@ fn a_bad_nat_limit_is_a_usage_error() {
     for (arg, want) in [
         ("tcp-flows=0", "tcp-flows: must be at least 1"),
         ("tcp-flow=10", "unknown limit \"tcp-flow\""),
-        ("udp-idle=5", "needs a unit"),
+        ("udp-idle=5d", "is not a duration such as"),
         ("nonsense", "is not KEY=VALUE"),
     ] {
         let out = vmm(&[

@@ -287,17 +287,7 @@ fn index_of(nl: &mut Netlink, name: &str) -> Result<u32, BindError> {
 /// A MAC with `mac`'s OUI and other, random, lower bytes.
 fn new_mac(mac: MacAddr) -> MacAddr {
     let mut o = mac.octets();
-    let mut random = [0u8; 3];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
-        .is_err()
-    {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        random.copy_from_slice(&t.to_le_bytes()[..3]);
-    }
-    o[3..].copy_from_slice(&random);
+    crate::random::fill(&mut o[3..]);
     if o == mac.octets() {
         o[5] ^= 1;
     }

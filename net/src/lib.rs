@@ -11,7 +11,9 @@ pub mod local_dhcp;
 pub mod mac;
 pub mod nat;
 pub mod netlink;
+pub mod random;
 pub mod tap;
+pub mod units;
 
 pub use backend::{FrameBackend, Offloads, VNET_HDR_LEN};
 pub use mac::{MacAddr, ParseMacError};

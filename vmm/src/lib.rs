@@ -30,3 +30,5 @@ pub use devices::seccomp::Mode as SeccompMode;
 /// The masquerade NAT's limits (`--nat-limit`), for the command line.
 pub use net::nat::Limits as NatLimits;
 pub use net::nat::{Cidr, Egress as NatEgress};
+/// How every flag reads durations and sizes.
+pub use net::units;

@@ -11,9 +11,9 @@
 //! default range) costs about 300 MiB; `masquerade.ports` lists the ports to forward
 //! instead and costs nothing beyond them.
 
-use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::net::{TcpListener, UdpSocket};
+
+use super::sock;
 
 /// A forwarded port's protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -96,51 +96,6 @@ fn raise_nofile(want: u64) -> u64 {
     lim.rlim_cur
 }
 
-fn bind(fd: &OwnedFd, port: u16) -> io::Result<()> {
-    let addr = super::engine::sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
-    // SAFETY: `addr` is a valid sockaddr_in of the length given.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            std::ptr::from_ref(&addr).cast(),
-            super::engine::socklen::<libc::sockaddr_in>(),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// A non-blocking TCP listener on 0.0.0.0:`port` (`SO_REUSEADDR`, so connections of an
-/// earlier run in TIME_WAIT do not block it; two listeners still cannot share a port).
-fn tcp_listener(port: u16) -> io::Result<TcpListener> {
-    let fd = super::engine::socket(libc::SOCK_STREAM, 0)?;
-    let one: libc::c_int = 1;
-    // SAFETY: a valid int option of the size given.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            std::ptr::from_ref(&one).cast(),
-            super::engine::socklen::<libc::c_int>(),
-        );
-    }
-    bind(&fd, port)?;
-    // SAFETY: listen(2) on a bound socket we own.
-    if unsafe { libc::listen(fd.as_raw_fd(), 128) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(TcpListener::from(fd))
-}
-
-fn udp_socket(port: u16) -> io::Result<UdpSocket> {
-    let fd = super::engine::socket(libc::SOCK_DGRAM, 0)?;
-    bind(&fd, port)?;
-    Ok(UdpSocket::from(fd))
-}
-
 impl Listeners {
     /// Binds what `forward` asks for. A port in use is skipped and listed; running out of
     /// descriptors stops binding and is counted.
@@ -164,8 +119,8 @@ impl Listeners {
                 break;
             }
             let bound = match protocol {
-                Protocol::Tcp => tcp_listener(port).map(|l| out.tcp.push((port, l))),
-                Protocol::Udp => udp_socket(port).map(|s| out.udp.push((port, s))),
+                Protocol::Tcp => sock::tcp_listener(port).map(|l| out.tcp.push((port, l))),
+                Protocol::Udp => sock::udp_bound(port).map(|s| out.udp.push((port, s))),
             };
             match bound {
                 Ok(()) => {}
@@ -223,6 +178,8 @@ impl Listeners {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     #[test]

@@ -16,17 +16,10 @@
 //! - ARP requests for the gateway address, and ARP replies (smoltcp learns the guest's MAC).
 //!   Other ARP is dropped: with smoltcp's any-IP mode it would otherwise answer for every
 //!   address, the guest's own included.
-//! - TCP. A guest SYN to `dst` starts a non-blocking host `connect(dst)` and is held. When
-//!   the connection succeeds, a smoltcp socket listening on `dst` (any-IP mode) is created
-//!   and the held SYN is fed to it, so the guest's handshake completes only against a peer
-//!   that accepted; a refused connection feeds the SYN with no listener, and smoltcp answers
-//!   it with RST; an unreachable one (or one not answered within the connect timeout) gets
-//!   an RST too. Established flows are spliced: bytes the guest sent are written to the
-//!   host socket as far as it takes them, bytes read from the host socket go into the
-//!   smoltcp socket as far as its send window allows, so each direction is flow-controlled
-//!   end to end by the two windows. The guest's FIN becomes `shutdown(SHUT_WR)`, the host's
-//!   EOF a FIN; a guest RST closes the host socket with `SO_LINGER` 0 (an RST), a host
-//!   error aborts the smoltcp socket (an RST to the guest).
+//! - TCP. A guest SYN starts a non-blocking host `connect` and is held; the guest's
+//!   handshake completes against a smoltcp socket only once the host side connected, and
+//!   the two sockets are then spliced, each direction flow-controlled end to end by the two
+//!   windows. The module `tcp` (net/src/nat/tcp.rs) lists each state with its events and where they lead.
 //!
 //! UDP and ICMP echo never reach smoltcp (it would answer UDP to any address with port
 //! unreachable and ICMP echo to any address itself). A UDP datagram from guest port `p` to
@@ -79,21 +72,38 @@
 //! TCP connections still connecting after `connect_timeout` (30 s), TCP flows in which no
 //! byte moved for `tcp_idle` (24 h).
 //!
+//! **Where the code is**, one file a concern as passt keeps them: `engine` (the [`Nat`] type,
+//! classifying the guest's frames, the event dispatch), `tcp`, `udp` (and what ICMP echo
+//! shares with it), `icmp`, `arp`, `flow` (the one flow table: key to flow, a count limit,
+//! least recently used first), `device` (smoltcp's side: the frame queues), `sock` (the
+//! socket calls std does not make), [`limits`], [`inbound`] (forwarded ports' sockets),
+//! [`egress`] (what the guest may reach) and [`backend`] (the engine as a virtual NIC's
+//! frame backend).
+//!
 //! **Deliberately not done.** IPv6; IP fragments from the guest (dropped: Linux guests do
 //! path MTU discovery); UDP datagrams larger than fit one guest frame from the host
 //! (dropped); ICMP errors from the host network for UDP (the guest sees a timeout); TCP
 //! urgent data; UDP or ICMP to ports of the pod nobody forwards (the pod's kernel answers);
 //! ICMP echo to the pod from outside (the pod's kernel answers it, not the guest).
 
+mod arp;
 pub mod backend;
+mod device;
 pub mod egress;
 pub mod engine;
+mod flow;
+mod icmp;
 pub mod inbound;
+pub mod limits;
+mod sock;
+mod tcp;
+mod udp;
 
 pub use backend::NatBackend;
 pub use egress::{Cidr, Egress};
-pub use engine::{GATEWAY_MAC, Limits, Nat, NatConfig, NatStats, SMALL_TCP_BUFFER};
+pub use engine::{GATEWAY_MAC, Nat, NatConfig, NatStats};
 pub use inbound::{Forward, Listeners, Protocol};
+pub use limits::{LimitError, Limits, SMALL_TCP_BUFFER};
 
 #[cfg(test)]
 mod tests;

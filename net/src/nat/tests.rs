@@ -17,7 +17,8 @@ use smoltcp::wire::{
 };
 
 use super::egress::Egress;
-use super::engine::{GATEWAY_MAC, Limits, Nat, NatConfig};
+use super::engine::{GATEWAY_MAC, Nat, NatConfig};
+use super::limits::Limits;
 use crate::mac::MacAddr;
 
 const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
@@ -447,7 +448,7 @@ fn a_host_reset_reaches_the_guest() {
         g.sock(h).state() == tcp::State::Established
     });
     let (s, _) = listener.accept().unwrap();
-    super::engine::set_linger_zero(std::os::fd::AsRawFd::as_raw_fd(&s));
+    super::sock::reset_on_close(&s);
     drop(s); // RST
     guest.run_until(&mut nat, "the RST", |g| {
         g.sock(h).state() == tcp::State::Closed
@@ -829,33 +830,8 @@ fn inbound_udp_reaches_the_guest_and_its_reply_leaves_from_the_port() {
 }
 
 #[test]
-fn limits_are_set_by_name_and_bad_values_refused() {
-    let mut l = Limits::default();
-    l.set("tcp-flows", "64").unwrap();
-    l.set("tcp-buffer", "1M").unwrap();
-    l.set("udp-idle", "5s").unwrap();
-    l.set("tcp-idle", "2h").unwrap();
-    assert_eq!(l.tcp_flows, 64);
-    assert_eq!(l.tcp_buffer, 1 << 20);
-    assert_eq!(l.udp_idle, Duration::from_secs(5));
-    assert_eq!(l.tcp_idle, Duration::from_secs(7200));
-    for (k, v) in [
-        ("tcp-flows", "0"),
-        ("tcp-flows", "many"),
-        ("tcp-buffer", "1G"),
-        ("tcp-buffer", "12"),
-        ("udp-idle", "5"),
-        ("udp-idle", "0s"),
-        ("nonsense", "1"),
-    ] {
-        let err = l.clone().set(k, v).unwrap_err();
-        assert!(err.contains(k), "{err}");
-    }
-}
-
-#[test]
 fn the_tcp_buffer_budget_bounds_memory_and_shrinks_buffers_before_refusing() {
-    let small = 2 * super::engine::SMALL_TCP_BUFFER;
+    let small = 2 * super::limits::SMALL_TCP_BUFFER;
     // Room for two flows with 1 MiB each way, then eight with small buffers.
     let limits = Limits {
         tcp_buffer: 1 << 20,

@@ -1,0 +1,304 @@
+//! UDP, and what it shares with ICMP echo: a datagram flow is a connected host socket per
+//! (guest port or echo identifier, destination), made on first use, least recently used
+//! evicted when the table is full, closed after `udp-idle` of silence. Peers' datagrams to
+//! forwarded ports go to the guest, and the guest's answers leave from the port written to.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{IpAddress, IpProtocol, UdpPacket, UdpRepr};
+use vmm_sys_util::epoll::{ControlOperation, EpollEvent, EventSet};
+
+use super::device::IP_HDR;
+use super::engine::{KIND_ICMP, KIND_UDP, Nat};
+use super::flow::{FlowId, FlowKey, FlowTable};
+use super::sock;
+
+const UDP_HDR: usize = 8;
+
+/// Which kind of datagram flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Dgram {
+    Udp,
+    Icmp,
+}
+
+/// A UDP or ICMP echo flow's host socket.
+pub(super) struct DgramFlow {
+    sock: UdpSocket,
+    /// Edge-triggered: set by an event, cleared when a read would block.
+    readable: bool,
+}
+
+impl DgramFlow {
+    /// Sends `data` to the flow's destination.
+    pub(super) fn send(&self, data: &[u8]) -> io::Result<usize> {
+        self.sock.send(data)
+    }
+}
+
+/// A peer that sent a datagram to a forwarded UDP port; the guest's replies go back
+/// through that port's socket.
+pub(super) struct InboundUdp {
+    listener: usize,
+    peer: SocketAddrV4,
+}
+
+impl Nat {
+    fn dgrams(&mut self, kind: Dgram) -> &mut FlowTable<FlowKey, DgramFlow> {
+        match kind {
+            Dgram::Udp => &mut self.udp,
+            Dgram::Icmp => &mut self.icmp,
+        }
+    }
+
+    pub(super) fn udp_from_guest(&mut self, dst: Ipv4Addr, datagram: &[u8]) {
+        let Ok(udp) = UdpPacket::new_checked(datagram) else {
+            return self.drop_frame();
+        };
+        let key = (udp.src_port(), SocketAddrV4::new(dst, udp.dst_port()));
+        if let Some(id) = self.inbound_udp.id(&key) {
+            // A reply to a peer that wrote to a forwarded port: from that port.
+            let Some(inbound) = self.inbound_udp.touch(id, Instant::now()) else {
+                return;
+            };
+            let (_, sock) = &self.listeners.udp[inbound.listener];
+            if let Err(e) = sock.send_to(udp.payload(), inbound.peer) {
+                log::debug!("masquerade: UDP reply to {}: {e}", inbound.peer);
+            }
+            return;
+        }
+        let target = if dst == self.gateway {
+            match self.dns_redirect {
+                Some(resolver) if key.1.port() == 53 => resolver,
+                _ => return self.drop_frame(),
+            }
+        } else if self.cfg.egress.allows(key.1, &self.cfg.dns) {
+            key.1
+        } else {
+            self.stats.egress_denied += 1;
+            return self.drop_frame();
+        };
+        let Some(flow) = self.dgram_flow(Dgram::Udp, key, target) else {
+            return self.drop_frame();
+        };
+        if let Err(e) = flow.send(udp.payload()) {
+            log::debug!("masquerade: UDP to {target}: {e}");
+        }
+    }
+
+    /// The flow for `key`, marked used, opened to `target` if there is none.
+    pub(super) fn dgram_flow(
+        &mut self,
+        kind: Dgram,
+        key: FlowKey,
+        target: SocketAddrV4,
+    ) -> Option<&mut DgramFlow> {
+        let id = match self.dgrams(kind).id(&key) {
+            Some(id) => id,
+            None => self.open_dgram(kind, key, target)?,
+        };
+        self.dgrams(kind).touch(id, Instant::now())
+    }
+
+    /// Opens a UDP or ICMP flow, evicting the least recently used one when full.
+    fn open_dgram(&mut self, kind: Dgram, key: FlowKey, target: SocketAddrV4) -> Option<FlowId> {
+        let sock = match kind {
+            Dgram::Udp => sock::connect_udp(target),
+            Dgram::Icmp => sock::connect_icmp(target),
+        };
+        let sock = match sock {
+            Ok(s) => s,
+            Err(e) => {
+                if kind == Dgram::Icmp
+                    && matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM))
+                {
+                    if !self.icmp_forbidden {
+                        log::warn!(
+                            "masquerade: this host forbids unprivileged ICMP echo sockets \
+                             (sysctl net.ipv4.ping_group_range); the guest's pings are dropped"
+                        );
+                        self.icmp_forbidden = true;
+                    }
+                } else {
+                    log::debug!("masquerade: socket for {target}: {e}");
+                }
+                return None;
+            }
+        };
+        let fd = sock.as_raw_fd();
+        let flow = DgramFlow {
+            sock,
+            readable: false,
+        };
+        let (id, evicted) = self.dgrams(kind).insert(key, flow, Instant::now());
+        if let Some((_, old)) = evicted {
+            self.unwatch(&old.sock);
+        }
+        let token = match kind {
+            Dgram::Udp => KIND_UDP,
+            Dgram::Icmp => KIND_ICMP,
+        } | id;
+        let events = EventSet::IN | EventSet::EDGE_TRIGGERED;
+        if self
+            .epoll
+            .ctl(ControlOperation::Add, fd, EpollEvent::new(events, token))
+            .is_err()
+        {
+            self.dgrams(kind).remove(id);
+            return None;
+        }
+        Some(id)
+    }
+
+    fn unwatch(&self, sock: &UdpSocket) {
+        let _ = self.epoll.ctl(
+            ControlOperation::Delete,
+            sock.as_raw_fd(),
+            EpollEvent::default(),
+        );
+    }
+
+    /// Marks flow `id` readable after an event; whether it is still open.
+    pub(super) fn dgram_readable(&mut self, kind: Dgram, id: FlowId) -> bool {
+        self.dgrams(kind)
+            .get_mut(id)
+            .map(|f| f.readable = true)
+            .is_some()
+    }
+
+    /// The flows left readable (the guest's queue was full when they were last read).
+    pub(super) fn readable_dgrams(&self) -> Vec<(Dgram, FlowId)> {
+        let readable = |kind, table: &FlowTable<FlowKey, DgramFlow>| {
+            table
+                .iter()
+                .filter(|(_, _, f)| f.readable)
+                .map(move |(id, _, _)| (kind, id))
+                .collect::<Vec<_>>()
+        };
+        let mut all = readable(Dgram::Udp, &self.udp);
+        all.extend(readable(Dgram::Icmp, &self.icmp));
+        all
+    }
+
+    /// Reads what a flow's socket has, while the guest's queue has room.
+    pub(super) fn read_dgram(&mut self, kind: Dgram, id: FlowId) {
+        while !self.dev.tx.is_full() {
+            let table = match kind {
+                Dgram::Udp => &mut self.udp,
+                Dgram::Icmp => &mut self.icmp,
+            };
+            let Some(flow) = table.get_mut(id).filter(|f| f.readable) else {
+                return;
+            };
+            let n = match flow.sock.recv(&mut self.buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        log::debug!("masquerade: datagram flow: {e}");
+                    }
+                    flow.readable = false;
+                    return;
+                }
+            };
+            table.touch(id, Instant::now());
+            let Some(key) = table.key(id) else {
+                return;
+            };
+            match kind {
+                Dgram::Udp => self.udp_to_guest(key, n),
+                Dgram::Icmp => self.echo_reply_to_guest(key, n),
+            }
+        }
+        // What is left stays readable: read when the guest has taken frames.
+    }
+
+    /// The first `n` bytes of the buffer, received on flow `key`, to the guest.
+    fn udp_to_guest(&mut self, (port, from): FlowKey, n: usize) {
+        if n + UDP_HDR + IP_HDR > usize::from(self.cfg.mtu) {
+            self.stats.dropped += 1;
+            return;
+        }
+        self.push_udp(from, port, n);
+    }
+
+    /// Queues a UDP datagram from `src` to the guest's port `dst_port` carrying the first
+    /// `len` bytes of the receive buffer.
+    fn push_udp(&mut self, src: SocketAddrV4, dst_port: u16, len: usize) {
+        let mut segment = vec![0u8; UDP_HDR + len];
+        UdpRepr {
+            src_port: src.port(),
+            dst_port,
+        }
+        .emit(
+            &mut UdpPacket::new_unchecked(&mut segment[..]),
+            &IpAddress::Ipv4(*src.ip()),
+            &IpAddress::Ipv4(self.guest),
+            len,
+            |p| p.copy_from_slice(&self.buf[..len]),
+            &ChecksumCapabilities::default(),
+        );
+        self.push_ip(*src.ip(), IpProtocol::Udp, &segment);
+    }
+
+    /// Datagrams to forwarded UDP ports, to the guest while its queue has room.
+    pub(super) fn read_inbound_udp(&mut self) {
+        self.udp_listen_ready.sort_unstable();
+        self.udp_listen_ready.dedup();
+        let ready = std::mem::take(&mut self.udp_listen_ready);
+        let listeners = self.listeners.clone();
+        let max_payload = usize::from(self.cfg.mtu).saturating_sub(IP_HDR + UDP_HDR);
+        for i in ready {
+            let Some((port, sock)) = listeners.udp.get(i) else {
+                continue;
+            };
+            loop {
+                if self.dev.tx.is_full() {
+                    self.udp_listen_ready.push(i); // drained later
+                    break;
+                }
+                let (n, peer) = match sock.recv_from(&mut self.buf) {
+                    Ok((n, std::net::SocketAddr::V4(p))) => (n, p),
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                };
+                if n > max_payload {
+                    self.stats.dropped += 1;
+                    continue;
+                }
+                let src = SocketAddrV4::new(self.visible_source(*peer.ip()), peer.port());
+                let key = (*port, src);
+                let now = Instant::now();
+                let flow = InboundUdp { listener: i, peer };
+                match self.inbound_udp.id(&key) {
+                    Some(id) => {
+                        if let Some(f) = self.inbound_udp.touch(id, now) {
+                            *f = flow;
+                        }
+                    }
+                    None => {
+                        self.inbound_udp.insert(key, flow, now);
+                    }
+                }
+                self.push_udp(src, *port, n);
+            }
+        }
+    }
+
+    /// Closes datagram flows silent for `udp-idle`.
+    pub(super) fn sweep_dgrams(&mut self, now: Instant) {
+        let idle = self.cfg.limits.udp_idle;
+        let gone: Vec<DgramFlow> = (self.udp.expire(now, idle).into_iter())
+            .chain(self.icmp.expire(now, idle))
+            .map(|(_, flow)| flow)
+            .collect();
+        for flow in gone {
+            self.unwatch(&flow.sock);
+        }
+        self.inbound_udp.expire(now, idle);
+    }
+}

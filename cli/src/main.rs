@@ -248,8 +248,8 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        assert!(parse_duration("2d").is_err());
-        assert!(parse_duration("s").is_err());
+        parse_duration("2d").unwrap_err();
+        parse_duration("s").unwrap_err();
     }
 
     #[test]
@@ -258,8 +258,8 @@ mod tests {
             parse_volume("data=/mnt/d.img"),
             Ok(("data".into(), PathBuf::from("/mnt/d.img")))
         );
-        assert!(parse_volume("data").is_err());
-        assert!(parse_volume("=x").is_err());
+        parse_volume("data").unwrap_err();
+        parse_volume("=x").unwrap_err();
     }
 
     #[test]

@@ -2,6 +2,9 @@
 //! KVM that cannot run a guest. Nothing here boots a guest (tests/boot.rs does, in the test
 //! host).
 
+// An integration test crate: its tests are its top level.
+#![allow(clippy::tests_outside_test_module)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};

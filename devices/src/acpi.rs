@@ -234,11 +234,11 @@ mod tests {
         let (mut pm, _, off, reset) = setup();
         let s3 = (3u16 << SLP_TYP_SHIFT) | SLP_EN;
         pm.write(4, &s3.to_le_bytes());
-        assert!(off.read().is_err());
+        off.read().unwrap_err();
         let s5 = (u16::from(S5_SLP_TYP) << SLP_TYP_SHIFT) | SLP_EN;
         pm.write(4, &s5.to_le_bytes());
         assert_eq!(off.read().unwrap(), 1);
-        assert!(reset.read().is_err());
+        reset.read().unwrap_err();
         assert_eq!(read16(&mut pm, 4) & (SLP_EN | SCI_EN), SCI_EN);
     }
 
@@ -257,10 +257,10 @@ mod tests {
     fn reset_register_needs_the_reset_value() {
         let (mut pm, _, off, reset) = setup();
         pm.write(8, &[0x02]);
-        assert!(reset.read().is_err());
+        reset.read().unwrap_err();
         pm.write(8, &[RESET_VALUE]);
         assert_eq!(reset.read().unwrap(), 1);
-        assert!(off.read().is_err());
+        off.read().unwrap_err();
     }
 
     #[test]
@@ -271,8 +271,8 @@ mod tests {
         pm.read(15, &mut big[..1]);
         pm.write(5, &[0xff; 8]);
         pm.write(0xff, &[1]);
-        assert!(reset.read().is_err());
+        reset.read().unwrap_err();
         // 0xff into the high byte of PM1_CNT sets SLP_EN with SLP_TYP 7: not S5.
-        assert!(off.read().is_err());
+        off.read().unwrap_err();
     }
 }

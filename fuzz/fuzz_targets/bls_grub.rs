@@ -18,6 +18,7 @@ use std::collections::HashMap;
 
 use libfuzzer_sys::fuzz_target;
 use vmm::imageboot::bls::{self, BlsEntry};
+use vmm::imageboot::ReadError;
 use vmm::imageboot::grub::{self, BlsMenuEntry, Host};
 
 const ROOT_UUID: &str = "4c7d1f7a-2f61-4a8e-9d55-0d3c2b1a9e10";
@@ -81,11 +82,11 @@ impl Host for Disk {
         on.sort_unstable();
         on.first().map(|i| Some(*i))
     }
-    fn read(&self, index: Option<usize>, path: &str) -> Result<Vec<u8>, String> {
+    fn read(&self, index: Option<usize>, path: &str) -> Result<Vec<u8>, ReadError> {
         index
             .and_then(|i| self.files.get(&(i, path.to_string())))
             .cloned()
-            .ok_or_else(|| format!("{path}: no such file"))
+            .ok_or_else(|| ReadError::NotFound(path.to_string()))
     }
     fn bls_entries(&self, index: Option<usize>) -> Vec<BlsMenuEntry> {
         let mut entries: Vec<BlsEntry> = self

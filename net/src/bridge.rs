@@ -41,7 +41,7 @@ pub enum BindError {
     #[error("host link {0} has no Ethernet address")]
     NoMac(String),
     /// A netlink operation failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Netlink {
         /// What was being done.
         what: String,

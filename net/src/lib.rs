@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod bridge;
 pub mod dhcp;
+pub mod error;
 pub mod local_dhcp;
 pub mod mac;
 pub mod nat;

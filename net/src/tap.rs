@@ -45,10 +45,10 @@ pub enum TapError {
     #[error("TAP name {0:?} is empty or longer than 15 bytes")]
     Name(String),
     /// `/dev/net/tun` cannot be opened.
-    #[error("cannot open /dev/net/tun: {0}")]
+    #[error("cannot open /dev/net/tun")]
     Open(#[source] io::Error),
     /// An ioctl failed.
-    #[error("TAP {name}: {what}: {source}")]
+    #[error("TAP {name}: {what}")]
     Ioctl {
         /// The TAP.
         name: String,

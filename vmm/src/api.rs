@@ -100,7 +100,7 @@ pub struct ApiRequest {
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// Binding failed.
-    #[error("--api-socket {path}: {source}")]
+    #[error("--api-socket {path}")]
     Bind {
         /// The path.
         path: PathBuf,

@@ -45,7 +45,7 @@ pub enum BootError {
         names: String,
     },
     /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -60,7 +60,7 @@ pub enum BootError {
     #[error("{0}: bzImage has no 64-bit entry point (XLF_KERNEL_64 is clear)")]
     Not64Bit(PathBuf),
     /// linux-loader refused the image.
-    #[error("cannot load kernel {path}: {source}")]
+    #[error("cannot load kernel {path}")]
     Load {
         /// The kernel file.
         path: PathBuf,
@@ -88,7 +88,7 @@ pub enum BootError {
         max: usize,
     },
     /// Guest memory refused a write.
-    #[error("cannot write boot data to guest memory: {0}")]
+    #[error("cannot write boot data to guest memory")]
     Memory(#[from] vm_memory::GuestMemoryError),
 }
 

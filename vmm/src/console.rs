@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
     /// The serial log could not be created.
-    #[error("--serial-log {path}: {source}")]
+    #[error("--serial-log {path}")]
     SerialLog {
         /// The path given.
         path: String,
@@ -26,7 +26,7 @@ pub enum ConsoleError {
         source: std::io::Error,
     },
     /// stdout could not be duplicated.
-    #[error("cannot use stdout for the console: {0}")]
+    #[error("cannot use stdout for the console")]
     Stdout(#[source] std::io::Error),
 }
 

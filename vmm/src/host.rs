@@ -28,8 +28,8 @@ pub enum HostError {
     NoKvm,
     /// `/dev/kvm` exists but cannot be opened.
     #[error(
-        "cannot open {KVM_DEVICE}: {0}. Run vmm as a user in the kvm group (or as root), or \
-         give the pod the /dev/kvm device"
+        "cannot open {KVM_DEVICE} (run vmm as a user in the kvm group, or as root, or give \
+         the pod the /dev/kvm device)"
     )]
     KvmAccess(#[source] std::io::Error),
     /// The KVM is `kvm_pvm`.

@@ -16,7 +16,7 @@ const MAP_HUGE_SHIFT: i32 = 26;
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
     /// The mapping failed.
-    #[error("cannot allocate {size_mib} MiB of guest RAM{hint}: {source}")]
+    #[error("cannot allocate {size_mib} MiB of guest RAM{hint}")]
     Allocate {
         /// Size of the failed mapping in MiB.
         size_mib: u64,
@@ -27,7 +27,7 @@ pub enum MemoryError {
         source: vm_memory::mmap::MmapRegionError,
     },
     /// KVM refused a memory slot.
-    #[error("KVM refused guest RAM at {addr:#x}: {source}")]
+    #[error("KVM refused guest RAM at {addr:#x}")]
     Slot {
         /// Guest-physical start of the slot.
         addr: u64,

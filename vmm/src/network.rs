@@ -78,7 +78,7 @@ pub enum NetworkError {
     #[error(transparent)]
     Sriov(#[from] crate::sriov::SriovError),
     /// Netlink, TAP.
-    #[error("spec.instance.interfaces[{index}] ({name}): {source}")]
+    #[error("spec.instance.interfaces[{index}] ({name})")]
     Bind {
         /// Interface index.
         index: usize,
@@ -282,17 +282,27 @@ pub fn parse_resolv_conf(text: &str) -> (Vec<Ipv4Addr>, Vec<String>) {
     (dns, search)
 }
 
+/// A NetworkAttachmentDefinition of a CNI type other than `bridge`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "NetworkAttachmentDefinition {nad:?} has CNI type {kind:?}; outside a pod only type \
+     \"bridge\" is supported"
+)]
+struct NotBridge {
+    nad: String,
+    kind: String,
+}
+
 /// The CNI bridge name of a NAD whose config is `type: bridge` (default `cni0`).
-fn nad_bridge(manifest: &Manifest, network_name: &str) -> Option<Result<String, String>> {
+fn nad_bridge(manifest: &Manifest, network_name: &str) -> Option<Result<String, NotBridge>> {
     let nad = manifest.network_attachment(network_name)?;
     let config: serde_json::Value = serde_json::from_str(&nad.spec.config).ok()?;
     let kind = config.get("type").and_then(|t| t.as_str()).unwrap_or("");
     if kind != "bridge" {
-        return Some(Err(format!(
-            "NetworkAttachmentDefinition {:?} has CNI type {kind:?}; outside a pod only \
-             type \"bridge\" is supported",
-            nad.metadata.name
-        )));
+        return Some(Err(NotBridge {
+            nad: nad.metadata.name.clone(),
+            kind: kind.to_string(),
+        }));
     }
     let bridge = config
         .get("bridge")
@@ -360,10 +370,10 @@ fn check_sriov(cfg: &VmConfig, manifest: &Manifest) -> Result<Vec<sriov::Vf>, Ne
             vf.source
         );
         sriov::check_host(vf, &paths)?;
-        sriov::ensure_memlock(cfg.memory_bytes).map_err(|why| sriov::SriovError {
+        sriov::ensure_memlock(cfg.memory_bytes).map_err(|e| sriov::SriovError {
             index: vf.index,
             name: vf.name.clone(),
-            why,
+            why: net::error::Chain(&e).to_string(),
         })?;
     }
     Ok(vfs)
@@ -530,7 +540,7 @@ pub fn describe(cfg: &VmConfig, manifest: &Manifest) -> Vec<String> {
                         "no link {link}: TAP {tap} on bridge {bridge} (created, removed at exit)"
                     ),
                 },
-                Err(e) => format!("{WOULD_FAIL}{e}"),
+                Err(e) => format!("{WOULD_FAIL}{}", net::error::Chain(&e)),
             }
         })
         .collect()

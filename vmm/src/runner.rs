@@ -111,7 +111,7 @@ pub enum RunError {
     #[error("the plan above says what a run would fail on")]
     WouldFail(String),
     /// Signal or epoll setup (exit 2).
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Os {
         /// What was being done.
         what: &'static str,
@@ -133,17 +133,7 @@ impl RunError {
 
 /// An error and its causes, as one line: `what: cause: cause`.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = s.source();
-    }
-    message
+    net::error::Chain(e).to_string()
 }
 
 fn os_err(what: &'static str) -> impl FnOnce(std::io::Error) -> RunError {

@@ -161,11 +161,29 @@ fn unquote(s: &str) -> Option<String> {
     Some(out)
 }
 
+/// A network-status document that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// Not JSON.
+    #[error("not JSON")]
+    Json(#[source] serde_json::Error),
+    /// Not a list.
+    #[error("not a JSON list of networks")]
+    NotList,
+    /// An entry's address is not a PCI address.
+    #[error("entry {link} has a bad pci-address {address:?}")]
+    Address {
+        /// The interface.
+        link: String,
+        /// What it gives.
+        address: String,
+    },
+}
+
 /// The PCI address that a network-status JSON gives interface `link`, if any.
-pub fn status_address(json: &str, link: &str) -> Result<Option<PciAddress>, String> {
-    let entries: serde_json::Value =
-        serde_json::from_str(json).map_err(|e| format!("not JSON: {e}"))?;
-    let entries = entries.as_array().ok_or("not a JSON list of networks")?;
+pub fn status_address(json: &str, link: &str) -> Result<Option<PciAddress>, StatusError> {
+    let entries: serde_json::Value = serde_json::from_str(json).map_err(StatusError::Json)?;
+    let entries = entries.as_array().ok_or(StatusError::NotList)?;
     let Some(entry) = entries
         .iter()
         .find(|e| e.get("interface").and_then(|i| i.as_str()) == Some(link))
@@ -180,7 +198,10 @@ pub fn status_address(json: &str, link: &str) -> Result<Option<PciAddress>, Stri
     };
     PciAddress::parse(address)
         .map(Some)
-        .ok_or_else(|| format!("entry {link} has a bad pci-address {address:?}"))
+        .ok_or_else(|| StatusError::Address {
+            link: link.to_string(),
+            address: address.to_string(),
+        })
 }
 
 /// The device-plugin variable for a resource name.
@@ -233,7 +254,10 @@ pub fn discover(
                 Ok(None) => tried.push(format!(
                     "no PCI address for {link} in network-status ({from})"
                 )),
-                Err(why) => return Err(err(format!("network-status ({from}): {why}"))),
+                Err(e) => {
+                    let why = net::error::Chain(&e);
+                    return Err(err(format!("network-status ({from}): {why}")));
+                }
             },
             None => tried.push(format!(
                 "no network-status ($NETWORK_STATUS unset, no {PODINFO_ANNOTATIONS})"
@@ -444,8 +468,30 @@ pub fn check_host(vf: &Vf, paths: &HostPaths) -> Result<(), SriovError> {
     Ok(())
 }
 
+/// `RLIMIT_MEMLOCK` below what VFIO needs.
+#[derive(Debug, thiserror::Error)]
+pub enum MemlockError {
+    /// `getrlimit` failed.
+    #[error("cannot read RLIMIT_MEMLOCK")]
+    Read(#[source] std::io::Error),
+    /// Too low, and not raisable.
+    #[error(
+        "RLIMIT_MEMLOCK is {soft} (hard {hard}) and cannot be raised to guest RAM + 1 GiB = \
+         {want} bytes, which VFIO locks for DMA: raise the pod's or shell's memlock limit \
+         (ulimit -l), or give vmm CAP_SYS_RESOURCE"
+    )]
+    TooLow {
+        /// The soft limit.
+        soft: u64,
+        /// The hard limit.
+        hard: u64,
+        /// What is needed.
+        want: u64,
+    },
+}
+
 /// Raises `RLIMIT_MEMLOCK` to `guest_ram` + 1 GiB, or says why it cannot.
-pub fn ensure_memlock(guest_ram: u64) -> Result<(), String> {
+pub fn ensure_memlock(guest_ram: u64) -> Result<(), MemlockError> {
     let want = guest_ram.saturating_add(MEMLOCK_SLACK);
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -453,10 +499,7 @@ pub fn ensure_memlock(guest_ram: u64) -> Result<(), String> {
     };
     // SAFETY: `lim` is a valid rlimit for getrlimit to fill.
     if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
-        return Err(format!(
-            "cannot read RLIMIT_MEMLOCK: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(MemlockError::Read(std::io::Error::last_os_error()));
     }
     if lim.rlim_cur >= want {
         return Ok(());
@@ -469,12 +512,11 @@ pub fn ensure_memlock(guest_ram: u64) -> Result<(), String> {
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) } == 0 {
         return Ok(());
     }
-    Err(format!(
-        "RLIMIT_MEMLOCK is {} (hard {}) and cannot be raised to guest RAM + 1 GiB = {} \
-         bytes, which VFIO locks for DMA: raise the pod's or shell's memlock limit (ulimit -l), \
-         or give vmm CAP_SYS_RESOURCE",
-        lim.rlim_cur, lim.rlim_max, want
-    ))
+    Err(MemlockError::TooLow {
+        soft: lim.rlim_cur,
+        hard: lim.rlim_max,
+        want,
+    })
 }
 
 #[cfg(test)]

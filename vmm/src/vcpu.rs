@@ -27,7 +27,7 @@ use crate::boot::BootEntry;
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
     /// A KVM ioctl failed.
-    #[error("vCPU {index}: {what}: {source}")]
+    #[error("vCPU {index}: {what}")]
     Kvm {
         /// The vCPU.
         index: u32,
@@ -56,7 +56,7 @@ pub enum VcpuError {
         message: String,
     },
     /// The thread could not be started.
-    #[error("cannot start the thread of vCPU {index}: {source}")]
+    #[error("cannot start the thread of vCPU {index}")]
     Spawn {
         /// The vCPU.
         index: u32,

@@ -37,7 +37,7 @@ use vfio_ioctls::VfioDevice;
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     /// A KVM ioctl failed.
-    #[error("KVM: {what}: {source}")]
+    #[error("KVM: {what}")]
     Kvm {
         /// What was being done.
         what: &'static str,
@@ -46,7 +46,7 @@ pub enum VmError {
         source: kvm_ioctls::Error,
     },
     /// An eventfd could not be made.
-    #[error("cannot create an eventfd: {0}")]
+    #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
     /// Guest RAM.
     #[error(transparent)]
@@ -64,16 +64,22 @@ pub enum VmError {
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
     /// Device placement.
-    #[error("device layout: {0}")]
+    #[error("device layout")]
     Bus(#[from] BusError),
     /// A PCI device.
-    #[error("PCI device {name}: {why}")]
+    #[error("PCI device {name}: {what}")]
     Pci {
         /// Which.
         name: String,
+        /// What could not be done.
+        what: &'static str,
         /// Why.
-        why: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// No room left in the PCI MMIO window for a device's BAR.
+    #[error("PCI device {0}: out of PCI MMIO space")]
+    PciSpace(String),
 }
 
 /// The SCI, driven through `KVM_IRQ_LINE`.
@@ -238,12 +244,8 @@ impl Vm {
             None
         } else {
             Some(
-                crate::vfio::Passthrough::open(&vm_fd, &mem, ctx.vfs).map_err(|e| {
-                    VmError::Pci {
-                        name: "sriov".into(),
-                        why: e.to_string(),
-                    }
-                })?,
+                crate::vfio::Passthrough::open(&vm_fd, &mem, ctx.vfs)
+                    .map_err(pci_fail("sriov", "cannot open VFIO"))?,
             )
         };
         add_pci_devices(
@@ -387,15 +389,11 @@ fn add_vf(
 ) -> Result<(), VmError> {
     use crate::arch::layout::PCI_MMIO_END;
 
-    let pci_err = |why: String| VmError::Pci {
-        name: vf.name.clone(),
-        why,
-    };
     let count = crate::vfio::msi_vectors(device).max(1);
     let msi = Arc::new(
         routing
             .msi_group(count)
-            .map_err(|e| pci_err(format!("MSI vectors: {e}")))?,
+            .map_err(pci_fail(&vf.name, "cannot allocate MSI vectors"))?,
     );
     let host = crate::vfio::HostSide {
         device: Arc::clone(device),
@@ -411,7 +409,7 @@ fn add_vf(
         })
     };
     let mut function = devices::vfio::VfioPci::new(Box::new(host), msi, &mut place)
-        .map_err(|e| pci_err(e.to_string()))?;
+        .map_err(pci_fail(&vf.name, "cannot model the function"))?;
     let mapped = function.map_bars(mapper.clone());
     log::info!(
         "VF {}: {} KiB of BARs mapped into the guest, the rest (MSI-X table, PBA) traps",
@@ -420,7 +418,7 @@ fn add_vf(
     );
     let slot = root
         .add(Arc::new(Mutex::new(function)))
-        .map_err(|e| pci_err(e.to_string()))?;
+        .map_err(pci_fail(&vf.name, "cannot place it on the PCI root"))?;
     log::info!("VF {} ({}) at guest 00:{slot:02x}.0", vf.address, vf.name);
     Ok(())
 }
@@ -501,13 +499,9 @@ fn add_pci_devices<'a>(
                 continue;
             }
         };
-        let pci_err = |why: String| VmError::Pci {
-            name: nic.name.clone(),
-            why,
-        };
         let backend = nic
             .frame_backend()
-            .map_err(|e| pci_err(format!("frame backend: {e}")))?;
+            .map_err(pci_fail(&nic.name, "cannot open its frame backend"))?;
         let device = Net::new(
             nic.mac,
             nic.mtu,
@@ -515,24 +509,17 @@ fn add_pci_devices<'a>(
             nic.counters.clone(),
             nic.acked.clone(),
         )
-        .map_err(|e| pci_err(format!("worker thread: {e}")))?;
-        let function = virtio
-            .add(Box::new(device), &mut next_bar)
-            .map_err(pci_err)?;
+        .map_err(pci_fail(&nic.name, "cannot start its worker thread"))?;
+        let function = virtio.add(&nic.name, Box::new(device), &mut next_bar)?;
         log::debug!("virtio-net {} at {function}", nic.name);
     }
     // Disks after the interfaces, in `disks` order: the guest names them vda, vdb, ...
     for disk in disks {
         let name = &disk.plan.name;
-        let pci_err = |why: String| VmError::Pci {
-            name: format!("disk {name}"),
-            why,
-        };
+        let label = format!("disk {name}");
         let device = Block::new(name, disk.backend.clone(), 1, disk.counters.clone())
-            .map_err(|e| pci_err(format!("worker thread: {e}")))?;
-        let function = virtio
-            .add(Box::new(device), &mut next_bar)
-            .map_err(pci_err)?;
+            .map_err(pci_fail(&label, "cannot start its worker thread"))?;
+        let function = virtio.add(&label, Box::new(device), &mut next_bar)?;
         log::debug!("virtio-blk {name} at {function}");
     }
     Ok(())
@@ -547,23 +534,24 @@ struct VirtioFunction<'a> {
 }
 
 impl VirtioFunction<'_> {
-    /// Puts `device` behind a virtio-pci transport on the root, its BAR at `next_bar`;
-    /// returns where it is, for logs.
+    /// Puts `device` (`name` in errors) behind a virtio-pci transport on the root, its BAR
+    /// at `next_bar`; returns where it is, for logs.
     fn add(
         &self,
+        name: &str,
         device: Box<dyn devices::virtio::VirtioDevice>,
         next_bar: &mut u64,
-    ) -> Result<String, String> {
+    ) -> Result<String, VmError> {
         use crate::arch::layout::PCI_MMIO_END;
         // One vector per queue and one for configuration changes.
         let vectors = self
             .routing
             .msi_group(device.queue_max_sizes().len() + 1)
-            .map_err(|e| format!("MSI vectors: {e}"))?;
+            .map_err(pci_fail(name, "cannot allocate MSI vectors"))?;
         let bar = *next_bar;
         *next_bar += devices::virtio::BAR_SIZE;
         if *next_bar > PCI_MMIO_END {
-            return Err("out of PCI MMIO space".into());
+            return Err(VmError::PciSpace(name.to_string()));
         }
         let function = devices::virtio::VirtioPci::new(
             device,
@@ -572,12 +560,25 @@ impl VirtioFunction<'_> {
             Arc::new(vectors),
             self.ioevents.clone(),
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(pci_fail(name, "cannot make its virtio-pci transport"))?;
         let slot = self
             .root
             .add(Arc::new(Mutex::new(function)))
-            .map_err(|e| e.to_string())?;
+            .map_err(pci_fail(name, "cannot place it on the PCI root"))?;
         Ok(format!("00:{slot:02x}.0, BAR {bar:#x}"))
+    }
+}
+
+/// Makes an error of PCI device `name` failing at `what`, for `map_err`.
+fn pci_fail<E>(name: &str, what: &'static str) -> impl FnOnce(E) -> VmError
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let name = name.to_string();
+    move |e| VmError::Pci {
+        name,
+        what,
+        source: e.into(),
     }
 }
 

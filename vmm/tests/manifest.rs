@@ -1,6 +1,9 @@
 //! Table-driven tests of manifest decoding, defaulting and validation: one case per rule at
 //! least, each checking the exact messages.
 
+// An integration test crate: its tests are its top level.
+#![allow(clippy::tests_outside_test_module)]
+
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};

@@ -394,6 +394,6 @@ mod tests {
         assert_ne!(cs.u16_at(STATUS) & STATUS_CAP_LIST, 0);
         cs.write(0x40 / 4, 2, &[9, 9]);
         assert_eq!(&cs.bytes()[0x42..0x44], &[9, 2]);
-        assert!(cs.add_capability(0x09, &[0; 200], &[]).is_err());
+        cs.add_capability(0x09, &[0; 200], &[]).unwrap_err();
     }
 }

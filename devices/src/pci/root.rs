@@ -23,7 +23,7 @@ pub enum PciRootError {
     #[error("no free PCI slot on bus 0")]
     NoSlot,
     /// A BAR overlaps something on the MMIO bus.
-    #[error("PCI BAR placement: {0}")]
+    #[error("PCI BAR placement")]
     Bus(#[from] BusError),
 }
 

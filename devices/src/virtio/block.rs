@@ -493,8 +493,9 @@ impl Worker {
     fn run(mut self, evt: &EventFd, kill: &EventFd) {
         if let Err(e) = self.serve(evt, kill) {
             log::error!(
-                "virtio-blk queue {} stopped until the driver resets it: {e}",
-                self.index
+                "virtio-blk queue {} stopped until the driver resets it: {}",
+                self.index,
+                net::error::Chain(&e)
             );
             self.needs_reset.set();
             self.interrupt.notify_config();
@@ -719,9 +720,9 @@ impl Worker {
 /// Why a queue stopped.
 #[derive(Debug, thiserror::Error)]
 enum WorkerError {
-    #[error("queue: {0}")]
+    #[error("the queue is invalid")]
     Queue(#[from] virtio_queue::Error),
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
 }
 

@@ -316,9 +316,9 @@ struct Worker {
 /// Why the worker stopped serving the queues.
 #[derive(Debug, thiserror::Error)]
 enum WorkerError {
-    #[error("queue: {0}")]
+    #[error("the queue is invalid")]
     Queue(#[from] virtio_queue::Error),
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
 }
 
@@ -351,7 +351,10 @@ fn chain_buffers<'m>(
 impl Worker {
     fn run(mut self, rx_evt: EventFd, tx_evt: EventFd, kill: EventFd) -> Box<dyn FrameBackend> {
         if let Err(e) = self.serve(&rx_evt, &tx_evt, &kill) {
-            log::error!("virtio-net stopped until the driver resets it: {e}");
+            log::error!(
+                "virtio-net stopped until the driver resets it: {}",
+                net::error::Chain(&e)
+            );
             self.needs_reset.set();
             self.interrupt.notify_config();
             // Hold on to the backend until the reset that takes it back.

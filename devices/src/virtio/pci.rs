@@ -59,7 +59,7 @@ pub enum VirtioPciError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// An eventfd or ioeventfd.
-    #[error("virtio-pci: {0}")]
+    #[error("virtio-pci")]
     Io(#[from] io::Error),
 }
 

@@ -40,21 +40,31 @@ impl Cidr {
     }
 }
 
+/// Text that is not an IPv4 range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    /// Not an address.
+    #[error("{0:?} is not an IPv4 address or range such as 10.0.0.0/8")]
+    Address(String),
+    /// The prefix length is not 0 to 32.
+    #[error("{0:?}: the prefix length must be 0 to 32")]
+    Prefix(String),
+}
+
 impl FromStr for Cidr {
-    type Err = String;
+    type Err = CidrError;
 
     /// `A.B.C.D/N`, or a bare address (a /32).
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, CidrError> {
         let (addr, prefix) = s.split_once('/').unwrap_or((s, "32"));
         let addr: Ipv4Addr = addr
             .parse()
-            .map_err(|_| format!("{s:?} is not an IPv4 address or range such as 10.0.0.0/8"))?;
-        let prefix: u8 = prefix
+            .map_err(|_| CidrError::Address(s.to_string()))?;
+        prefix
             .parse()
             .ok()
-            .filter(|p| *p <= 32)
-            .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to 32"))?;
-        Self::new(addr, prefix).ok_or_else(|| format!("{s:?}: bad prefix"))
+            .and_then(|p| Self::new(addr, p))
+            .ok_or_else(|| CidrError::Prefix(s.to_string()))
     }
 }
 

@@ -100,7 +100,7 @@ mod tcp;
 mod udp;
 
 pub use backend::NatBackend;
-pub use egress::{Cidr, Egress};
+pub use egress::{Cidr, CidrError, Egress};
 pub use engine::{GATEWAY_MAC, Nat, NatConfig, NatStats};
 pub use inbound::{Forward, Listeners, Protocol};
 pub use limits::{LimitError, Limits, SMALL_TCP_BUFFER};

@@ -47,7 +47,7 @@ pub enum AcpiError {
     #[error("ACPI tables need {0} bytes, more than the reserved area holds")]
     TooLarge(u64),
     /// Guest memory refused the write.
-    #[error("cannot write ACPI tables: {0}")]
+    #[error("cannot write ACPI tables")]
     Memory(#[from] vm_memory::GuestMemoryError),
 }
 

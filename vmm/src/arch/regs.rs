@@ -32,7 +32,7 @@ const BOOT_TSS: u16 = 0x20;
 #[derive(Debug, thiserror::Error)]
 pub enum RegsError {
     /// The page tables or GDT do not fit guest memory.
-    #[error("cannot write boot structures to guest memory: {0}")]
+    #[error("cannot write boot structures to guest memory")]
     Memory(#[from] vm_memory::GuestMemoryError),
 }
 

@@ -268,15 +268,15 @@ fn interface_config(
 
 /// Prints `manifest` back as YAML documents: the defaulted VirtualMachine first, then the
 /// NetworkAttachmentDefinitions and Secrets as read.
-pub fn to_yaml(manifest: &Manifest) -> Result<String, String> {
-    let mut out = serde_saphyr::to_string(&manifest.vm).map_err(|e| e.to_string())?;
+pub fn to_yaml(manifest: &Manifest) -> Result<String, serde_saphyr::ser::Error> {
+    let mut out = serde_saphyr::to_string(&manifest.vm)?;
     for nad in &manifest.network_attachments {
         out.push_str("---\n");
-        out.push_str(&serde_saphyr::to_string(nad).map_err(|e| e.to_string())?);
+        out.push_str(&serde_saphyr::to_string(nad)?);
     }
     for secret in &manifest.secrets {
         out.push_str("---\n");
-        out.push_str(&serde_saphyr::to_string(secret).map_err(|e| e.to_string())?);
+        out.push_str(&serde_saphyr::to_string(secret)?);
     }
     Ok(out)
 }

@@ -12,6 +12,32 @@ pub const MAX_FILE: u64 = 1 << 30;
 /// Most entries listed from one directory.
 const MAX_LISTED: usize = 4096;
 
+/// Why a boot file, or the file system holding it, cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The partition holds no file system this module reads.
+    #[error("no file system vmm reads")]
+    NoFileSystem,
+    /// The partition GRUB names holds no file system this module reads.
+    #[error("({0}) is no file system vmm reads")]
+    NotReadable(String),
+    /// No such file.
+    #[error("{0}: no such file")]
+    NotFound(String),
+    /// The file is larger than [`MAX_FILE`].
+    #[error("{0} is larger than {max} MiB", max = MAX_FILE >> 20)]
+    TooLarge(String),
+    /// ext4-view's account.
+    #[error("ext4")]
+    Ext4(#[source] ext4_view::Ext4Error),
+    /// fatfs's account.
+    #[error("FAT")]
+    Fat(#[source] std::io::Error),
+    /// A unified kernel image's PE structure.
+    #[error("{0}")]
+    Pe(String),
+}
+
 /// A file system holding boot files.
 pub enum BootFs {
     /// ext2/3/4.
@@ -44,18 +70,18 @@ impl ext4_view::Ext4Read for ExtReader {
 
 impl BootFs {
     /// Opens the file system in `region`, if it is one this module reads.
-    pub fn open(region: &Region, content: Content) -> Result<Self, String> {
+    pub fn open(region: &Region, content: Content) -> Result<Self, ReadError> {
         match content {
             Content::Ext => ext4_view::Ext4::load(Box::new(ExtReader(region.clone())))
                 .map(|fs| BootFs::Ext(Box::new(fs)))
-                .map_err(|e| format!("ext4: {e}")),
+                .map_err(ReadError::Ext4),
             Content::Fat => {
                 let options = fatfs::FsOptions::new().update_accessed_date(false);
                 fatfs::FileSystem::new(region.cursor(), options)
                     .map(|fs| BootFs::Fat(Box::new(fs)))
-                    .map_err(|e| format!("FAT: {e}"))
+                    .map_err(ReadError::Fat)
             }
-            other => Err(format!("{other}")),
+            _ => Err(ReadError::NoFileSystem),
         }
     }
 
@@ -79,25 +105,25 @@ impl BootFs {
     }
 
     /// The contents of the file at `path` (absolute; symbolic links followed on ext4).
-    pub fn read(&self, path: &str) -> Result<Vec<u8>, String> {
+    pub fn read(&self, path: &str) -> Result<Vec<u8>, ReadError> {
         match self {
             BootFs::Ext(fs) => {
-                let meta = fs.metadata(path).map_err(|e| e.to_string())?;
+                let meta = fs.metadata(path).map_err(ReadError::Ext4)?;
                 if meta.len() > MAX_FILE {
-                    return Err(format!("{path} is larger than {} MiB", MAX_FILE >> 20));
+                    return Err(ReadError::TooLarge(path.to_string()));
                 }
-                fs.read(path).map_err(|e| e.to_string())
+                fs.read(path).map_err(ReadError::Ext4)
             }
             BootFs::Fat(fs) => {
                 let rel = path.trim_start_matches('/');
-                let mut file = fs.root_dir().open_file(rel).map_err(|e| e.to_string())?;
+                let mut file = fs.root_dir().open_file(rel).map_err(ReadError::Fat)?;
                 let mut out = Vec::new();
                 (&mut file)
                     .take(MAX_FILE + 1)
                     .read_to_end(&mut out)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(ReadError::Fat)?;
                 if out.len() as u64 > MAX_FILE {
-                    return Err(format!("{path} is larger than {} MiB", MAX_FILE >> 20));
+                    return Err(ReadError::TooLarge(path.to_string()));
                 }
                 Ok(out)
             }

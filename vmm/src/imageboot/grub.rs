@@ -461,7 +461,7 @@ pub trait Host {
     /// The first partition holding `path`.
     fn find_file(&self, path: &str) -> Option<Option<usize>>;
     /// The contents of `path` on partition `index`.
-    fn read(&self, index: Option<usize>, path: &str) -> Result<Vec<u8>, String>;
+    fn read(&self, index: Option<usize>, path: &str) -> Result<Vec<u8>, super::fs::ReadError>;
     /// BLS entries for `blscfg`, from partition `index`: (id, title, body statements as
     /// GRUB's blscfg turns them into: linux, initrd and the options).
     fn bls_entries(&self, index: Option<usize>) -> Vec<BlsMenuEntry>;
@@ -632,7 +632,7 @@ impl<'h> Interp<'h> {
         let bytes = self
             .host
             .read(partition, file)
-            .map_err(|e| GrubError::File(format!("{file}: {e}")))?;
+            .map_err(|e| GrubError::File(format!("{file}: {}", net::error::Chain(&e))))?;
         let text = String::from_utf8_lossy(&bytes);
         let stmts = parse(&text, file)?;
         self.run(&stmts, depth).map(|_| ())

@@ -26,6 +26,7 @@
 pub mod bls;
 pub mod disk;
 pub mod fs;
+pub use fs::ReadError;
 pub mod grub;
 mod uki;
 
@@ -299,9 +300,9 @@ impl grub::Host for Image {
             .map(|(i, _)| i)
     }
 
-    fn read(&self, index: Option<usize>, path: &str) -> Result<Vec<u8>, String> {
+    fn read(&self, index: Option<usize>, path: &str) -> Result<Vec<u8>, ReadError> {
         self.fs(index)
-            .ok_or_else(|| format!("({}) is no file system vmm reads", self.name(index)))?
+            .ok_or_else(|| ReadError::NotReadable(self.name(index)))?
             .read(path)
     }
 
@@ -587,12 +588,15 @@ pub fn extract(
 ) -> Result<Extracted, ImageBootError> {
     let image = Image::open(backend)?;
     let bytes = |source: &Source| -> Result<Vec<u8>, ImageBootError> {
-        let fail = |e: String| ImageBootError::File(format!("{}: {e}", choice.describe(source)));
+        let fail = |e: ReadError| {
+            let why = net::error::Chain(&e);
+            ImageBootError::File(format!("{}: {why}", choice.describe(source)))
+        };
         match source {
             Source::File(index, path) => image
                 .fs(*index)
-                .ok_or_else(|| fail("no file system vmm reads".into()))?
-                .read(path)
+                .ok_or(ReadError::NoFileSystem)
+                .and_then(|fs| fs.read(path))
                 .map_err(fail),
             Source::Section(index, path, section) => {
                 uki::section(&image, *index, path, section).map_err(fail)

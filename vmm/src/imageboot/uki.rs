@@ -6,13 +6,15 @@
 //! header's section count, 40 bytes per section): three fields, each bounds-checked, which
 //! a general object-file crate would not make safer.
 
+use super::fs::ReadError;
 use super::{BootChoice, Image, ImageBootError, Method, Source, bls};
 
 /// Most sections looked at.
 const MAX_SECTIONS: usize = 96;
 
 /// The raw data of section `name` in the PE image `pe`.
-fn pe_section<'a>(pe: &'a [u8], name: &str) -> Result<&'a [u8], String> {
+fn pe_section<'a>(pe: &'a [u8], name: &str) -> Result<&'a [u8], ReadError> {
+    let bad = |why: &str| ReadError::Pe(why.to_string());
     let u16_at =
         |at: usize| -> Option<u16> { pe.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]])) };
     let u32_at = |at: usize| -> Option<u32> {
@@ -20,28 +22,30 @@ fn pe_section<'a>(pe: &'a [u8], name: &str) -> Result<&'a [u8], String> {
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     };
     if pe.get(..2) != Some(b"MZ") {
-        return Err("not a PE image (no MZ header)".into());
+        return Err(bad("not a PE image (no MZ header)"));
     }
     let pe_at = u32_at(0x3c)
         .and_then(|o| usize::try_from(o).ok())
-        .ok_or("truncated")?;
+        .ok_or_else(|| bad("truncated"))?;
     if pe.get(pe_at..pe_at + 4) != Some(b"PE\0\0") {
-        return Err("not a PE image (no PE signature)".into());
+        return Err(bad("not a PE image (no PE signature)"));
     }
     let coff = pe_at + 4;
-    let count = usize::from(u16_at(coff + 2).ok_or("truncated")?);
-    let optional = usize::from(u16_at(coff + 16).ok_or("truncated")?);
+    let count = usize::from(u16_at(coff + 2).ok_or_else(|| bad("truncated"))?);
+    let optional = usize::from(u16_at(coff + 16).ok_or_else(|| bad("truncated"))?);
     let table = coff + 20 + optional;
     for i in 0..count.min(MAX_SECTIONS) {
         let s = table + 40 * i;
-        let raw_name = pe.get(s..s + 8).ok_or("truncated section table")?;
+        let raw_name = pe
+            .get(s..s + 8)
+            .ok_or_else(|| bad("truncated section table"))?;
         let end = raw_name.iter().position(|b| *b == 0).unwrap_or(8);
         if &raw_name[..end] != name.as_bytes() {
             continue;
         }
-        let virtual_size = u32_at(s + 8).ok_or("truncated")?;
-        let raw_size = u32_at(s + 16).ok_or("truncated")?;
-        let raw_at = u32_at(s + 20).ok_or("truncated")?;
+        let virtual_size = u32_at(s + 8).ok_or_else(|| bad("truncated"))?;
+        let raw_size = u32_at(s + 16).ok_or_else(|| bad("truncated"))?;
+        let raw_at = u32_at(s + 20).ok_or_else(|| bad("truncated"))?;
         // The data is raw_size bytes (file alignment padding included) of which
         // virtual_size are the section's.
         let len = if virtual_size == 0 {
@@ -49,15 +53,13 @@ fn pe_section<'a>(pe: &'a [u8], name: &str) -> Result<&'a [u8], String> {
         } else {
             virtual_size.min(raw_size)
         };
-        let start = usize::try_from(raw_at).map_err(|e| e.to_string())?;
-        let end = start
-            .checked_add(usize::try_from(len).map_err(|e| e.to_string())?)
-            .ok_or("section past the end")?;
-        return pe
-            .get(start..end)
-            .ok_or_else(|| format!("section {name} runs past the end of the file"));
+        let past_end = || ReadError::Pe(format!("section {name} runs past the end of the file"));
+        let start = usize::try_from(raw_at).map_err(|_| past_end())?;
+        let len = usize::try_from(len).map_err(|_| past_end())?;
+        let end = start.checked_add(len).ok_or_else(past_end)?;
+        return pe.get(start..end).ok_or_else(past_end);
     }
-    Err(format!("no {name} section"))
+    Err(ReadError::Pe(format!("no {name} section")))
 }
 
 /// The bytes of section `name` of the UKI at `path` on partition `index`.
@@ -66,11 +68,8 @@ pub(super) fn section(
     index: Option<usize>,
     path: &str,
     name: &str,
-) -> Result<Vec<u8>, String> {
-    let pe = image
-        .fs(index)
-        .ok_or("no file system vmm reads")?
-        .read(path)?;
+) -> Result<Vec<u8>, ReadError> {
+    let pe = image.fs(index).ok_or(ReadError::NoFileSystem)?.read(path)?;
     pe_section(&pe, name).map(<[u8]>::to_vec)
 }
 
@@ -80,14 +79,14 @@ pub(super) fn sources(
     index: Option<usize>,
     path: &str,
 ) -> Result<(Source, Vec<Source>, String), ImageBootError> {
-    let fail = |why: String| ImageBootError::Config {
+    let fail = |e: ReadError| ImageBootError::Config {
         config: image.located(index, path),
-        why,
+        why: net::error::Chain(&e).to_string(),
     };
     let pe = image
         .fs(index)
-        .ok_or_else(|| fail("no file system vmm reads".into()))?
-        .read(path)
+        .ok_or(ReadError::NoFileSystem)
+        .and_then(|fs| fs.read(path))
         .map_err(fail)?;
     pe_section(&pe, ".linux").map_err(fail)?;
     let initrds = if pe_section(&pe, ".initrd").is_ok() {
@@ -192,16 +191,17 @@ pub(super) mod tests {
         assert!(
             pe_section(&image, ".initrd")
                 .unwrap_err()
+                .to_string()
                 .contains("no .initrd")
         );
-        assert!(pe_section(b"MZ", ".linux").is_err());
+        pe_section(b"MZ", ".linux").unwrap_err();
         let mut truncated = image.clone();
         truncated.truncate(0x200);
-        assert!(pe_section(&truncated, ".linux").is_err());
+        pe_section(&truncated, ".linux").unwrap_err();
         let mut lying = image;
         // A section whose data is said to be far past the end of the file.
         let at = 0x80 + 24 + 240 + 2 * 40 + 20;
         lying[at..at + 4].copy_from_slice(&0x7fff_0000u32.to_le_bytes());
-        assert!(pe_section(&lying, ".linux").is_err());
+        pe_section(&lying, ".linux").unwrap_err();
     }
 }

@@ -252,7 +252,7 @@ fn a_looping_or_missing_backing_chain_is_refused() {
     ]);
     let e = probe(&b).unwrap_err();
     assert!(format!("{e:#}").contains("loops"), "{e}");
-    assert!(Qcow2Disk::open(&b, false).is_err());
+    Qcow2Disk::open(&b, false).unwrap_err();
 
     let c = d.path("c.qcow2");
     qemu_img(&[
@@ -277,7 +277,7 @@ fn corrupt_and_short_qcow2_files_are_refused() {
     let d = Dir::new("corrupt");
     let short = d.path("short.qcow2");
     std::fs::write(&short, b"QFI\xfb").unwrap();
-    assert!(probe(&short).is_err());
+    probe(&short).unwrap_err();
     let q = d.path("bad.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", q.to_str().unwrap(), "1M"]);
     let mut bytes = std::fs::read(&q).unwrap();
@@ -286,7 +286,7 @@ fn corrupt_and_short_qcow2_files_are_refused() {
         .unwrap()
         .write_all(&bytes)
         .unwrap();
-    assert!(probe(&q).is_err());
+    probe(&q).unwrap_err();
 }
 
 #[test]

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use super::*;
+use crate::imageboot::ReadError;
 
 const ROOT_UUID: &str = "4c7d1f7a-2f61-4a8e-9d55-0d3c2b1a9e10";
 const ESP_UUID: &str = "B2C1-7F3A";
@@ -53,11 +54,11 @@ impl Host for Disk {
             .find(|(_, p)| p == path)
             .map(|(i, _)| Some(*i))
     }
-    fn read(&self, index: Option<usize>, path: &str) -> Result<Vec<u8>, String> {
+    fn read(&self, index: Option<usize>, path: &str) -> Result<Vec<u8>, ReadError> {
         self.files
             .get(&(index.unwrap_or(99), path.to_string()))
             .map(|s| s.as_bytes().to_vec())
-            .ok_or_else(|| format!("{path}: no such file"))
+            .ok_or_else(|| ReadError::NotFound(path.to_string()))
     }
     fn bls_entries(&self, index: Option<usize>) -> Vec<BlsMenuEntry> {
         if index == Some(0) {

@@ -11,6 +11,8 @@ pub mod confine;
 pub mod legacy;
 pub mod pci;
 pub mod seccomp;
+#[cfg(any(test, fuzzing))]
+pub mod testing;
 pub mod vfio;
 pub mod virtio;
 pub mod worker;

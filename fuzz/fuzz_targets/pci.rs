@@ -9,7 +9,7 @@ use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use devices::pci::msix::{MsiMessage, MsiRoutes};
+use devices::testing::{Msi, NoIoEvents};
 use devices::pci::{ECAM_SIZE, PciConfigIo, PciEcam, PciRoot};
 use devices::virtio::VirtioPci;
 use devices::virtio::{Activation, IoEventRegistry, VirtioDevice};
@@ -20,26 +20,6 @@ use vmm_sys_util::eventfd::EventFd;
 const VIRTIO_BAR: u64 = 0xc000_0000;
 const OTHER: u64 = 0xd000_0000;
 const OTHER_LEN: u64 = 0x1000;
-
-struct Routes;
-impl MsiRoutes for Routes {
-    fn set_route(&self, _: usize, _: MsiMessage) -> io::Result<()> {
-        Ok(())
-    }
-    fn trigger(&self, _: usize) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-struct IoEvents;
-impl IoEventRegistry for IoEvents {
-    fn register(&self, _: &EventFd, _: u64) -> io::Result<()> {
-        Ok(())
-    }
-    fn unregister(&self, _: &EventFd, _: u64) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 /// A block-like device with two queues that accepts activation and does nothing.
 struct Idle {
@@ -83,8 +63,8 @@ fuzz_target!(|data: &[u8]| {
         Box::new(Idle { sizes: [16, 16] }),
         mem,
         VIRTIO_BAR,
-        Arc::new(Routes),
-        Arc::new(IoEvents),
+        Arc::new(Msi::default()),
+        Arc::new(NoIoEvents),
     ) else {
         return;
     };

@@ -9,7 +9,7 @@
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use devices::pci::msix::{MsiMessage, MsiRoutes};
+use devices::testing::Msi;
 use devices::pci::{CONFIG_SIZE, PciDevice};
 use devices::vfio::{CONFIG_REGION, GuestMapper, RegionInfo, VfioPci, VfioRegions};
 use libfuzzer_sys::fuzz_target;
@@ -102,16 +102,6 @@ impl GuestMapper for Mapper {
     }
 }
 
-struct Routes;
-impl MsiRoutes for Routes {
-    fn set_route(&self, _: usize, _: MsiMessage) -> io::Result<()> {
-        Ok(())
-    }
-    fn trigger(&self, _: usize) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 // Input: 256 bytes of configuration space, 8 region sizes (a byte each: 0, or a power of
 // two from 16 bytes up, with bit 7 for mappable), then guest operations of 8 bytes.
 fuzz_target!(|data: &[u8]| {
@@ -145,7 +135,7 @@ fuzz_target!(|data: &[u8]| {
         next = addr.checked_add(size)?;
         Some(addr)
     };
-    let Ok(mut pci) = VfioPci::new(Box::new(mock), Arc::new(Routes), &mut place) else {
+    let Ok(mut pci) = VfioPci::new(Box::new(mock), Arc::new(Msi::default()), &mut place) else {
         return;
     };
     pci.map_bars(Arc::new(Mapper::default()));

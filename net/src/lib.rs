@@ -12,6 +12,7 @@ pub mod local_dhcp;
 pub mod mac;
 pub mod nat;
 pub mod netlink;
+pub mod poll;
 pub mod random;
 pub mod tap;
 pub mod units;

@@ -12,15 +12,18 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use vm_memory::VolatileSlice;
+use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref, ioctl_with_val};
 
 use crate::backend::{FrameBackend, Offloads, VNET_HDR_LEN};
 
 const IFF_TAP: i16 = 0x0002;
 const IFF_NO_PI: i16 = 0x1000;
 const IFF_VNET_HDR: i16 = 0x4000;
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
-const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+/// The TUN/TAP ioctls' type, `'T'`.
+const TUNTAP: u32 = 0x54;
+vmm_sys_util::ioctl_iow_nr!(TUNSETIFF, TUNTAP, 202, libc::c_int);
+vmm_sys_util::ioctl_iow_nr!(TUNSETOFFLOAD, TUNTAP, 208, libc::c_uint);
+vmm_sys_util::ioctl_iow_nr!(TUNSETVNETHDRSZ, TUNTAP, 216, libc::c_int);
 const TUN_F_CSUM: libc::c_uint = 0x01;
 const TUN_F_TSO4: libc::c_uint = 0x02;
 const TUN_F_TSO6: libc::c_uint = 0x04;
@@ -91,13 +94,13 @@ impl Tap {
         };
         // SAFETY: TUNSETIFF reads and writes a `struct ifreq`, which `req` is laid out as
         // (40 bytes); the descriptor is ours.
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) };
+        let rc = unsafe { ioctl_with_mut_ref(&file, TUNSETIFF(), &mut req) };
         if rc < 0 {
             return Err(err("TUNSETIFF")(io::Error::last_os_error()));
         }
         let hdr_len = libc::c_int::try_from(VNET_HDR_LEN).unwrap_or(12);
         // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which is valid.
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ, &hdr_len) };
+        let rc = unsafe { ioctl_with_ref(&file, TUNSETVNETHDRSZ(), &hdr_len) };
         if rc < 0 {
             return Err(err("TUNSETVNETHDRSZ")(io::Error::last_os_error()));
         }
@@ -125,7 +128,7 @@ impl Tap {
 
     fn set_offload_flags(&self, flags: libc::c_uint) -> io::Result<()> {
         // SAFETY: TUNSETOFFLOAD takes its argument by value; the descriptor is ours.
-        let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), TUNSETOFFLOAD, flags) };
+        let rc = unsafe { ioctl_with_val(&self.file, TUNSETOFFLOAD(), libc::c_ulong::from(flags)) };
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -204,5 +207,37 @@ mod tests {
         for bad in ["", "0123456789abcdef", "a/b"] {
             assert!(matches!(Tap::open(bad), Err(TapError::Name(_))), "{bad:?}");
         }
+    }
+
+    /// The ioctls work, in a network namespace of this test's thread alone (so that the
+    /// machine's own interfaces are never touched). Needs root, as the suite does.
+    #[test]
+    fn a_tap_opens_with_a_vnet_header_and_takes_offloads() {
+        std::thread::spawn(|| {
+            // SAFETY: unshare(2) with a flag; it changes only this thread's namespace.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+            let tap = Tap::open("vmmtap0").unwrap();
+            assert_eq!(tap.name(), "vmmtap0");
+            let all = Offloads {
+                csum: true,
+                tso4: true,
+                tso6: true,
+                tso_ecn: true,
+            };
+            FrameBackend::set_offloads(&mut tap.try_clone().unwrap(), all).unwrap();
+            vmm_sys_util::ioctl_ior_nr!(TUNGETIFF, TUNTAP, 210, libc::c_uint);
+            let mut req = IfReqFlags {
+                name: [0; IFNAMSIZ],
+                flags: 0,
+                _pad: [0; 22],
+            };
+            // SAFETY: TUNGETIFF fills a `struct ifreq`, which `req` is laid out as.
+            let rc = unsafe { ioctl_with_mut_ref(&tap.file, TUNGETIFF(), &mut req) };
+            assert_eq!(rc, 0, "TUNGETIFF: {}", io::Error::last_os_error());
+            let want = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+            assert_eq!(req.flags & want, want, "flags {:#x}", req.flags);
+        })
+        .join()
+        .unwrap();
     }
 }

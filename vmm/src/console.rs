@@ -13,6 +13,10 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use net::poll::{Poller, Token};
+
+use devices::legacy::Serial;
+
 /// Why the console cannot be set up (exit code 2).
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
@@ -186,6 +190,83 @@ pub fn restore_terminal() {
     if let Some(termios) = saved {
         // SAFETY: stdin and a termios saved from it by tcgetattr.
         unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw const termios) };
+    }
+}
+
+/// vmm's stdin as the guest's console input. It is polled only while the UART has room for
+/// more (the UART says when it has room again), and never again after end of input or an
+/// error: a regular file or `/dev/null` as stdin cannot be polled, and gives no input.
+#[derive(Debug)]
+pub struct StdinInput {
+    open: bool,
+    polled: bool,
+}
+
+impl Default for StdinInput {
+    fn default() -> Self {
+        Self {
+            open: true,
+            polled: false,
+        }
+    }
+}
+
+impl StdinInput {
+    /// Starts a boot's polling in its new `poller`, as `token`.
+    pub fn start<T: Token>(&mut self, poller: &Poller<T>, token: T) {
+        self.polled = false;
+        self.watch(poller, token, true);
+    }
+
+    /// Starts or stops polling stdin.
+    pub fn watch<T: Token>(&mut self, poller: &Poller<T>, token: T, want: bool) {
+        if !self.open || self.polled == want {
+            return;
+        }
+        let fd = std::io::stdin().as_raw_fd();
+        let done = if want {
+            poller.add_readable(fd, token)
+        } else {
+            poller.delete(fd)
+        };
+        match done {
+            Ok(()) => self.polled = want,
+            Err(e) => {
+                log::debug!("stdin is not pollable ({e}); the guest gets no console input");
+                self.open = false;
+            }
+        }
+    }
+
+    /// Moves what stdin has into `serial`'s input, as far as it has room; stops polling
+    /// while it has none.
+    pub fn forward<T: Token>(&mut self, poller: &Poller<T>, token: T, serial: &Mutex<Serial>) {
+        let mut serial = serial.lock().unwrap_or_else(|e| e.into_inner());
+        let room = serial.input_capacity();
+        if room == 0 {
+            drop(serial);
+            self.watch(poller, token, false);
+            return;
+        }
+        let mut buf = [0u8; 64];
+        let len = room.min(buf.len());
+        match read_stdin(&mut buf[..len]) {
+            Ok(0) => {
+                drop(serial);
+                self.watch(poller, token, false);
+                self.open = false;
+            }
+            Ok(n) => {
+                serial.enqueue_input(&buf[..n]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                log::warn!("reading stdin: {e}; the guest gets no more console input");
+                drop(serial);
+                self.watch(poller, token, false);
+                self.open = false;
+            }
+        }
     }
 }
 

@@ -19,6 +19,7 @@ pub mod memory;
 pub mod network;
 pub mod plan;
 pub mod runner;
+pub mod signals;
 pub mod sriov;
 pub mod vcpu;
 pub mod vfio;

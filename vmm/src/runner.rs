@@ -16,19 +16,20 @@
 //! and the boot's eventfds. SIGTERM and SIGINT press the ACPI power button; if the guest has
 //! not powered off when `--shutdown-timeout` runs out, it is stopped and `vmm` exits 4.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use devices::boot_marker::Markers;
 use kvm_ioctls::Kvm;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use net::poll::{Poller, Token};
 
 use crate::api::{ApiAnswer, ApiCommand, ApiError, ApiServer, PowerAction};
 use crate::boot::{self, BootError, KernelFiles};
 use crate::config::{self, ManifestError, RunPolicy, VmConfig};
 use crate::console::{self, ConsoleError, ConsoleOutput};
 use crate::host::{self, HostError};
+use crate::signals::{self, SignalFd};
 use crate::vcpu::VcpuEvent;
 use crate::vm::{BootContext, Vm, VmError};
 
@@ -322,7 +323,7 @@ pub fn run(opts: &RunOptions) -> Result<ExitCode, RunError> {
         signals,
         api,
         markers: Markers::default(),
-        stdin_open: true,
+        stdin: console::StdinInput::default(),
         network: &network,
         disks: &disks,
     };
@@ -403,7 +404,7 @@ struct Runner<'a> {
     signals: SignalFd,
     api: Option<ApiServer>,
     markers: Markers,
-    stdin_open: bool,
+    stdin: console::StdinInput,
     network: &'a crate::network::HostNetwork,
     disks: &'a [crate::disk::HostDisk],
 }
@@ -413,16 +414,45 @@ struct BootState {
     shutdown: Option<Shutdown>,
     deadline: Option<Instant>,
     paused: bool,
-    stdin_polled: bool,
 }
 
-const TOKEN_STDIN: u64 = 1;
-const TOKEN_SERIAL_READY: u64 = 2;
-const TOKEN_SIGNAL: u64 = 3;
-const TOKEN_API: u64 = 4;
-const TOKEN_RESET: u64 = 5;
-const TOKEN_POWER_OFF: u64 = 6;
-const TOKEN_VCPU: u64 = 7;
+/// What wakes the main loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// Console input.
+    Stdin,
+    /// The UART has room for input again.
+    SerialReady,
+    /// SIGTERM or SIGINT.
+    Signal,
+    /// An API request.
+    Api,
+    /// The guest asked for a reset.
+    Reset,
+    /// The guest powered off through ACPI.
+    PowerOff,
+    /// A vCPU stopped.
+    Vcpu,
+}
+
+const WAKES: [Wake; 7] = [
+    Wake::Stdin,
+    Wake::SerialReady,
+    Wake::Signal,
+    Wake::Api,
+    Wake::Reset,
+    Wake::PowerOff,
+    Wake::Vcpu,
+];
+
+impl Token for Wake {
+    fn encode(self) -> u64 {
+        self as u64
+    }
+    fn decode(data: u64) -> Option<Self> {
+        WAKES.into_iter().find(|w| *w as u64 == data)
+    }
+}
 
 /// Delay before booting again after a failure, so a guest that fails at once does not spin.
 const RERUN_BACKOFF: Duration = Duration::from_secs(1);
@@ -485,36 +515,27 @@ impl Runner<'_> {
             vfs: &self.network.vfs,
             disks: self.disks,
         })?;
-        let epoll = Epoll::new().map_err(os_err("epoll"))?;
-        let add = |fd: RawFd, token: u64| {
-            epoll
-                .ctl(
-                    ControlOperation::Add,
-                    fd,
-                    EpollEvent::new(EventSet::IN, token),
-                )
-                .map_err(os_err("epoll"))
-        };
-        add(self.signals.fd.as_raw_fd(), TOKEN_SIGNAL)?;
+        let poller = Poller::new().map_err(os_err("epoll"))?;
+        let add = |fd: RawFd, wake: Wake| poller.add_readable(fd, wake).map_err(os_err("epoll"));
+        add(self.signals.as_raw_fd(), Wake::Signal)?;
         add(
             vm.events().serial_input_ready.as_raw_fd(),
-            TOKEN_SERIAL_READY,
+            Wake::SerialReady,
         )?;
-        add(vm.events().reset.as_raw_fd(), TOKEN_RESET)?;
-        add(vm.events().power_off.as_raw_fd(), TOKEN_POWER_OFF)?;
-        add(vm.events().vcpu.as_raw_fd(), TOKEN_VCPU)?;
+        add(vm.events().reset.as_raw_fd(), Wake::Reset)?;
+        add(vm.events().power_off.as_raw_fd(), Wake::PowerOff)?;
+        add(vm.events().vcpu.as_raw_fd(), Wake::Vcpu)?;
         if let Some(api) = &self.api {
-            add(api.wakeup.as_raw_fd(), TOKEN_API)?;
+            add(api.wakeup.as_raw_fd(), Wake::Api)?;
         }
         let mut state = BootState {
             shutdown: None,
             deadline: None,
             paused: false,
-            stdin_polled: false,
         };
-        self.poll_stdin(&epoll, &mut state, true);
+        self.stdin.start(&poller, Wake::Stdin);
         vm.start()?;
-        let stop = self.event_loop(&epoll, &vm, &mut state);
+        let stop = self.event_loop(&poller, &vm, &mut state);
         vm.stop();
         Ok((stop, state.shutdown))
     }
@@ -539,19 +560,16 @@ impl Runner<'_> {
         Ok((choice, extracted))
     }
 
-    fn event_loop(&mut self, epoll: &Epoll, vm: &Vm, state: &mut BootState) -> Stop {
-        let mut events = vec![EpollEvent::default(); 16];
+    fn event_loop(&mut self, poller: &Poller<Wake>, vm: &Vm, state: &mut BootState) -> Stop {
         loop {
-            let timeout = state.deadline.map_or(-1, |d| {
-                let left = d.saturating_duration_since(Instant::now()).as_millis();
-                i32::try_from(left).unwrap_or(i32::MAX)
-            });
-            let n = match epoll.wait(timeout, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            let timeout = state
+                .deadline
+                .map(|d| d.saturating_duration_since(Instant::now()));
+            let fired = match poller.wait(timeout) {
+                Ok(fired) => fired,
                 Err(e) => return Stop::Failed(format!("epoll_wait: {e}")),
             };
-            if n == 0 && state.deadline.is_some_and(|d| Instant::now() >= d) {
+            if fired.is_empty() && state.deadline.is_some_and(|d| Instant::now() >= d) {
                 return match state.shutdown {
                     Some(Shutdown::Reboot) => {
                         log::warn!("the guest did not power off for the reboot; resetting it");
@@ -560,8 +578,8 @@ impl Runner<'_> {
                     _ => Stop::SignalTimeout,
                 };
             }
-            for event in &events[..n] {
-                if let Some(stop) = self.handle(event.data(), epoll, vm, state) {
+            for (wake, _) in fired.iter() {
+                if let Some(stop) = self.handle(wake, poller, vm, state) {
                     return stop;
                 }
             }
@@ -570,26 +588,29 @@ impl Runner<'_> {
 
     fn handle(
         &mut self,
-        token: u64,
-        epoll: &Epoll,
+        wake: Wake,
+        poller: &Poller<Wake>,
         vm: &Vm,
         state: &mut BootState,
     ) -> Option<Stop> {
         let drain = |evt: &vmm_sys_util::eventfd::EventFd| {
             let _ = evt.read();
         };
-        match token {
-            TOKEN_STDIN => self.forward_stdin(epoll, vm, state),
-            TOKEN_SERIAL_READY => {
+        match wake {
+            Wake::Stdin => self.stdin.forward(poller, Wake::Stdin, vm.serial()),
+            Wake::SerialReady => {
                 drain(&vm.events().serial_input_ready);
-                self.poll_stdin(epoll, state, true);
+                self.stdin.watch(poller, Wake::Stdin, true);
             }
-            TOKEN_SIGNAL => {
+            Wake::Signal => {
                 let signo = self.signals.read();
-                log::info!("received {}; pressing the power button", signal_name(signo));
+                log::info!(
+                    "received {}; pressing the power button",
+                    signals::name(signo)
+                );
                 self.begin_shutdown(vm, state, Shutdown::Signal);
             }
-            TOKEN_API => {
+            Wake::Api => {
                 drain(&self.api.as_ref()?.wakeup);
                 while let Ok(req) = self.api.as_ref()?.requests.try_recv() {
                     let (answer, stop) = self.api_command(req.command, vm, state);
@@ -599,16 +620,16 @@ impl Runner<'_> {
                     }
                 }
             }
-            TOKEN_RESET => {
+            Wake::Reset => {
                 drain(&vm.events().reset);
                 log::info!("the guest asked for a reset");
                 return Some(Stop::Reset);
             }
-            TOKEN_POWER_OFF => {
+            Wake::PowerOff => {
                 drain(&vm.events().power_off);
                 return Some(Stop::PoweredOff);
             }
-            TOKEN_VCPU => {
+            Wake::Vcpu => {
                 drain(&vm.events().vcpu);
                 if let Some(event) = vm.next_vcpu_event() {
                     return Some(match event {
@@ -618,7 +639,6 @@ impl Runner<'_> {
                     });
                 }
             }
-            _ => {}
         }
         None
     }
@@ -720,117 +740,6 @@ impl Runner<'_> {
             "boot_markers": markers,
         })
         .to_string()
-    }
-
-    /// Starts or stops polling stdin: only while the UART has room, and never after EOF.
-    fn poll_stdin(&mut self, epoll: &Epoll, state: &mut BootState, want: bool) {
-        if !self.stdin_open || state.stdin_polled == want {
-            return;
-        }
-        let op = if want {
-            ControlOperation::Add
-        } else {
-            ControlOperation::Delete
-        };
-        let event = EpollEvent::new(EventSet::IN, TOKEN_STDIN);
-        match epoll.ctl(op, libc::STDIN_FILENO, event) {
-            Ok(()) => state.stdin_polled = want,
-            Err(e) => {
-                // A regular file or /dev/null cannot be polled: no guest input then.
-                log::debug!("stdin is not pollable ({e}); the guest gets no console input");
-                self.stdin_open = false;
-            }
-        }
-    }
-
-    fn forward_stdin(&mut self, epoll: &Epoll, vm: &Vm, state: &mut BootState) {
-        let mut serial = vm.serial().lock().unwrap_or_else(|e| e.into_inner());
-        let room = serial.input_capacity();
-        if room == 0 {
-            drop(serial);
-            self.poll_stdin(epoll, state, false);
-            return;
-        }
-        let mut buf = [0u8; 64];
-        let len = room.min(buf.len());
-        match console::read_stdin(&mut buf[..len]) {
-            Ok(0) => {
-                drop(serial);
-                self.poll_stdin(epoll, state, false);
-                self.stdin_open = false;
-            }
-            Ok(n) => {
-                serial.enqueue_input(&buf[..n]);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                log::warn!("reading stdin: {e}; the guest gets no more console input");
-                drop(serial);
-                self.poll_stdin(epoll, state, false);
-                self.stdin_open = false;
-            }
-        }
-    }
-}
-
-fn signal_name(signo: i32) -> &'static str {
-    match signo {
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGINT => "SIGINT",
-        _ => "a signal",
-    }
-}
-
-/// SIGTERM and SIGINT, blocked and read from a signalfd by the event loop.
-struct SignalFd {
-    fd: OwnedFd,
-}
-
-impl SignalFd {
-    /// Blocks SIGTERM and SIGINT in this thread (threads started later inherit the mask) and
-    /// opens a signalfd for them.
-    fn new() -> std::io::Result<Self> {
-        // SAFETY: sigset_t is plain data, and all-zero is the empty set on Linux.
-        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-        for signal in [libc::SIGTERM, libc::SIGINT] {
-            // SAFETY: `set` is a valid sigset_t and `signal` a valid signal number.
-            unsafe { libc::sigaddset(&raw mut set, signal) };
-        }
-        // SAFETY: `set` is initialised; the old mask is not wanted.
-        let ret =
-            unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut()) };
-        if ret != 0 {
-            return Err(std::io::Error::from_raw_os_error(ret));
-        }
-        // SAFETY: -1 asks for a new signalfd for `set`.
-        let fd =
-            unsafe { libc::signalfd(-1, &raw const set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a new descriptor owned by nothing else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Self { fd })
-    }
-
-    /// Reads one pending signal's number (0 if none).
-    fn read(&self) -> i32 {
-        // SAFETY: signalfd_siginfo is plain data.
-        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-        let size = std::mem::size_of_val(&info);
-        // SAFETY: reads at most `size` bytes into `info`.
-        let n = unsafe {
-            libc::read(
-                self.fd.as_raw_fd(),
-                (&raw mut info).cast::<libc::c_void>(),
-                size,
-            )
-        };
-        if usize::try_from(n).ok() == Some(size) {
-            i32::try_from(info.ssi_signo).unwrap_or(0)
-        } else {
-            0
-        }
     }
 }
 

@@ -307,16 +307,7 @@ impl ConfigSpace {
 mod tests {
     use super::*;
 
-    fn ids() -> PciIds {
-        PciIds {
-            vendor: 0x1af4,
-            device: 0x1041,
-            revision: 1,
-            class: 0x02_00_00,
-            subsystem_vendor: 0x1af4,
-            subsystem: 0x40,
-        }
-    }
+    use crate::testing::ids;
 
     #[test]
     fn header_fields_and_read_only_bytes() {

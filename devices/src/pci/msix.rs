@@ -348,24 +348,8 @@ impl MsixTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
 
-    #[derive(Default)]
-    struct Recorder {
-        routes: Mutex<Vec<(usize, MsiMessage)>>,
-        fired: Mutex<Vec<usize>>,
-    }
-
-    impl MsiRoutes for Recorder {
-        fn set_route(&self, vector: usize, msg: MsiMessage) -> io::Result<()> {
-            self.routes.lock().unwrap().push((vector, msg));
-            Ok(())
-        }
-        fn trigger(&self, vector: usize) -> io::Result<()> {
-            self.fired.lock().unwrap().push(vector);
-            Ok(())
-        }
-    }
+    use crate::testing::Msi as Recorder;
 
     fn table(n: usize) -> (Arc<Recorder>, MsixTable) {
         let rec = Arc::new(Recorder::default());

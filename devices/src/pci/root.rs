@@ -368,14 +368,7 @@ mod tests {
     fn setup() -> (Arc<Bus>, Arc<PciRoot>, Arc<Mutex<Dummy>>) {
         let mmio = Arc::new(Bus::new());
         let root = Arc::new(PciRoot::new(mmio.clone()));
-        let mut cs = ConfigSpace::new(PciIds {
-            vendor: 0x1af4,
-            device: 0x1041,
-            revision: 1,
-            class: 0x02_00_00,
-            subsystem_vendor: 0x1af4,
-            subsystem: 0x40,
-        });
+        let mut cs = ConfigSpace::new(crate::testing::ids());
         cs.add_bar(0, BarKind::Mem32, 0x1000, false, 0xc000_0000)
             .unwrap();
         let dev = Arc::new(Mutex::new(Dummy {

@@ -88,25 +88,7 @@ impl GuestMapper for Mapper {
     }
 }
 
-#[derive(Default)]
-struct Routes {
-    routes: Mutex<Vec<(usize, MsiMessage)>>,
-    masks: Mutex<Vec<(usize, bool)>>,
-}
-
-impl MsiRoutes for Routes {
-    fn set_route(&self, vector: usize, msg: MsiMessage) -> io::Result<()> {
-        self.routes.lock().unwrap().push((vector, msg));
-        Ok(())
-    }
-    fn trigger(&self, _: usize) -> io::Result<()> {
-        Ok(())
-    }
-    fn set_masked(&self, vector: usize, masked: bool) -> io::Result<()> {
-        self.masks.lock().unwrap().push((vector, masked));
-        Ok(())
-    }
-}
+use crate::testing::Msi as Routes;
 
 fn put(config: &mut [u8; CONFIG_SIZE], off: usize, bytes: &[u8]) {
     config[off..off + bytes.len()].copy_from_slice(bytes);

@@ -30,6 +30,7 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use net::poll::Poller;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ,
     VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_ID_BYTES,
@@ -49,7 +50,7 @@ use crate::seccomp::Role;
 use crate::worker::WorkerThread;
 
 /// Device type of virtio-blk.
-pub const TYPE_BLOCK: u16 = 2;
+pub const TYPE_BLOCK: u16 = super::byte(virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK) as u16;
 /// Size of each queue.
 pub const QUEUE_SIZE: u16 = 256;
 /// The sector: the unit of every offset and length in a request.
@@ -489,6 +490,19 @@ impl Outcome {
     }
 }
 
+/// The worker's one wake-up: the driver queued requests.
+#[derive(Debug, Clone, Copy)]
+struct Queued;
+
+impl net::poll::Token for Queued {
+    fn encode(self) -> u64 {
+        0
+    }
+    fn decode(data: u64) -> Option<Self> {
+        (data == 0).then_some(Queued)
+    }
+}
+
 impl Worker {
     fn run(mut self, evt: &EventFd, kill: &EventFd) {
         if let Err(e) = self.serve(evt, kill) {
@@ -505,37 +519,15 @@ impl Worker {
 
     fn serve(&mut self, evt: &EventFd, kill: &EventFd) -> Result<(), WorkerError> {
         use std::os::fd::AsRawFd;
-        use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-        const TOKEN_QUEUE: u64 = 0;
-        const TOKEN_KILL: u64 = 1;
-        let epoll = Epoll::new()?;
-        for (fd, token) in [
-            (evt.as_raw_fd(), TOKEN_QUEUE),
-            (kill.as_raw_fd(), TOKEN_KILL),
-        ] {
-            epoll.ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, token),
-            )?;
-        }
+        let poller = Poller::<Queued>::new()?;
+        poller.add_readable(evt.as_raw_fd(), Queued)?;
+        poller.add_kill(kill)?;
         // Requests may have been queued before the device started.
         self.process()?;
-        let mut events = [EpollEvent::default(); 2];
-        loop {
-            let n = match epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
-            };
-            for ev in &events[..n] {
-                if ev.data() == TOKEN_KILL {
-                    return Ok(());
-                }
-                let _ = evt.read();
-                self.process()?;
-            }
-        }
+        poller.run(|_, Queued, _| {
+            let _ = evt.read();
+            self.process()
+        })
     }
 
     /// Serves every request the driver queued. Each completion is signalled as soon as the

@@ -21,12 +21,26 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub use pci::{BAR_SIZE, VirtioPci, VirtioPciError};
 
+use virtio_bindings::{virtio_config, virtio_ring};
+
+/// The mask of feature bit `n` as virtio-bindings numbers it.
+pub(crate) const fn bit(n: u32) -> u64 {
+    1 << n
+}
+
+/// A virtio-bindings value known to fit eight bits (a status bit, a device ID).
+#[allow(clippy::cast_possible_truncation, reason = "checked at compile time")]
+pub(crate) const fn byte(value: u32) -> u8 {
+    assert!(value <= u8::MAX as u32);
+    value as u8
+}
+
 /// Feature bit: virtio 1.x (modern) device.
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+pub const VIRTIO_F_VERSION_1: u64 = bit(virtio_config::VIRTIO_F_VERSION_1);
 /// Feature bit: indirect descriptor tables.
-pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
+pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = bit(virtio_ring::VIRTIO_RING_F_INDIRECT_DESC);
 /// Feature bit: used/avail event index suppression.
-pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = bit(virtio_ring::VIRTIO_RING_F_EVENT_IDX);
 
 /// How a device tells the driver about used buffers or a configuration change.
 pub trait VirtioInterrupt: Send + Sync {

@@ -26,17 +26,18 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use net::poll::{Poller, Token};
 use net::{FrameBackend, MacAddr, Offloads, VNET_HDR_LEN};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::{Activation, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use super::{IdleRounds, NeedsReset, VirtioDevice, VirtioInterrupt, next_chain, wait_for_kill};
 
 /// Device type of virtio-net.
-pub const TYPE_NET: u16 = 1;
+pub const TYPE_NET: u16 = super::byte(virtio_bindings::virtio_ids::VIRTIO_ID_NET) as u16;
 /// Size of each queue.
 pub const QUEUE_SIZE: u16 = 256;
 const RX: usize = 0;
@@ -50,28 +51,31 @@ const NUM_BUFFERS_OFFSET: u64 = 10;
 
 /// virtio-net feature bits.
 pub mod features {
+    use super::super::bit;
+    use virtio_bindings::virtio_net as n;
+
     /// Device handles partial checksums.
-    pub const CSUM: u64 = 1 << 0;
+    pub const CSUM: u64 = bit(n::VIRTIO_NET_F_CSUM);
     /// Driver handles partial checksums.
-    pub const GUEST_CSUM: u64 = 1 << 1;
+    pub const GUEST_CSUM: u64 = bit(n::VIRTIO_NET_F_GUEST_CSUM);
     /// Device reports its MTU.
-    pub const MTU: u64 = 1 << 3;
+    pub const MTU: u64 = bit(n::VIRTIO_NET_F_MTU);
     /// Device has a MAC address.
-    pub const MAC: u64 = 1 << 5;
+    pub const MAC: u64 = bit(n::VIRTIO_NET_F_MAC);
     /// Driver takes TCPv4 segments.
-    pub const GUEST_TSO4: u64 = 1 << 7;
+    pub const GUEST_TSO4: u64 = bit(n::VIRTIO_NET_F_GUEST_TSO4);
     /// Driver takes TCPv6 segments.
-    pub const GUEST_TSO6: u64 = 1 << 8;
+    pub const GUEST_TSO6: u64 = bit(n::VIRTIO_NET_F_GUEST_TSO6);
     /// Driver takes TSO with ECN.
-    pub const GUEST_ECN: u64 = 1 << 9;
+    pub const GUEST_ECN: u64 = bit(n::VIRTIO_NET_F_GUEST_ECN);
     /// Device takes TCPv4 segments.
-    pub const HOST_TSO4: u64 = 1 << 11;
+    pub const HOST_TSO4: u64 = bit(n::VIRTIO_NET_F_HOST_TSO4);
     /// Device takes TCPv6 segments.
-    pub const HOST_TSO6: u64 = 1 << 12;
+    pub const HOST_TSO6: u64 = bit(n::VIRTIO_NET_F_HOST_TSO6);
     /// Device takes TSO with ECN.
-    pub const HOST_ECN: u64 = 1 << 13;
+    pub const HOST_ECN: u64 = bit(n::VIRTIO_NET_F_HOST_ECN);
     /// Link status in the configuration.
-    pub const STATUS: u64 = 1 << 16;
+    pub const STATUS: u64 = bit(n::VIRTIO_NET_F_STATUS);
 }
 
 /// Frame and byte counters of one NIC, from the guest's point of view; they outlive boots.
@@ -294,10 +298,27 @@ impl Drop for Net {
     }
 }
 
-const TOKEN_RX: u64 = 0;
-const TOKEN_TX: u64 = 1;
-const TOKEN_BACKEND: u64 = 2;
-const TOKEN_KILL: u64 = 3;
+/// What the worker waits on.
+#[derive(Debug, Clone, Copy)]
+enum Wake {
+    /// The driver posted receive buffers.
+    Rx,
+    /// The driver queued frames to send.
+    Tx,
+    /// The backend has frames for the guest.
+    Backend,
+}
+
+impl Token for Wake {
+    fn encode(self) -> u64 {
+        self as u64
+    }
+    fn decode(data: u64) -> Option<Self> {
+        [Wake::Rx, Wake::Tx, Wake::Backend]
+            .into_iter()
+            .find(|w| *w as u64 == data)
+    }
+}
 
 /// The queues while the device runs.
 struct Worker {
@@ -370,61 +391,39 @@ impl Worker {
         kill: &EventFd,
     ) -> Result<(), WorkerError> {
         use std::os::fd::AsRawFd;
-        let epoll = Epoll::new()?;
-        let add = |fd, token| {
-            epoll.ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, token),
-            )
-        };
-        add(rx_evt.as_raw_fd(), TOKEN_RX)?;
-        add(tx_evt.as_raw_fd(), TOKEN_TX)?;
-        add(self.backend.poll_fd(), TOKEN_BACKEND)?;
-        add(kill.as_raw_fd(), TOKEN_KILL)?;
+        let poller = Poller::new()?;
+        poller.add_readable(rx_evt.as_raw_fd(), Wake::Rx)?;
+        poller.add_readable(tx_evt.as_raw_fd(), Wake::Tx)?;
+        poller.add_readable(self.backend.poll_fd(), Wake::Backend)?;
+        poller.add_kill(kill)?;
         // Buffers may have been posted before the device started.
         self.process_tx()?;
-        self.process_rx(&epoll)?;
-        let mut events = vec![EpollEvent::default(); 8];
-        loop {
-            let n = match epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
-            };
-            for ev in &events[..n] {
-                match ev.data() {
-                    TOKEN_KILL => return Ok(()),
-                    TOKEN_TX => {
-                        let _ = tx_evt.read();
-                        self.process_tx()?;
-                    }
-                    TOKEN_RX => {
-                        let _ = rx_evt.read();
-                        if !self.backend_polled {
-                            self.set_backend_polled(&epoll, true)?;
-                        }
-                        self.process_rx(&epoll)?;
-                    }
-                    _ => self.process_rx(&epoll)?,
-                }
+        self.process_rx(&poller)?;
+        poller.run(|poller, wake, _| match wake {
+            Wake::Tx => {
+                let _ = tx_evt.read();
+                self.process_tx()
             }
-        }
+            Wake::Rx => {
+                let _ = rx_evt.read();
+                if !self.backend_polled {
+                    self.set_backend_polled(poller, true)?;
+                }
+                self.process_rx(poller)
+            }
+            Wake::Backend => self.process_rx(poller),
+        })
     }
 
-    fn set_backend_polled(&mut self, epoll: &Epoll, on: bool) -> io::Result<()> {
+    fn set_backend_polled(&mut self, poller: &Poller<Wake>, on: bool) -> io::Result<()> {
         let events = if on { EventSet::IN } else { EventSet::empty() };
-        epoll.ctl(
-            ControlOperation::Modify,
-            self.backend.poll_fd(),
-            EpollEvent::new(events, TOKEN_BACKEND),
-        )?;
+        poller.modify(self.backend.poll_fd(), Wake::Backend, events)?;
         self.backend_polled = on;
         Ok(())
     }
 
     /// Moves frames from the backend into posted receive buffers until either runs out.
-    fn process_rx(&mut self, epoll: &Epoll) -> Result<(), WorkerError> {
+    fn process_rx(&mut self, poller: &Poller<Wake>) -> Result<(), WorkerError> {
         let mem = &self.mem;
         let mut used = false;
         let mut out_of_buffers = false;
@@ -483,7 +482,7 @@ impl Worker {
             self.interrupt.notify_queue(RX);
         }
         if out_of_buffers && self.backend_polled {
-            self.set_backend_polled(epoll, false)?;
+            self.set_backend_polled(poller, false)?;
         }
         Ok(())
     }
@@ -546,8 +545,8 @@ mod tests {
 
     use super::*;
 
-    const NEXT: u16 = 1; // VRING_DESC_F_NEXT
-    const WRITE: u16 = 2; // VRING_DESC_F_WRITE
+    const NEXT: u16 = crate::virtio::byte(virtio_bindings::virtio_ring::VRING_DESC_F_NEXT) as u16;
+    const WRITE: u16 = crate::virtio::byte(virtio_bindings::virtio_ring::VRING_DESC_F_WRITE) as u16;
 
     /// A backend over queues in memory.
     struct Fake {
@@ -591,19 +590,7 @@ mod tests {
         }
     }
 
-    #[derive(Default)]
-    struct Irqs(Mutex<Vec<usize>>);
-    impl VirtioInterrupt for Irqs {
-        fn notify_queue(&self, q: usize) {
-            self.0.lock().unwrap().push(q);
-        }
-        fn notify_config(&self) {
-            self.0.lock().unwrap().push(CONFIG);
-        }
-    }
-
-    /// What `Irqs` records for a configuration interrupt.
-    const CONFIG: usize = usize::MAX;
+    use crate::testing::{CONFIG_IRQ as CONFIG, Irqs};
 
     struct Setup {
         mem: GuestMemoryMmap,
@@ -648,16 +635,12 @@ mod tests {
         }
     }
 
-    fn epoll_for(w: &Worker) -> Epoll {
-        let epoll = Epoll::new().unwrap();
-        epoll
-            .ctl(
-                ControlOperation::Add,
-                w.backend.poll_fd(),
-                EpollEvent::new(EventSet::IN, TOKEN_BACKEND),
-            )
+    fn epoll_for(w: &Worker) -> Poller<Wake> {
+        let poller = Poller::new().unwrap();
+        poller
+            .add_readable(w.backend.poll_fd(), Wake::Backend)
             .unwrap();
-        epoll
+        poller
     }
 
     fn used(q: &MockSplitQueue<'_, GuestMemoryMmap>) -> Vec<(u32, u32)> {
@@ -936,14 +919,10 @@ pub mod fuzzing {
             backend_polled: true,
             needs_reset: NeedsReset::default(),
         };
-        let Ok(epoll) = Epoll::new() else {
+        let Ok(epoll) = Poller::new() else {
             return;
         };
-        let _ = epoll.ctl(
-            ControlOperation::Add,
-            worker.backend.poll_fd(),
-            EpollEvent::new(EventSet::IN, TOKEN_BACKEND),
-        );
+        let _ = epoll.add_readable(worker.backend.poll_fd(), Wake::Backend);
         // Up to four rounds of work in an order the input picks; an error stops the
         // device, as it would in the worker.
         for round in 0..4 {

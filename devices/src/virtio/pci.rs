@@ -24,6 +24,8 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
+use virtio_bindings::virtio_config;
+
 use super::{
     Activation, IoEventRegistry, NeedsReset, VIRTIO_F_VERSION_1, VirtioDevice, VirtioInterrupt,
 };
@@ -41,6 +43,8 @@ const NOTIFY: u64 = 0x3000;
 const NOTIFY_MULTIPLIER: u32 = 4;
 const MSIX_TABLE: u64 = 0x4000;
 const MSIX_PBA: u64 = 0x6000;
+// virtio-bindings has no virtio_pci module: the capability layout and types below are the
+// virtio 1.2 specification's (4.1.4).
 const VENDOR_CAP: u8 = 0x09;
 const CAP_COMMON: u8 = 1;
 const CAP_NOTIFY: u8 = 2;
@@ -48,9 +52,9 @@ const CAP_ISR: u8 = 3;
 const CAP_DEVICE: u8 = 4;
 /// "No vector" in msix_config and queue_msix_vector.
 const NO_VECTOR: u16 = 0xffff;
-const STATUS_FEATURES_OK: u8 = 0x08;
-const STATUS_DRIVER_OK: u8 = 0x04;
-const STATUS_NEEDS_RESET: u8 = 0x40;
+const STATUS_FEATURES_OK: u8 = super::byte(virtio_config::VIRTIO_CONFIG_S_FEATURES_OK);
+const STATUS_DRIVER_OK: u8 = super::byte(virtio_config::VIRTIO_CONFIG_S_DRIVER_OK);
+const STATUS_NEEDS_RESET: u8 = super::byte(virtio_config::VIRTIO_CONFIG_S_NEEDS_RESET);
 
 /// Why the transport cannot be built.
 #[derive(Debug, thiserror::Error)]

@@ -15,37 +15,76 @@ use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, HardwareAddress, IpAddress, IpCidr,
     IpProtocol, Ipv4Packet,
 };
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::device::{OneFrame, Queues, ToGuest, ipv4_frame};
 use super::egress::Egress;
-use super::flow::{FlowKey, FlowTable};
+use super::flow::{FlowId, FlowKey, FlowTable};
 use super::inbound::Listeners;
 use super::limits::Limits;
 use super::tcp::TcpFlows;
 use super::udp::{Dgram, DgramFlow, InboundUdp};
 use crate::dhcp::{DhcpServer, Lease};
 use crate::mac::MacAddr;
+use crate::poll::{Poller, Token};
 
 /// The gateway's MAC (locally administered).
 pub const GATEWAY_MAC: MacAddr = MacAddr::new([0x02, 0x56, 0x4d, 0x4d, 0x00, 0x01]);
 
-/// Epoll events handled per wait.
-const EVENTS: usize = 64;
 /// How often idle flows are looked for.
 const SWEEP: Duration = Duration::from_secs(1);
 
-// Epoll tokens: the top byte says what, the rest is a flow's id or a listener's index.
-pub(super) const KIND_TCP: u64 = 1 << 56;
-pub(super) const KIND_UDP: u64 = 2 << 56;
-pub(super) const KIND_ICMP: u64 = 3 << 56;
-const TOKEN_TIMER: u64 = 4 << 56;
-const TOKEN_READY: u64 = 5 << 56;
-const KIND_LISTEN_TCP: u64 = 6 << 56;
-const KIND_LISTEN_UDP: u64 = 7 << 56;
-const KIND_MASK: u64 = 0xff << 56;
+/// What woke the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wake {
+    /// A smoltcp or sweep deadline.
+    Timer,
+    /// Frames wait (for the guest, or for smoltcp).
+    Ready,
+    /// A TCP flow's host socket.
+    Tcp(FlowId),
+    /// A UDP flow's host socket.
+    Udp(FlowId),
+    /// An ICMP echo flow's host socket.
+    Icmp(FlowId),
+    /// A forwarded TCP port's listener, by index.
+    ListenTcp(usize),
+    /// A forwarded UDP port's socket, by index.
+    ListenUdp(usize),
+}
+
+impl Token for Wake {
+    /// The top byte says what, the rest is a flow's id or a listener's index.
+    fn encode(self) -> u64 {
+        let (kind, n) = match self {
+            Wake::Timer => (0, 0),
+            Wake::Ready => (1, 0),
+            Wake::Tcp(id) => (2, id),
+            Wake::Udp(id) => (3, id),
+            Wake::Icmp(id) => (4, id),
+            Wake::ListenTcp(i) => (5, i as u64),
+            Wake::ListenUdp(i) => (6, i as u64),
+        };
+        kind << 56 | n
+    }
+
+    fn decode(data: u64) -> Option<Self> {
+        let n = data & ((1 << 56) - 1);
+        let index = || usize::try_from(n).ok();
+        Some(match data >> 56 {
+            0 => Wake::Timer,
+            1 => Wake::Ready,
+            2 => Wake::Tcp(n),
+            3 => Wake::Udp(n),
+            4 => Wake::Icmp(n),
+            5 => Wake::ListenTcp(index()?),
+            6 => Wake::ListenUdp(index()?),
+            _ => return None,
+        })
+    }
+}
 
 /// What the engine is set up with.
 #[derive(Debug, Clone)]
@@ -116,7 +155,7 @@ pub struct Nat {
     pub(super) iface: Interface,
     pub(super) dev: Queues,
     pub(super) sockets: SocketSet<'static>,
-    pub(super) epoll: Epoll,
+    pub(super) poller: Poller<Wake>,
     timer: TimerFd,
     ready: EventFd,
     pub(super) tcp: TcpFlows,
@@ -207,20 +246,17 @@ impl Nat {
             .routes_mut()
             .add_default_ipv4_route(gateway)
             .map_err(|_| io::Error::other("smoltcp route table full"))?;
-        let epoll = Epoll::new()?;
+        let poller = Poller::new()?;
         let timer = TimerFd::new()?;
         let ready = EventFd::new(EFD_NONBLOCK)?;
-        let watch = |fd: RawFd, events: EventSet, token: u64| {
-            epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(events, token))
-        };
-        watch(timer.as_raw_fd(), EventSet::IN, TOKEN_TIMER)?;
-        watch(ready.as_raw_fd(), EventSet::IN, TOKEN_READY)?;
+        poller.add_readable(timer.as_raw_fd(), Wake::Timer)?;
+        poller.add_readable(ready.as_raw_fd(), Wake::Ready)?;
         let listen = EventSet::IN | EventSet::EDGE_TRIGGERED;
         for (i, (_, l)) in listeners.tcp.iter().enumerate() {
-            watch(l.as_raw_fd(), listen, KIND_LISTEN_TCP | i as u64)?;
+            poller.add(l.as_raw_fd(), Wake::ListenTcp(i), listen)?;
         }
         for (i, (_, l)) in listeners.udp.iter().enumerate() {
-            watch(l.as_raw_fd(), listen, KIND_LISTEN_UDP | i as u64)?;
+            poller.add(l.as_raw_fd(), Wake::ListenUdp(i), listen)?;
         }
         let limits = cfg.limits;
         let mut nat = Self {
@@ -236,7 +272,7 @@ impl Nat {
             iface,
             dev,
             sockets: SocketSet::new(vec![]),
-            epoll,
+            poller,
             timer,
             ready,
             tcp: TcpFlows::new(limits.tcp_flows),
@@ -258,7 +294,7 @@ impl Nat {
 
     /// A descriptor that polls readable when [`Nat::process`] has work.
     pub fn poll_fd(&self) -> RawFd {
-        self.epoll.as_raw_fd()
+        self.poller.as_raw_fd()
     }
 
     /// The current counts.
@@ -462,39 +498,35 @@ impl Nat {
 
     /// Takes every pending host socket and timer event: TCP flows and listeners are marked,
     /// datagram flows that became readable returned.
-    fn dispatch_events(&mut self) -> Vec<(Dgram, u64)> {
-        let mut events = [EpollEvent::default(); EVENTS];
+    fn dispatch_events(&mut self) -> Vec<(Dgram, FlowId)> {
         let mut dgrams = Vec::new();
         loop {
-            let n = match self.epoll.wait(0, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            let fired = match self.poller.wait(Some(Duration::ZERO)) {
+                Ok(fired) => fired,
                 Err(e) => {
                     log::warn!("masquerade: epoll: {e}");
-                    0
+                    return dgrams;
                 }
             };
-            for ev in &events[..n] {
-                let token = ev.data();
-                let id = token & !KIND_MASK;
-                match token & KIND_MASK {
-                    TOKEN_TIMER => {
+            for (wake, events) in fired.iter() {
+                match wake {
+                    Wake::Timer => {
                         let _ = self.timer.wait();
                     }
-                    TOKEN_READY => {}
-                    KIND_TCP => self.tcp_event(id, ev.event_set()),
-                    KIND_LISTEN_TCP => self.tcp_listen_ready.extend(usize::try_from(id).ok()),
-                    KIND_LISTEN_UDP => self.udp_listen_ready.extend(usize::try_from(id).ok()),
-                    KIND_UDP if self.dgram_readable(Dgram::Udp, id) => {
+                    Wake::Ready => {}
+                    Wake::Tcp(id) => self.tcp_event(id, events),
+                    Wake::ListenTcp(i) => self.tcp_listen_ready.push(i),
+                    Wake::ListenUdp(i) => self.udp_listen_ready.push(i),
+                    Wake::Udp(id) if self.dgram_readable(Dgram::Udp, id) => {
                         dgrams.push((Dgram::Udp, id));
                     }
-                    KIND_ICMP if self.dgram_readable(Dgram::Icmp, id) => {
+                    Wake::Icmp(id) if self.dgram_readable(Dgram::Icmp, id) => {
                         dgrams.push((Dgram::Icmp, id));
                     }
-                    _ => {}
+                    Wake::Udp(_) | Wake::Icmp(_) => {}
                 }
             }
-            if n < EVENTS {
+            if !fired.is_full() {
                 return dgrams;
             }
         }

@@ -53,9 +53,9 @@ use std::time::Instant;
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 use smoltcp::wire::{IpAddress, IpListenEndpoint, TcpPacket};
-use vmm_sys_util::epoll::{ControlOperation, EpollEvent, EventSet};
+use vmm_sys_util::epoll::EventSet;
 
-use super::engine::{KIND_TCP, Nat};
+use super::engine::{Nat, Wake};
 use super::flow::{FlowId, FlowKey, FlowTable};
 use super::limits::SMALL_TCP_BUFFER;
 use super::sock;
@@ -200,15 +200,7 @@ impl Nat {
         let (id, _) = self.tcp.table.insert(key, flow, now);
         let events =
             EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
-        if self
-            .epoll
-            .ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(events, KIND_TCP | id),
-            )
-            .is_err()
-        {
+        if self.poller.add(fd, Wake::Tcp(id), events).is_err() {
             self.tcp.table.remove(id);
             return None;
         }
@@ -494,11 +486,7 @@ impl Nat {
         };
         self.tcp.release(flow.buffer, flow.inbound);
         self.tcp.inbound -= usize::from(flow.inbound);
-        let _ = self.epoll.ctl(
-            ControlOperation::Delete,
-            flow.host.as_raw_fd(),
-            EpollEvent::default(),
-        );
+        let _ = self.poller.delete(flow.host.as_raw_fd());
         if reset_host {
             sock::reset_on_close(&flow.host);
         }

@@ -10,10 +10,10 @@ use std::time::Instant;
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{IpAddress, IpProtocol, UdpPacket, UdpRepr};
-use vmm_sys_util::epoll::{ControlOperation, EpollEvent, EventSet};
+use vmm_sys_util::epoll::EventSet;
 
 use super::device::IP_HDR;
-use super::engine::{KIND_ICMP, KIND_UDP, Nat};
+use super::engine::{Nat, Wake};
 use super::flow::{FlowId, FlowKey, FlowTable};
 use super::sock;
 
@@ -138,16 +138,12 @@ impl Nat {
         if let Some((_, old)) = evicted {
             self.unwatch(&old.sock);
         }
-        let token = match kind {
-            Dgram::Udp => KIND_UDP,
-            Dgram::Icmp => KIND_ICMP,
-        } | id;
+        let wake = match kind {
+            Dgram::Udp => Wake::Udp(id),
+            Dgram::Icmp => Wake::Icmp(id),
+        };
         let events = EventSet::IN | EventSet::EDGE_TRIGGERED;
-        if self
-            .epoll
-            .ctl(ControlOperation::Add, fd, EpollEvent::new(events, token))
-            .is_err()
-        {
+        if self.poller.add(fd, wake, events).is_err() {
             self.dgrams(kind).remove(id);
             return None;
         }
@@ -155,11 +151,7 @@ impl Nat {
     }
 
     fn unwatch(&self, sock: &UdpSocket) {
-        let _ = self.epoll.ctl(
-            ControlOperation::Delete,
-            sock.as_raw_fd(),
-            EpollEvent::default(),
-        );
+        let _ = self.poller.delete(sock.as_raw_fd());
     }
 
     /// Marks flow `id` readable after an event; whether it is still open.

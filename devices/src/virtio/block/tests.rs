@@ -11,8 +11,8 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
 
-const NEXT: u16 = 1; // VRING_DESC_F_NEXT
-const WRITE: u16 = 2; // VRING_DESC_F_WRITE
+const NEXT: u16 = crate::virtio::byte(virtio_bindings::virtio_ring::VRING_DESC_F_NEXT) as u16;
+const WRITE: u16 = crate::virtio::byte(virtio_bindings::virtio_ring::VRING_DESC_F_WRITE) as u16;
 const HDR: u64 = 0x10_0000;
 const DATA: u64 = 0x20_0000;
 const STATUS: u64 = 0x30_0000;
@@ -92,16 +92,7 @@ impl BlockBackend for MemDisk {
     }
 }
 
-#[derive(Default)]
-struct Irqs(Mutex<Vec<usize>>);
-impl VirtioInterrupt for Irqs {
-    fn notify_queue(&self, q: usize) {
-        self.0.lock().unwrap().push(q);
-    }
-    fn notify_config(&self) {
-        self.0.lock().unwrap().push(usize::MAX);
-    }
-}
+use crate::testing::Irqs;
 
 struct Setup {
     mem: GuestMemoryMmap,

@@ -48,9 +48,8 @@ testhost_test!(
         let (code, stderr) = refused(&[], &manifest);
         assert_eq!(code, 2, "{stderr}");
         assert!(
-            stderr.contains(&format!(
-                "VF {vf} is bound to driver virtio-pci, not vfio-pci"
-            )),
+            stderr.contains(&format!("VF {vf} from "))
+                && stderr.contains("it is bound to driver virtio-pci, not vfio-pci"),
             "{stderr}"
         );
         assert!(

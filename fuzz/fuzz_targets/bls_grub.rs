@@ -17,8 +17,8 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 
 use libfuzzer_sys::fuzz_target;
-use vmm::imageboot::bls::{self, BlsEntry};
 use vmm::imageboot::ReadError;
+use vmm::imageboot::bls::{self, BlsEntry};
 use vmm::imageboot::grub::{self, BlsMenuEntry, Host};
 
 const ROOT_UUID: &str = "4c7d1f7a-2f61-4a8e-9d55-0d3c2b1a9e10";

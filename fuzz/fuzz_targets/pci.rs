@@ -9,13 +9,12 @@ use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use devices::testing::{Msi, NoIoEvents};
 use devices::pci::{ECAM_SIZE, PciConfigIo, PciEcam, PciRoot};
+use devices::testing::{Msi, NoIoEvents};
 use devices::virtio::VirtioPci;
-use devices::virtio::{Activation, IoEventRegistry, VirtioDevice};
+use devices::virtio::{Activation, VirtioDevice};
 use devices::{Bus, BusDevice};
 use libfuzzer_sys::fuzz_target;
-use vmm_sys_util::eventfd::EventFd;
 
 const VIRTIO_BAR: u64 = 0xc000_0000;
 const OTHER: u64 = 0xd000_0000;

@@ -9,8 +9,8 @@
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use devices::testing::Msi;
 use devices::pci::{CONFIG_SIZE, PciDevice};
+use devices::testing::Msi;
 use devices::vfio::{CONFIG_REGION, GuestMapper, RegionInfo, VfioPci, VfioRegions};
 use libfuzzer_sys::fuzz_target;
 

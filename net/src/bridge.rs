@@ -23,13 +23,42 @@
 
 use std::net::Ipv4Addr;
 
-use crate::dhcp::StaticRoute;
+use crate::dhcp::{Lease, StaticRoute};
 use crate::mac::MacAddr;
 use crate::netlink::{Ipv4Net, LinkChange, LinkKind, Netlink, Route4};
+use crate::resolv::Resolver;
 use crate::tap::{Tap, TapError};
 
 /// `RTPROT_KERNEL`: routes the kernel derives from addresses.
 const RTPROT_KERNEL: u8 = 2;
+
+/// `net` namespace inode of the initial network namespace on kernels that fix it.
+const PROC_NET_INIT_INO: u64 = 0xEFFF_FFF9;
+/// `pid` namespace inode of the initial PID namespace.
+const PROC_PID_INIT_INO: u64 = 0xEFFF_FFFC;
+/// The MAC DHCP replies come from (never on the wire: replies go straight to the guest).
+const DHCP_SERVER_MAC: MacAddr = MacAddr::new([0x02, 0x00, 0x00, 0x00, 0x00, 0x01]);
+/// The DHCP server's address when the pod link has no default gateway.
+const DHCP_SERVER_FALLBACK: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 1);
+
+fn ns_inode(path: &str) -> Option<u64> {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).ok()?).into()
+}
+
+/// Whether this process is in the host's initial network namespace, where taking a link
+/// over would cut the host off.
+pub fn in_initial_netns() -> bool {
+    let Some(own) = ns_inode("/proc/self/ns/net") else {
+        return false;
+    };
+    if own == PROC_NET_INIT_INO {
+        return true;
+    }
+    // On kernels that number namespaces dynamically: compare with init's, when init is the
+    // host's (this process is in the initial PID namespace).
+    ns_inode("/proc/self/ns/pid") == Some(PROC_PID_INIT_INO)
+        && ns_inode("/proc/1/ns/net") == Some(own)
+}
 
 /// Why the binding cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +99,27 @@ pub struct PodLink {
 }
 
 impl PodLink {
+    /// What DHCP delegates to the guest: the link's first IPv4 address, its routes and MTU,
+    /// with the pod's `resolver` and the guest's `hostname`; `None` when the link has no
+    /// IPv4 address (the guest is then on layer 2 only).
+    pub fn lease(&self, resolver: &Resolver, hostname: &str) -> Option<Lease> {
+        let address = self.addresses.first()?;
+        let router = self.router();
+        Some(Lease {
+            client: self.mac,
+            address: address.addr,
+            prefix: address.prefix,
+            router,
+            routes: self.static_routes(),
+            dns: resolver.dns.clone(),
+            search: resolver.search.clone(),
+            mtu: Some(u16::try_from(self.mtu).unwrap_or(u16::MAX)),
+            hostname: hostname.to_string(),
+            server: router.unwrap_or(DHCP_SERVER_FALLBACK),
+            server_mac: DHCP_SERVER_MAC,
+        })
+    }
+
     /// The default gateway, if a default route goes through the link.
     pub fn router(&self) -> Option<Ipv4Addr> {
         self.routes

@@ -14,6 +14,7 @@ pub mod nat;
 pub mod netlink;
 pub mod poll;
 pub mod random;
+pub mod resolv;
 pub mod tap;
 pub mod units;
 

@@ -409,6 +409,91 @@ fn respond(stream: &mut UnixStream, status: u16, reason: &str, body: &str) -> st
     stream.flush()
 }
 
+/// `GET /v1/vm/info`'s answer.
+#[derive(Debug, serde::Serialize)]
+pub struct VmInfo {
+    /// `metadata.name`.
+    pub name: String,
+    /// `Running`, `Paused`, `ShuttingDown` or `Rebooting`.
+    pub state: &'static str,
+    /// Since this boot started.
+    pub uptime_ms: u64,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Sockets.
+    pub sockets: u32,
+    /// Cores in each socket.
+    pub cores_per_socket: u32,
+    /// Guest RAM.
+    pub memory_bytes: u64,
+    /// Each interface, in `spec.instance.interfaces` order.
+    pub interfaces: Vec<InterfaceInfo>,
+    /// Each disk, in guest order.
+    pub disks: Vec<crate::disk::DiskReport>,
+    /// What the guest wrote to the boot marker port, and when.
+    pub boot_markers: Vec<MarkerInfo>,
+}
+
+/// An interface in [`VmInfo`].
+#[derive(Debug, serde::Serialize)]
+pub struct InterfaceInfo {
+    /// The name in the manifest.
+    pub name: String,
+    /// `bridge`, `masquerade` or `sriov`.
+    pub binding: &'static str,
+    /// `pod` or `multus:<networkName>`.
+    pub network: String,
+    /// The guest's MAC.
+    pub mac: String,
+    /// The guest's IPv4 address, where `vmm` hands it out (DHCP delegation, masquerade).
+    pub guest_ip: Option<String>,
+    /// A virtio-net NIC's host side and counters.
+    #[serde(flatten)]
+    pub nic: Option<NicInfo>,
+    /// A passed-through VF.
+    #[serde(flatten)]
+    pub vf: Option<VfInfo>,
+}
+
+/// A virtio-net NIC in [`InterfaceInfo`].
+#[derive(Debug, serde::Serialize)]
+pub struct NicInfo {
+    /// The guest's MTU.
+    pub mtu: u16,
+    /// Its host side, as the dry run says it.
+    pub host: String,
+    /// Features the guest driver accepted.
+    pub features: Vec<&'static str>,
+    /// Frames the guest sent.
+    pub tx_frames: u64,
+    /// Bytes the guest sent.
+    pub tx_bytes: u64,
+    /// Frames the guest sent that were dropped.
+    pub tx_dropped: u64,
+    /// Frames the guest received.
+    pub rx_frames: u64,
+    /// Bytes the guest received.
+    pub rx_bytes: u64,
+}
+
+/// A VF in [`InterfaceInfo`].
+#[derive(Debug, serde::Serialize)]
+pub struct VfInfo {
+    /// Its PCI address on the host.
+    pub vf: String,
+    /// Where that address came from.
+    pub vf_source: String,
+}
+
+/// A boot marker in [`VmInfo`].
+#[derive(Debug, serde::Serialize)]
+pub struct MarkerInfo {
+    /// The value written.
+    pub value: u64,
+    /// When, since `vmm` started.
+    pub ms_since_start: f64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,6 @@
 //! `vmm run --dry-run`: what a run would set up, in words, touching nothing.
 
 use std::fmt::Write;
-use std::net::Ipv4Addr;
 
 use devices::acpi::{ACPI_PM_BASE, SCI_IRQ};
 use devices::boot_marker::BOOT_MARKER_ADDR;
@@ -12,6 +11,7 @@ use crate::boot::{KernelFiles, KernelFormat};
 use crate::config::{Binding, Manifest, NetworkSource, VmConfig};
 use crate::disk::{DiskError, DiskPlan};
 use crate::imageboot::BootChoice;
+use crate::network::{InterfacePlan, NetworkError};
 use crate::runner::{RunError, RunOptions};
 
 /// The plan as text.
@@ -21,7 +21,7 @@ pub fn render(
     kernel: Option<&(KernelFiles, KernelFormat)>,
     image_boot: Option<&Result<BootChoice, RunError>>,
     opts: &RunOptions,
-    hosts: &[String],
+    hosts: &[Result<InterfacePlan, NetworkError>],
     disks: &[Result<DiskPlan, DiskError>],
 ) -> String {
     let mut out = String::new();
@@ -68,7 +68,7 @@ pub fn render(
         out,
         "    marker    boot-time marker at MMIO {BOOT_MARKER_ADDR:#x}"
     );
-    render_interfaces(&mut out, manifest, cfg, hosts, &opts.nat_egress);
+    render_interfaces(&mut out, manifest, cfg, hosts);
     render_disks(&mut out, disks);
     if let Some(api) = &opts.api_socket {
         let _ = writeln!(out, "  api         {}", api.display());
@@ -120,13 +120,12 @@ fn render_boot(
     }
 }
 
-/// `hosts`: what each interface's host side will be ([`crate::network::describe`]).
+/// `hosts`: what each interface's host side will be ([`crate::network::plan`]).
 fn render_interfaces(
     out: &mut String,
     manifest: &Manifest,
     cfg: &VmConfig,
-    hosts: &[String],
-    egress: &net::nat::Egress,
+    hosts: &[Result<InterfacePlan, NetworkError>],
 ) {
     if cfg.interfaces.is_empty() {
         return;
@@ -135,7 +134,7 @@ fn render_interfaces(
         out,
         "  interfaces  (in guest order: virtio-net on PCI, sriov VFs passed through)"
     );
-    for (index, iface) in cfg.interfaces.iter().enumerate() {
+    for (iface, host) in cfg.interfaces.iter().zip(hosts) {
         let network = match &iface.network {
             NetworkSource::Pod => "pod network".to_string(),
             NetworkSource::Multus { network_name } => {
@@ -145,42 +144,18 @@ fn render_interfaces(
                 }
             }
         };
-        let backend = match &iface.binding {
-            Binding::Bridge => format!("bridge: {}", hosts.get(index).map_or("?", String::as_str)),
-            Binding::Masquerade {
-                network: base,
-                prefix,
-                ports,
-            } => {
-                let base_u32 = u32::from(*base);
-                let ports = ports.as_ref().map_or_else(
-                    || {
-                        "inbound: every free TCP and UDP port outside the ephemeral range"
-                            .to_string()
-                    },
-                    |p| {
-                        let list: Vec<String> = p
-                            .iter()
-                            .map(|(port, proto)| format!("{port}/{proto:?}"))
-                            .collect();
-                        format!("inbound ports {}", list.join(", "))
-                    },
-                );
-                format!(
-                    "masquerade: in-process NAT on {base}/{prefix}, gateway {}, guest {}, MTU {}, {ports}; egress {egress}",
-                    Ipv4Addr::from(base_u32 + 1),
-                    Ipv4Addr::from(base_u32 + 2),
-                    crate::network::MASQUERADE_MTU
-                )
-            }
-            Binding::Sriov => format!(
-                "sriov, VFIO passthrough: {}",
-                hosts.get(index).map_or("?", String::as_str)
-            ),
+        let binding = match &iface.binding {
+            Binding::Bridge => "bridge",
+            Binding::Masquerade { .. } => "masquerade",
+            Binding::Sriov => "sriov, VFIO passthrough",
+        };
+        let host = match host {
+            Ok(p) => p.host.to_string(),
+            Err(e) => format!("{}{}", crate::network::WOULD_FAIL, net::error::Chain(e)),
         };
         let _ = writeln!(
             out,
-            "    {:<9} {} on {network}; {backend}",
+            "    {:<9} {} on {network}; {binding}: {host}",
             iface.name, iface.mac
         );
     }

@@ -236,7 +236,7 @@ pub fn dry_run(opts: &RunOptions) -> Result<String, RunError> {
         }
         None => None,
     };
-    let hosts = crate::network::describe(&cfg, &manifest);
+    let hosts = crate::network::plan(&cfg, &manifest, opts.nat_limits, &opts.nat_egress);
     let disks = crate::disk::plan(&manifest, &opts.volumes, Path::new(crate::disk::POD_MNT));
     let image_boot = match (&cfg.kernel, disks.first()) {
         (Some(_), _) => None,
@@ -260,7 +260,7 @@ pub fn dry_run(opts: &RunOptions) -> Result<String, RunError> {
         &disks,
     );
     let fails = disks.iter().any(Result::is_err)
-        || hosts.iter().any(|h| h.contains(crate::network::WOULD_FAIL))
+        || hosts.iter().any(Result::is_err)
         || (kernel.is_none() && !matches!(image_boot, Some(Ok(_))));
     if fails {
         return Err(RunError::WouldFail(plan));
@@ -712,34 +712,30 @@ impl Runner<'_> {
             (false, Some(_)) => "ShuttingDown",
             (false, None) => "Running",
         };
-        let markers: Vec<serde_json::Value> = self
+        let boot_markers = self
             .markers
             .lock()
             .map(|m| m.clone())
             .unwrap_or_default()
             .iter()
-            .map(|m| {
-                serde_json::json!({
-                    "value": m.value,
-                    "ms_since_start": m.since_start.as_secs_f64() * 1000.0,
-                })
+            .map(|m| crate::api::MarkerInfo {
+                value: m.value,
+                ms_since_start: m.since_start.as_secs_f64() * 1000.0,
             })
             .collect();
-        let interfaces = self.network.report(cfg);
-        let disks: Vec<serde_json::Value> = self.disks.iter().map(crate::disk::report).collect();
-        serde_json::json!({
-            "name": cfg.name,
-            "state": run_state,
-            "uptime_ms": u64::try_from(vm.uptime().as_millis()).unwrap_or(u64::MAX),
-            "vcpus": cfg.topology.vcpus(),
-            "sockets": cfg.topology.sockets,
-            "cores_per_socket": cfg.topology.cores_per_socket,
-            "memory_bytes": cfg.memory_bytes,
-            "interfaces": interfaces,
-            "disks": disks,
-            "boot_markers": markers,
-        })
-        .to_string()
+        let info = crate::api::VmInfo {
+            name: cfg.name.clone(),
+            state: run_state,
+            uptime_ms: u64::try_from(vm.uptime().as_millis()).unwrap_or(u64::MAX),
+            vcpus: cfg.topology.vcpus(),
+            sockets: cfg.topology.sockets,
+            cores_per_socket: cfg.topology.cores_per_socket,
+            memory_bytes: cfg.memory_bytes,
+            interfaces: self.network.report(cfg),
+            disks: self.disks.iter().map(crate::disk::report).collect(),
+            boot_markers,
+        };
+        serde_json::to_string(&info).unwrap_or_default()
     }
 }
 

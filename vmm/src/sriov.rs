@@ -77,7 +77,7 @@ pub struct Vf {
 }
 
 /// Why an sriov interface cannot be passed through (exit 2).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("spec.instance.interfaces[{index}] ({name}): {why}")]
 pub struct SriovError {
     /// Interface index.
@@ -377,27 +377,23 @@ fn read_id(dir: &Path, file: &str) -> String {
 
 /// Checks that `vf` can be passed through here, short of opening it.
 pub fn check_host(vf: &Vf, paths: &HostPaths) -> Result<(), SriovError> {
+    let addr = &vf.address;
     let err = |why: String| SriovError {
         index: vf.index,
         name: vf.name.clone(),
-        why,
+        why: format!("VF {addr} from {}: {why}", vf.source),
     };
-    let addr = &vf.address;
     if !paths.dev.join("vfio/vfio").exists() {
         return Err(err(format!(
-            "VF {addr} ({}): this host has no {}: VFIO needs an IOMMU (boot with \
-             intel_iommu=on or amd_iommu=on) and the vfio-pci module (modprobe vfio-pci), and \
-             the pod needs /dev/vfio",
-            vf.source,
+            "this host has no {}: VFIO needs an IOMMU (boot with intel_iommu=on or \
+             amd_iommu=on) and the vfio-pci module (modprobe vfio-pci), and the pod needs \
+             /dev/vfio",
             paths.dev.join("vfio/vfio").display()
         )));
     }
     let dev = paths.sys.join("bus/pci/devices").join(&addr.0);
     if !dev.exists() {
-        return Err(err(format!(
-            "VF {addr} ({}): no such PCI device on this host",
-            vf.source
-        )));
+        return Err(err("no such PCI device on this host".to_string()));
     }
     let driver = link_name(&dev.join("driver"));
     if driver.as_deref() != Some("vfio-pci") {
@@ -414,7 +410,7 @@ pub fn check_host(vf: &Vf, paths: &HostPaths) -> Result<(), SriovError> {
         // new_id way of Virtink's guide also takes every unbound function with those IDs
         // and fails for a second function once the ID is known.
         return Err(err(format!(
-            "VF {addr} is bound to {}, not vfio-pci; bind it: {modprobe}\
+            "it is bound to {}, not vfio-pci; bind it: {modprobe}\
              echo vfio-pci > /sys/bus/pci/devices/{addr}/driver_override; {unbind}\
              echo {addr} > /sys/bus/pci/drivers_probe\n(Virtink's guide binds by ID instead: \
              {unbind}echo {vendor} {device} > /sys/bus/pci/drivers/vfio-pci/new_id)",
@@ -422,10 +418,9 @@ pub fn check_host(vf: &Vf, paths: &HostPaths) -> Result<(), SriovError> {
         )));
     }
     let Some(group) = link_name(&dev.join("iommu_group")) else {
-        return Err(err(format!(
-            "VF {addr} has no IOMMU group: the IOMMU is off (boot with intel_iommu=on or \
-             amd_iommu=on)"
-        )));
+        return Err(err("it has no IOMMU group: the IOMMU is off (boot with \
+                        intel_iommu=on or amd_iommu=on)"
+            .to_string()));
     };
     let members = std::fs::read_dir(
         paths
@@ -454,14 +449,14 @@ pub fn check_host(vf: &Vf, paths: &HostPaths) -> Result<(), SriovError> {
     }
     if !blockers.is_empty() {
         return Err(err(format!(
-            "VF {addr}: IOMMU group {group} is not viable: its other devices must be bound to \
+            "IOMMU group {group} is not viable: its other devices must be bound to \
              vfio-pci or to no driver: {}",
             blockers.join(", ")
         )));
     }
     if !paths.dev.join("vfio").join(&group).exists() {
         return Err(err(format!(
-            "VF {addr}: no {} for its IOMMU group",
+            "no {} for its IOMMU group",
             paths.dev.join("vfio").join(&group).display()
         )));
     }

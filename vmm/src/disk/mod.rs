@@ -563,7 +563,7 @@ pub struct DiskReport {
 }
 
 /// `disk` for the API's `info`.
-pub fn report(disk: &HostDisk) -> serde_json::Value {
+pub fn report(disk: &HostDisk) -> DiskReport {
     use std::sync::atomic::Ordering::Relaxed;
     let (path, format) = match &disk.plan.backing {
         Backing::Image { path, info } => (path.display().to_string(), info.format.to_string()),
@@ -571,7 +571,7 @@ pub fn report(disk: &HostDisk) -> serde_json::Value {
         Backing::Seed { .. } => ("memory".to_string(), "iso9660".to_string()),
     };
     let c = &disk.counters;
-    let report = DiskReport {
+    DiskReport {
         name: disk.plan.name.clone(),
         source: disk.plan.kind.to_string(),
         path,
@@ -585,8 +585,7 @@ pub fn report(disk: &HostDisk) -> serde_json::Value {
         write_bytes: c.write_bytes.load(Relaxed),
         flushes: c.flushes.load(Relaxed),
         errors: c.errors.load(Relaxed),
-    };
-    serde_json::to_value(report).unwrap_or_default()
+    }
 }
 
 /// A disk in memory (the cloud-init seed): the guest's writes stay in the process.

@@ -257,7 +257,7 @@ fn a_volume_without_a_disk_is_not_opened_and_report_names_the_format() {
     d.file("a.raw", &[0; 1024]);
     let m = d.manifest(&[("a", "containerDisk:\n        image: a.raw")], "");
     let disks = open(ok(plan(&m, &[], &d.0.join("mnt"))), &d.0).unwrap();
-    let r = report(&disks[0]);
+    let r = serde_json::to_value(report(&disks[0])).unwrap();
     assert_eq!(r["format"], "raw");
     assert_eq!(r["source"], "containerDisk");
     assert_eq!(r["ephemeral"], true);

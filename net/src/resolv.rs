@@ -1,0 +1,66 @@
+//! The pod's resolver settings, from `/etc/resolv.conf`: what DHCP tells the guest.
+
+use std::net::Ipv4Addr;
+
+/// Where the resolver settings are.
+pub const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// DNS servers (IPv4 ones only, each once, in order) and the search list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resolver {
+    /// The servers.
+    pub dns: Vec<Ipv4Addr>,
+    /// The search domains.
+    pub search: Vec<String>,
+}
+
+impl Resolver {
+    /// The settings in `resolv.conf` text.
+    pub fn parse(text: &str) -> Self {
+        let mut out = Self::default();
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            match words.next() {
+                Some("nameserver") => {
+                    if let Some(a) = words.next().and_then(|w| w.parse().ok())
+                        && !out.dns.contains(&a)
+                    {
+                        out.dns.push(a);
+                    }
+                }
+                // The last search or domain line wins, as in the resolver.
+                Some("search" | "domain") => out.search = words.map(str::to_string).collect(),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// This namespace's settings; none when [`RESOLV_CONF`] cannot be read.
+    pub fn of_this_host() -> Self {
+        Self::parse(&std::fs::read_to_string(RESOLV_CONF).unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_once_ipv4_only_and_the_last_search_line() {
+        let r = Resolver::parse(
+            "# comment\nnameserver 10.96.0.10\nnameserver fd00::10\nnameserver 10.96.0.10\n\
+             domain example.com\n\
+             search default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n",
+        );
+        assert_eq!(r.dns, vec![Ipv4Addr::new(10, 96, 0, 10)]);
+        assert_eq!(
+            r.search,
+            vec![
+                "default.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local"
+            ]
+        );
+    }
+}

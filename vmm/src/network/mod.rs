@@ -1,0 +1,450 @@
+//! The host side of the guest's network interfaces, set up once before the first boot and
+//! kept across reboots: first a plan of every interface, read from the manifest and the
+//! namespace with nothing changed ([`plan`]), then that plan carried out ([`set_up`]).
+//!
+//! A `bridge` interface takes over its pod link when the link exists (see
+//! [`net::bridge`]: Virtink's pre-runner behaviour, with DHCP answered in process when the
+//! link had an IPv4 address). Outside a pod, a multus network whose
+//! NetworkAttachmentDefinition is in the manifest with CNI `type: bridge` gets its TAP on
+//! that bridge, created if missing. A `masquerade` interface gets the in-process NAT, an
+//! `sriov` one its VF. [`HostNetwork`] owns the TAPs and the taken-over links; dropping it
+//! puts the namespace back as it was.
+
+pub mod plan;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use devices::virtio::net::NetCounters;
+use net::bridge::{self, BindError, Binding};
+use net::dhcp::DhcpServer;
+use net::local_dhcp::LocalDhcp;
+use net::nat::{Egress, Limits, Listeners, NatBackend, NatConfig};
+use net::netlink::Netlink;
+use net::resolv::Resolver;
+use net::{FrameBackend, MacAddr, Tap};
+
+use crate::api::{InterfaceInfo, NicInfo, VfInfo};
+use crate::config::{Binding as BindingKind, NetworkSource, VmConfig};
+use crate::sriov;
+pub use plan::{HostPlan, InterfacePlan, PodSettings};
+
+/// The masquerade guest's MTU: the virtual link is not the pod's, and large frames cut the
+/// per-packet cost on both sides (slirp4netns and pasta use the same).
+pub const MASQUERADE_MTU: u16 = 65520;
+
+/// What a `--dry-run` line says before why setting something up would fail.
+pub const WOULD_FAIL: &str = "would fail: ";
+
+/// Why the host side cannot be set up (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// Taking over a link in the host's own namespace would cut the host off.
+    #[error(
+        "spec.instance.interfaces[{index}] ({name}): refusing to take over {link} in the \
+         host's initial network namespace; run vmm inside the VM's own network namespace \
+         (a pod, or `ip netns exec NAME vmm run ...`)"
+    )]
+    InitialNamespace {
+        /// Interface index.
+        index: usize,
+        /// Interface name.
+        name: String,
+        /// The link.
+        link: String,
+    },
+    /// No link and no bridge NAD to fall back on.
+    #[error("spec.instance.interfaces[{index}] ({name}): host link {link} not found{hint}")]
+    NoLink {
+        /// Interface index.
+        index: usize,
+        /// Interface name.
+        name: String,
+        /// The link.
+        link: String,
+        /// What would make it work.
+        hint: String,
+    },
+    /// A binding this build does not have.
+    #[error(
+        "spec.instance.interfaces[{index}] ({name}): {what} is not supported by this build yet"
+    )]
+    Unsupported {
+        /// Interface index.
+        index: usize,
+        /// Interface name.
+        name: String,
+        /// What.
+        what: String,
+    },
+    /// An sriov interface's VF cannot be found or passed through here.
+    #[error(transparent)]
+    Sriov(#[from] crate::sriov::SriovError),
+    /// Netlink, TAP.
+    #[error("spec.instance.interfaces[{index}] ({name})")]
+    Bind {
+        /// Interface index.
+        index: usize,
+        /// Interface name.
+        name: String,
+        /// Why.
+        #[source]
+        source: BindError,
+    },
+}
+
+/// One NIC's host side.
+#[derive(Debug)]
+pub struct HostNic {
+    /// Its index in `spec.instance.interfaces`.
+    pub index: usize,
+    /// The interface name in the manifest.
+    pub name: String,
+    /// The guest's MAC.
+    pub mac: MacAddr,
+    /// The guest's MTU.
+    pub mtu: u16,
+    /// Where its frames go.
+    pub backend: NicBackend,
+    /// Counters, across boots.
+    pub counters: Arc<NetCounters>,
+    /// Features the guest driver accepted.
+    pub acked: Arc<AtomicU64>,
+    /// The host link, bridge and TAP, for logs and `info`.
+    pub host: String,
+}
+
+/// Where a NIC's frames go.
+#[derive(Debug)]
+pub enum NicBackend {
+    /// A TAP (each boot's device gets a duplicate of its descriptor), with the in-process
+    /// DHCP server when the link's address is delegated.
+    Tap {
+        /// The TAP.
+        tap: Tap,
+        /// The DHCP server.
+        dhcp: Option<DhcpServer>,
+    },
+    /// The masquerade engine (a fresh one each boot) and the forwarded ports' sockets
+    /// (bound once).
+    Nat(NatConfig, Arc<Listeners>),
+}
+
+impl HostNic {
+    /// The guest's IPv4 address where `vmm` hands it out: DHCP delegation, masquerade.
+    pub fn guest_ip(&self) -> Option<std::net::Ipv4Addr> {
+        match &self.backend {
+            NicBackend::Tap { dhcp, .. } => dhcp.as_ref().map(|d| d.lease().address),
+            NicBackend::Nat(cfg, _) => Some(cfg.guest()),
+        }
+    }
+
+    /// A frame backend for one boot's device.
+    pub fn frame_backend(&self) -> std::io::Result<Box<dyn FrameBackend>> {
+        Ok(match &self.backend {
+            NicBackend::Tap { tap, dhcp } => {
+                let tap = tap.try_clone().map_err(|e| {
+                    std::io::Error::other(format!("cannot duplicate TAP {}: {e}", tap.name()))
+                })?;
+                match dhcp {
+                    Some(server) => Box::new(LocalDhcp::new(tap, server.clone())?),
+                    None => Box::new(tap),
+                }
+            }
+            NicBackend::Nat(cfg, listeners) => {
+                Box::new(NatBackend::new(cfg.clone(), listeners.clone())?)
+            }
+        })
+    }
+}
+
+/// Every NIC's host side; dropping it restores the namespace.
+#[derive(Debug, Default)]
+pub struct HostNetwork {
+    /// NICs in `interfaces` order (sriov interfaces are in `vfs`).
+    pub nics: Vec<HostNic>,
+    /// The sriov interfaces' VFs, which passed the host checks.
+    pub vfs: Vec<sriov::Vf>,
+    bindings: Vec<Binding>,
+    created_bridges: Vec<String>,
+}
+
+impl HostNetwork {
+    /// Whether the end of the run changes host links back (a taken-over pod link, a bridge
+    /// `vmm` made): then the main thread keeps `CAP_NET_ADMIN` for it.
+    pub fn restores_links(&self) -> bool {
+        !self.bindings.is_empty() || !self.created_bridges.is_empty()
+    }
+
+    /// Each interface of `cfg` as the API's `info` reports it.
+    pub fn report(&self, cfg: &VmConfig) -> Vec<InterfaceInfo> {
+        use std::sync::atomic::Ordering::Relaxed;
+        cfg.interfaces
+            .iter()
+            .enumerate()
+            .map(|(index, iface)| {
+                let nic = self.nics.iter().find(|n| n.index == index);
+                let vf = self.vfs.iter().find(|v| v.index == index);
+                InterfaceInfo {
+                    name: iface.name.clone(),
+                    binding: match iface.binding {
+                        BindingKind::Bridge => "bridge",
+                        BindingKind::Masquerade { .. } => "masquerade",
+                        BindingKind::Sriov => "sriov",
+                    },
+                    network: match &iface.network {
+                        NetworkSource::Pod => "pod".to_string(),
+                        NetworkSource::Multus { network_name } => format!("multus:{network_name}"),
+                    },
+                    mac: nic.map_or(iface.mac, |n| n.mac).to_string(),
+                    guest_ip: nic.and_then(HostNic::guest_ip).map(|a| a.to_string()),
+                    nic: nic.map(|n| {
+                        let c = &n.counters;
+                        NicInfo {
+                            mtu: n.mtu,
+                            host: n.host.clone(),
+                            features: devices::virtio::net::feature_names(n.acked.load(Relaxed)),
+                            tx_frames: c.tx_frames.load(Relaxed),
+                            tx_bytes: c.tx_bytes.load(Relaxed),
+                            tx_dropped: c.tx_dropped.load(Relaxed),
+                            rx_frames: c.rx_frames.load(Relaxed),
+                            rx_bytes: c.rx_bytes.load(Relaxed),
+                        }
+                    }),
+                    vf: vf.map(|v| VfInfo {
+                        vf: v.address.to_string(),
+                        vf_source: v.source.clone(),
+                    }),
+                }
+            })
+            .collect()
+    }
+
+    /// Carries out one interface's plan.
+    fn apply(
+        &mut self,
+        p: InterfacePlan,
+        cfg: &VmConfig,
+        pod: &PodSettings,
+    ) -> Result<(), NetworkError> {
+        let host = p.host.to_string();
+        let bind_err = |source| NetworkError::Bind {
+            index: p.index,
+            name: p.name.clone(),
+            source,
+        };
+        let nic = |mac, mtu, backend| HostNic {
+            index: p.index,
+            name: p.name.clone(),
+            mac,
+            mtu,
+            backend,
+            counters: Arc::new(NetCounters::default()),
+            acked: Arc::new(AtomicU64::new(0)),
+            host: host.clone(),
+        };
+        let nic = match p.host {
+            HostPlan::Passthrough(vf) => {
+                sriov::ensure_memlock(cfg.memory_bytes).map_err(|e| sriov::SriovError {
+                    index: vf.index,
+                    name: vf.name.clone(),
+                    why: net::error::Chain(&e).to_string(),
+                })?;
+                log::info!(
+                    "interface {}: VF {} from {}",
+                    vf.name,
+                    vf.address,
+                    vf.source
+                );
+                self.vfs.push(vf);
+                return Ok(());
+            }
+            HostPlan::Masquerade { nat, forward } => {
+                let listeners = Listeners::bind(&forward);
+                log::info!("interface {}: {}", p.name, listeners.summary());
+                nic(
+                    nat.guest_mac,
+                    nat.mtu,
+                    NicBackend::Nat(nat, Arc::new(listeners)),
+                )
+            }
+            HostPlan::TakeOver {
+                link,
+                left_taken_over,
+                ..
+            } => {
+                let mut nl = netlink(p.index, &p.name)?;
+                if left_taken_over {
+                    bridge::recover(&mut nl, &link.name).map_err(bind_err)?;
+                }
+                let tap = format!("tap-{}", link.name);
+                let (binding, tap) =
+                    Binding::take_over(&mut nl, &link.name, &tap).map_err(bind_err)?;
+                let lease = binding.pod.lease(&pod.resolver, &cfg.name);
+                let (mac, mtu) = (binding.pod.mac, mtu16(binding.pod.mtu));
+                self.bindings.push(binding);
+                let dhcp = lease.map(DhcpServer::new);
+                nic(mac, mtu, NicBackend::Tap { tap, dhcp })
+            }
+            HostPlan::NadBridge { link, bridge, .. } => {
+                let mut nl = netlink(p.index, &p.name)?;
+                let (br, mtu, created) =
+                    bridge::ensure_bridge(&mut nl, &bridge).map_err(bind_err)?;
+                if created {
+                    self.created_bridges.push(bridge);
+                }
+                let tap = bridge::attach_tap(&mut nl, &format!("tap-{link}"), br, mtu)
+                    .map_err(bind_err)?;
+                let mac = cfg
+                    .interfaces
+                    .get(p.index)
+                    .map_or(MacAddr::new([0; 6]), |i| i.mac);
+                nic(mac, mtu16(mtu), NicBackend::Tap { tap, dhcp: None })
+            }
+        };
+        log::info!("interface {} ({}): {}", nic.name, nic.mac, nic.host);
+        self.nics.push(nic);
+        Ok(())
+    }
+}
+
+fn netlink(index: usize, name: &str) -> Result<Netlink, NetworkError> {
+    Netlink::open().map_err(|source| NetworkError::Bind {
+        index,
+        name: name.to_string(),
+        source: BindError::Netlink {
+            what: "cannot open a netlink socket".into(),
+            source,
+        },
+    })
+}
+
+fn mtu16(mtu: u32) -> u16 {
+    u16::try_from(mtu).unwrap_or(u16::MAX)
+}
+
+impl Drop for HostNetwork {
+    fn drop(&mut self) {
+        // TAPs first (closing them removes those vmm created), then the links, in reverse.
+        self.nics.clear();
+        while let Some(b) = self.bindings.pop() {
+            drop(b);
+        }
+        if self.created_bridges.is_empty() {
+            return;
+        }
+        if let Ok(mut nl) = Netlink::open() {
+            for name in self.created_bridges.drain(..) {
+                if let Ok(Some(l)) = nl.link(&name)
+                    && let Err(e) = nl.del_link(l.index)
+                {
+                    log::error!("cannot delete bridge {name}: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// Every interface's plan: what the dry run prints.
+pub fn plan(
+    cfg: &VmConfig,
+    manifest: &crate::config::Manifest,
+    limits: Limits,
+    egress: &Egress,
+) -> Vec<Result<InterfacePlan, NetworkError>> {
+    let pod = PodSettings {
+        resolver: Resolver::of_this_host(),
+        limits,
+        egress: egress.clone(),
+    };
+    plan::plan(cfg, manifest, &pod)
+}
+
+/// Sets up every interface's host side: plans them all, so that a problem with any of them
+/// is found before anything changes, then carries the plans out in order.
+pub fn set_up(
+    cfg: &VmConfig,
+    manifest: &crate::config::Manifest,
+    limits: Limits,
+    egress: &Egress,
+) -> Result<HostNetwork, NetworkError> {
+    let mut host = HostNetwork::default();
+    if cfg.interfaces.is_empty() {
+        return Ok(host);
+    }
+    let pod = PodSettings {
+        resolver: Resolver::of_this_host(),
+        limits,
+        egress: egress.clone(),
+    };
+    let plans = plan::plan(cfg, manifest, &pod)
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    for p in plans {
+        host.apply(p, cfg, &pod)?;
+    }
+    Ok(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    #[test]
+    fn the_report_pairs_each_interface_with_its_own_host_side() {
+        // A VF first, then a masquerade NIC: the NIC's counters must not land on the VF.
+        let text = "apiVersion: virt.virtink.smartx.com/v1alpha1\nkind: VirtualMachine\n\
+            metadata:\n  name: vm\nspec:\n  instance:\n    kernel:\n      image: /vmlinuz\n\
+            \x20     cmdline: console=ttyS0\n    interfaces:\n\
+            \x20     - name: vf\n        sriov: {}\n      - name: pod\n        masquerade: {}\n\
+            \x20 networks:\n    - name: vf\n      multus:\n        networkName: sriov-net\n\
+            \x20   - name: pod\n      pod: {}\n";
+        let manifest =
+            crate::config::documents::parse(text, std::path::Path::new("vm.yaml"), "/".into())
+                .unwrap();
+        let cfg = VmConfig::from_manifest(&manifest);
+        let nat = NatConfig {
+            network: Ipv4Addr::new(10, 0, 2, 0),
+            prefix: 30,
+            guest_mac: cfg.interfaces[1].mac,
+            mtu: MASQUERADE_MTU,
+            dns: vec![],
+            search: vec![],
+            hostname: "vm".into(),
+            limits: Limits::default(),
+            egress: Egress::default(),
+        };
+        let counters = Arc::new(NetCounters::default());
+        counters
+            .rx_frames
+            .store(7, std::sync::atomic::Ordering::Relaxed);
+        let mut network = HostNetwork::default();
+        network.nics = vec![HostNic {
+            index: 1,
+            name: "pod".into(),
+            mac: cfg.interfaces[1].mac,
+            mtu: MASQUERADE_MTU,
+            backend: NicBackend::Nat(nat, Arc::default()),
+            counters,
+            acked: Arc::new(AtomicU64::new(0)),
+            host: "in-process NAT".into(),
+        }];
+        network.vfs = vec![sriov::Vf {
+            index: 0,
+            name: "vf".into(),
+            address: sriov::PciAddress::parse("0000:3b:02.1").unwrap(),
+            source: "$PCIDEVICE_X".into(),
+        }];
+        let report = serde_json::to_value(network.report(&cfg)).unwrap();
+        assert_eq!(report.as_array().map(Vec::len), Some(2));
+        assert_eq!(report[0]["name"], "vf");
+        assert_eq!(report[0]["vf"], "0000:3b:02.1");
+        assert!(report[0].get("rx_frames").is_none(), "{}", report[0]);
+        assert_eq!(report[1]["name"], "pod");
+        assert_eq!(report[1]["guest_ip"], "10.0.2.2");
+        assert_eq!(report[1]["rx_frames"], 7);
+        assert_eq!(report[1]["mtu"], 65520);
+    }
+}

@@ -16,41 +16,30 @@
 
 use std::net::Ipv4Addr;
 
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    DhcpMessageType, DhcpOption, DhcpPacket, DhcpRepr, EthernetAddress, EthernetFrame,
+    EthernetProtocol, EthernetRepr, IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket,
+    UdpRepr,
+};
+
 use crate::mac::MacAddr;
 
 const ETH_HDR: usize = 14;
-const ETHERTYPE_IPV4: u16 = 0x0800;
-const IPPROTO_UDP: u8 = 17;
+const IP_HDR: usize = 20;
+const UDP_HDR: usize = 8;
 const SERVER_PORT: u16 = 67;
 const CLIENT_PORT: u16 = 68;
-const BOOTP_FIXED: usize = 236;
-const MAGIC: [u8; 4] = [99, 130, 83, 99];
-const BOOTREQUEST: u8 = 1;
-const BOOTREPLY: u8 = 2;
-const FLAG_BROADCAST: u16 = 0x8000;
 /// The largest reply: one standard Ethernet payload.
 const MAX_REPLY_IP: usize = 1500;
 
-const OPT_PAD: u8 = 0;
-const OPT_SUBNET_MASK: u8 = 1;
-const OPT_ROUTER: u8 = 3;
+// The options smoltcp's `DhcpRepr` has no field for, sent as its additional options.
 const OPT_DNS: u8 = 6;
 const OPT_HOSTNAME: u8 = 12;
 const OPT_DOMAIN: u8 = 15;
 const OPT_MTU: u8 = 26;
-const OPT_REQUESTED_IP: u8 = 50;
-const OPT_LEASE: u8 = 51;
-const OPT_MSG_TYPE: u8 = 53;
-const OPT_SERVER_ID: u8 = 54;
 const OPT_SEARCH: u8 = 119;
 const OPT_CLASSLESS_ROUTES: u8 = 121;
-const OPT_END: u8 = 255;
-
-const DISCOVER: u8 = 1;
-const OFFER: u8 = 2;
-const REQUEST: u8 = 3;
-const ACK: u8 = 5;
-const NAK: u8 = 6;
 
 /// A route for option 121.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,9 +88,9 @@ pub struct DhcpServer {
 /// A parsed client message.
 #[derive(Debug)]
 struct Request {
-    msg_type: u8,
-    xid: [u8; 4],
-    flags: u16,
+    msg_type: DhcpMessageType,
+    xid: u32,
+    broadcast: bool,
     ciaddr: Ipv4Addr,
     chaddr: MacAddr,
     requested: Option<Ipv4Addr>,
@@ -112,101 +101,48 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
 }
 
-fn ip4(b: &[u8], at: usize) -> Option<Ipv4Addr> {
-    let s = b.get(at..at + 4)?;
-    Some(Ipv4Addr::new(s[0], s[1], s[2], s[3]))
-}
-
-/// The ones' complement sum used by IPv4 and UDP checksums.
-fn checksum(chunks: &[&[u8]]) -> u16 {
-    let mut sum = 0u32;
-    let mut odd: Option<u8> = None;
-    for chunk in chunks {
-        for &b in *chunk {
-            match odd.take() {
-                Some(hi) => sum += u32::from(u16::from_be_bytes([hi, b])),
-                None => odd = Some(b),
-            }
-        }
-    }
-    if let Some(hi) = odd {
-        sum += u32::from(u16::from_be_bytes([hi, 0]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !u16::try_from(sum).unwrap_or(0xffff)
-}
-
-/// Parses a DHCP client message out of an Ethernet frame.
+/// Parses a DHCP client message out of an Ethernet frame, with smoltcp's wire types: each
+/// layer's lengths are checked before its payload is read.
 fn parse(frame: &[u8]) -> Option<Request> {
-    if be16(frame, 12)? != ETHERTYPE_IPV4 {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    if eth.ethertype() != EthernetProtocol::Ipv4 {
         return None;
     }
-    let ip = frame.get(ETH_HDR..)?;
-    let version_ihl = *ip.first()?;
-    let ihl = usize::from(version_ihl & 0xf) * 4;
-    if version_ihl >> 4 != 4 || ihl < 20 || *ip.get(9)? != IPPROTO_UDP {
-        return None;
-    }
+    let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
     // Fragments are not reassembled: a DHCP request fits in one frame.
-    if be16(ip, 6)? & 0x3fff != 0 {
+    if ip.version() != 4
+        || ip.next_header() != IpProtocol::Udp
+        || ip.more_frags()
+        || ip.frag_offset() != 0
+    {
         return None;
     }
-    let total = usize::from(be16(ip, 2)?);
-    let ip = ip.get(..total)?;
-    let udp = ip.get(ihl..)?;
-    if be16(udp, 2)? != SERVER_PORT {
+    let udp = UdpPacket::new_checked(ip.payload()).ok()?;
+    if udp.dst_port() != SERVER_PORT {
         return None;
     }
-    let udp_len = usize::from(be16(udp, 4)?);
-    let bootp = udp.get(8..udp_len)?;
-    if *bootp.first()? != BOOTREQUEST || *bootp.get(1)? != 1 || *bootp.get(2)? != 6 {
-        return None;
-    }
-    if bootp.get(BOOTP_FIXED..BOOTP_FIXED + 4)? != MAGIC {
-        return None;
-    }
-    let mut req = Request {
-        msg_type: 0,
-        xid: bootp.get(4..8)?.try_into().ok()?,
-        flags: be16(bootp, 10)?,
-        ciaddr: ip4(bootp, 12)?,
-        chaddr: MacAddr::new(bootp.get(28..34)?.try_into().ok()?),
-        requested: None,
-        server_id: None,
-    };
-    let mut opts = bootp.get(BOOTP_FIXED + 4..)?;
-    while let Some((&code, rest)) = opts.split_first() {
-        match code {
-            OPT_PAD => opts = rest,
-            OPT_END => break,
-            _ => {
-                let (&len, rest) = rest.split_first()?;
-                let value = rest.get(..usize::from(len))?;
-                match code {
-                    OPT_MSG_TYPE => req.msg_type = *value.first()?,
-                    OPT_REQUESTED_IP => req.requested = ip4(value, 0),
-                    OPT_SERVER_ID => req.server_id = ip4(value, 0),
-                    _ => {}
-                }
-                opts = &rest[usize::from(len)..];
-            }
-        }
-    }
-    Some(req)
+    let packet = DhcpPacket::new_checked(udp.payload()).ok()?;
+    let repr = DhcpRepr::parse(&packet).ok()?;
+    Some(Request {
+        msg_type: repr.message_type,
+        xid: repr.transaction_id,
+        broadcast: repr.broadcast,
+        ciaddr: repr.client_ip,
+        chaddr: MacAddr::new(repr.client_hardware_address.0),
+        requested: repr.requested_ip,
+        server_id: repr.server_identifier,
+    })
 }
 
-/// Appends option `code`, split into pieces of at most 255 bytes (RFC 3396).
-fn put_option(out: &mut Vec<u8>, code: u8, value: &[u8]) {
+/// Option `kind` with `value`, split into pieces of at most 255 bytes (RFC 3396).
+fn split_option(kind: u8, value: &[u8]) -> Vec<DhcpOption<'_>> {
     if value.is_empty() {
-        out.extend([code, 0]);
+        return vec![DhcpOption { kind, data: &[] }];
     }
-    for piece in value.chunks(255) {
-        out.push(code);
-        out.push(u8::try_from(piece.len()).unwrap_or(255));
-        out.extend_from_slice(piece);
-    }
+    value
+        .chunks(255)
+        .map(|data| DhcpOption { kind, data })
+        .collect()
 }
 
 /// RFC 1035 name encoding for option 119 (without compression).
@@ -262,8 +198,8 @@ impl DhcpServer {
     /// only: the test a NIC's transmit path can afford on every frame.
     pub fn might_be_dhcp(head: &[u8]) -> bool {
         let ihl = head.get(ETH_HDR).map_or(0, |b| usize::from(b & 0xf) * 4);
-        be16(head, 12) == Some(ETHERTYPE_IPV4)
-            && head.get(ETH_HDR + 9) == Some(&IPPROTO_UDP)
+        be16(head, 12) == Some(0x0800)
+            && head.get(ETH_HDR + 9) == Some(&17)
             && be16(head, ETH_HDR + ihl + 2) == Some(SERVER_PORT)
     }
 
@@ -275,8 +211,8 @@ impl DhcpServer {
             return None;
         }
         let reply_type = match req.msg_type {
-            DISCOVER => OFFER,
-            REQUEST => {
+            DhcpMessageType::Discover => DhcpMessageType::Offer,
+            DhcpMessageType::Request => {
                 let wanted = req.requested.unwrap_or(req.ciaddr);
                 let for_us = req.server_id.is_none_or(|s| s == l.server);
                 if !for_us {
@@ -285,14 +221,14 @@ impl DhcpServer {
                 }
                 if wanted == l.address {
                     log::info!("DHCP: {} acknowledged for {}", l.address, l.client);
-                    ACK
+                    DhcpMessageType::Ack
                 } else {
                     log::info!(
                         "DHCP: {wanted} refused for {} (its lease is {})",
                         l.client,
                         l.address
                     );
-                    NAK
+                    DhcpMessageType::Nak
                 }
             }
             _ => return None,
@@ -300,108 +236,117 @@ impl DhcpServer {
         Some(self.reply(&req, reply_type))
     }
 
-    fn options(&self, reply_type: u8) -> Vec<u8> {
+    fn reply(&self, req: &Request, reply_type: DhcpMessageType) -> Vec<u8> {
         let l = &self.lease;
-        let mut o = Vec::new();
-        put_option(&mut o, OPT_MSG_TYPE, &[reply_type]);
-        put_option(&mut o, OPT_SERVER_ID, &l.server.octets());
-        if reply_type == NAK {
-            o.push(OPT_END);
-            return o;
-        }
-        put_option(&mut o, OPT_LEASE, &u32::MAX.to_be_bytes());
-        put_option(&mut o, OPT_SUBNET_MASK, &prefix_mask(l.prefix).octets());
-        if let Some(router) = l.router {
-            put_option(&mut o, OPT_ROUTER, &router.octets());
-        }
-        if !l.routes.is_empty() {
-            put_option(&mut o, OPT_CLASSLESS_ROUTES, &encode_routes(&l.routes));
-        }
-        if let Some(mtu) = l.mtu {
-            put_option(&mut o, OPT_MTU, &mtu.to_be_bytes());
-        }
-        if !l.hostname.is_empty() {
-            put_option(&mut o, OPT_HOSTNAME, l.hostname.as_bytes());
-        }
-        // What can be left out if the reply would not fit: search list, then DNS.
+        let nak = reply_type == DhcpMessageType::Nak;
+        // The options smoltcp has no field for: routes, MTU, host name; then what can be
+        // left out if the reply would not fit, DNS and the search list.
+        let routes = encode_routes(&l.routes);
+        let mtu = l.mtu.map(u16::to_be_bytes);
+        let dns: Vec<u8> = l.dns.iter().flat_map(|a| a.octets()).collect();
+        let search = encode_names(&l.search);
+        let mut options = Vec::new();
         let mut extra = Vec::new();
-        if !l.dns.is_empty() {
-            let dns: Vec<u8> = l.dns.iter().flat_map(|a| a.octets()).collect();
-            put_option(&mut extra, OPT_DNS, &dns);
+        if !nak {
+            if !routes.is_empty() {
+                options.extend(split_option(OPT_CLASSLESS_ROUTES, &routes));
+            }
+            if let Some(mtu) = &mtu {
+                options.extend(split_option(OPT_MTU, mtu));
+            }
+            if !l.hostname.is_empty() {
+                options.extend(split_option(OPT_HOSTNAME, l.hostname.as_bytes()));
+            }
+            if !dns.is_empty() {
+                extra.extend(split_option(OPT_DNS, &dns));
+            }
+            if let Some(first) = l.search.first() {
+                extra.extend(split_option(OPT_DOMAIN, first.as_bytes()));
+                extra.extend(split_option(OPT_SEARCH, &search));
+            }
         }
-        if let Some(first) = l.search.first() {
-            put_option(&mut extra, OPT_DOMAIN, first.as_bytes());
-            put_option(&mut extra, OPT_SEARCH, &encode_names(&l.search));
-        }
-        let room = MAX_REPLY_IP - 20 - 8 - BOOTP_FIXED - 4 - 1;
-        if o.len() + extra.len() <= room {
-            o.extend(extra);
-        } else {
+        let mut repr = DhcpRepr {
+            message_type: reply_type,
+            transaction_id: req.xid,
+            secs: 0,
+            client_hardware_address: EthernetAddress(req.chaddr.octets()),
+            client_ip: Ipv4Addr::UNSPECIFIED,
+            your_ip: if nak {
+                Ipv4Addr::UNSPECIFIED
+            } else {
+                l.address
+            },
+            server_ip: Ipv4Addr::UNSPECIFIED,
+            router: l.router.filter(|_| !nak),
+            subnet_mask: (!nak).then(|| prefix_mask(l.prefix)),
+            relay_agent_ip: Ipv4Addr::UNSPECIFIED,
+            broadcast: req.broadcast,
+            requested_ip: None,
+            client_identifier: None,
+            server_identifier: Some(l.server),
+            parameter_request_list: None,
+            dns_servers: None,
+            max_size: None,
+            lease_duration: (!nak).then_some(u32::MAX),
+            renew_duration: None,
+            rebind_duration: None,
+            additional_options: &[],
+        };
+        let with_extra: Vec<DhcpOption<'_>> = options.iter().chain(&extra).copied().collect();
+        repr.additional_options = &with_extra;
+        if IP_HDR + UDP_HDR + repr.buffer_len() > MAX_REPLY_IP {
             log::warn!("DHCP: DNS options do not fit in one reply; left out");
+            repr.additional_options = &options;
         }
-        o.push(OPT_END);
-        o
-    }
-
-    fn reply(&self, req: &Request, reply_type: u8) -> Vec<u8> {
-        let l = &self.lease;
-        let mut bootp = vec![0u8; BOOTP_FIXED];
-        bootp[0] = BOOTREPLY;
-        bootp[1] = 1;
-        bootp[2] = 6;
-        bootp[4..8].copy_from_slice(&req.xid);
-        bootp[10..12].copy_from_slice(&req.flags.to_be_bytes());
-        if reply_type != NAK {
-            bootp[16..20].copy_from_slice(&l.address.octets());
-        }
-        bootp[28..34].copy_from_slice(&req.chaddr.octets());
-        bootp.extend_from_slice(&MAGIC);
-        bootp.extend(self.options(reply_type));
-
-        let broadcast = req.flags & FLAG_BROADCAST != 0 || reply_type == NAK;
+        let broadcast = req.broadcast || nak;
         let (dst_ip, dst_mac) = if broadcast {
             (Ipv4Addr::BROADCAST, MacAddr::new([0xff; 6]))
         } else {
             (l.address, req.chaddr)
         };
-        let udp_len = u16::try_from(8 + bootp.len()).unwrap_or(u16::MAX);
-        let mut udp = Vec::with_capacity(usize::from(udp_len));
-        udp.extend(SERVER_PORT.to_be_bytes());
-        udp.extend(CLIENT_PORT.to_be_bytes());
-        udp.extend(udp_len.to_be_bytes());
-        udp.extend([0, 0]);
-        udp.extend(&bootp);
-        let src = l.server.octets();
-        let dst = dst_ip.octets();
-        let pseudo = [
-            &src[..],
-            &dst[..],
-            &[0, IPPROTO_UDP],
-            &udp_len.to_be_bytes()[..],
-        ];
-        let mut sum = checksum(&[pseudo[0], pseudo[1], pseudo[2], pseudo[3], &udp]);
-        if sum == 0 {
-            sum = 0xffff;
-        }
-        udp[6..8].copy_from_slice(&sum.to_be_bytes());
-
-        let total = u16::try_from(20 + udp.len()).unwrap_or(u16::MAX);
-        let mut ip = vec![0x45, 0];
-        ip.extend(total.to_be_bytes());
-        ip.extend([0, 0, 0x40, 0, 64, IPPROTO_UDP, 0, 0]);
-        ip.extend(src);
-        ip.extend(dst);
-        let csum = checksum(&[&ip]);
-        ip[10..12].copy_from_slice(&csum.to_be_bytes());
-
-        let mut frame = Vec::with_capacity(ETH_HDR + ip.len() + udp.len());
-        frame.extend(dst_mac.octets());
-        frame.extend(l.server_mac.octets());
-        frame.extend(ETHERTYPE_IPV4.to_be_bytes());
-        frame.extend(ip);
-        frame.extend(udp);
-        frame
+        frame(&repr, (l.server_mac, l.server), (dst_mac, dst_ip))
     }
+}
+
+/// `repr` in a UDP datagram from port 67 to 68, in an IPv4 packet, in an Ethernet frame.
+fn frame(
+    repr: &DhcpRepr<'_>,
+    (src_mac, src): (MacAddr, Ipv4Addr),
+    (dst_mac, dst): (MacAddr, Ipv4Addr),
+) -> Vec<u8> {
+    let dhcp_len = repr.buffer_len();
+    let ip = Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: IpProtocol::Udp,
+        payload_len: UDP_HDR + dhcp_len,
+        hop_limit: 64,
+    };
+    let mut frame = vec![0u8; ETH_HDR + IP_HDR + UDP_HDR + dhcp_len];
+    EthernetRepr {
+        src_addr: EthernetAddress(src_mac.octets()),
+        dst_addr: EthernetAddress(dst_mac.octets()),
+        ethertype: EthernetProtocol::Ipv4,
+    }
+    .emit(&mut EthernetFrame::new_unchecked(&mut frame[..]));
+    let caps = ChecksumCapabilities::default();
+    ip.emit(&mut Ipv4Packet::new_unchecked(&mut frame[ETH_HDR..]), &caps);
+    UdpRepr {
+        src_port: SERVER_PORT,
+        dst_port: CLIENT_PORT,
+    }
+    .emit(
+        &mut UdpPacket::new_unchecked(&mut frame[ETH_HDR + IP_HDR..]),
+        &IpAddress::Ipv4(src),
+        &IpAddress::Ipv4(dst),
+        dhcp_len,
+        |payload| {
+            // The buffer is exactly `buffer_len()` long, which is all emit needs.
+            let _ = repr.emit(&mut DhcpPacket::new_unchecked(payload));
+        },
+        &caps,
+    );
+    frame
 }
 
 /// Client messages, reply parsing and a lease with every option, for tests here and in the
@@ -410,6 +355,51 @@ impl DhcpServer {
 #[doc(hidden)]
 pub mod testing {
     use super::*;
+
+    /// The fixed BOOTP header before the magic cookie.
+    pub const BOOTP_FIXED: usize = 236;
+    /// The DHCP magic cookie.
+    pub const MAGIC: [u8; 4] = [99, 130, 83, 99];
+    /// BOOTP opcode of a client message.
+    pub const BOOTREQUEST: u8 = 1;
+    /// Option codes as the tests read them.
+    pub const OPT_SUBNET_MASK: u8 = 1;
+    /// Router.
+    pub const OPT_ROUTER: u8 = 3;
+    /// Requested address.
+    pub const OPT_REQUESTED_IP: u8 = 50;
+    /// Lease time.
+    pub const OPT_LEASE: u8 = 51;
+    /// Message type.
+    pub const OPT_MSG_TYPE: u8 = 53;
+    /// Server identifier.
+    pub const OPT_SERVER_ID: u8 = 54;
+    /// End of options.
+    pub const OPT_END: u8 = 255;
+    /// Message types.
+    pub const DISCOVER: u8 = 1;
+    /// An offer.
+    pub const OFFER: u8 = 2;
+    /// A request.
+    pub const REQUEST: u8 = 3;
+    /// An acknowledgement.
+    pub const ACK: u8 = 5;
+    /// A refusal.
+    pub const NAK: u8 = 6;
+
+    /// The ones' complement sum used by IPv4 and UDP checksums: 0 over data that carries a
+    /// valid checksum.
+    pub fn checksum(chunks: &[&[u8]]) -> u16 {
+        let bytes: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        let mut sum: u32 = bytes
+            .chunks(2)
+            .map(|p| u32::from(u16::from_be_bytes([p[0], p.get(1).copied().unwrap_or(0)])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !u16::try_from(sum).unwrap_or(0xffff)
+    }
 
     /// The client of [`lease`].
     pub const CLIENT: MacAddr = MacAddr::new([0x52, 0x54, 0, 1, 2, 3]);
@@ -491,7 +481,7 @@ pub mod testing {
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{client_msg, options};
+    use super::testing::*;
     use super::*;
 
     use super::testing::{CLIENT, lease};
@@ -520,7 +510,7 @@ mod tests {
         ]);
         assert_eq!(sum, 0, "UDP checksum");
         let bootp = &offer[ETH_HDR + 28..];
-        assert_eq!(bootp[0], BOOTREPLY);
+        assert_eq!(bootp[0], 2, "BOOTREPLY");
         assert_eq!(&bootp[16..20], &[10, 244, 1, 7], "yiaddr");
         let o = options(&offer);
         assert_eq!(o[&OPT_MSG_TYPE], vec![OFFER]);
@@ -573,10 +563,18 @@ mod tests {
         let mut bad_len = good.clone();
         bad_len[ETH_HDR + 2..ETH_HDR + 4].copy_from_slice(&u16::MAX.to_be_bytes());
         assert!(server.handle(&bad_len).is_none());
+        // An option whose length runs off the end ends the list there, as smoltcp reads
+        // options: what came before it (the message type) is answered.
         let mut bad_opt = good.clone();
         let end = bad_opt.len() - 1;
-        bad_opt[end] = 200; // an option whose length runs off the end
-        assert!(server.handle(&bad_opt).is_none());
+        bad_opt[end] = 200;
+        let offer = server.handle(&bad_opt).expect("answered");
+        assert_eq!(options(&offer)[&OPT_MSG_TYPE], vec![OFFER]);
+        // Without a message type nothing is answered.
+        let mut no_type = good.clone();
+        let at = ETH_HDR + 20 + 8 + BOOTP_FIXED + 4;
+        no_type[at] = 200;
+        assert!(server.handle(&no_type).is_none());
         let mut seed = 0x1234_5678u32;
         for _ in 0..2000 {
             let mut f = good.clone();
@@ -633,9 +631,10 @@ mod tests {
         let server = DhcpServer::new(l);
         let offer = server.handle(&client_msg(CLIENT, DISCOVER, None)).unwrap();
         assert!(offer.len() <= ETH_HDR + MAX_REPLY_IP);
-        let mut big = vec![];
-        put_option(&mut big, OPT_DNS, &[1u8; 300]);
-        assert_eq!(big.len(), 2 + 255 + 2 + 45);
+        let big = split_option(OPT_DNS, &[1u8; 300]);
+        let lens: Vec<usize> = big.iter().map(|o| o.data.len()).collect();
+        assert_eq!(lens, vec![255, 45]);
+        assert!(big.iter().all(|o| o.kind == OPT_DNS));
         assert_eq!(prefix_mask(24), Ipv4Addr::new(255, 255, 255, 0));
         assert_eq!(prefix_mask(0), Ipv4Addr::UNSPECIFIED);
     }

@@ -1,3 +1,6 @@
+//! Tests of VF discovery (network-status, device-plugin variables, NAD deviceID) and of the
+//! host checks, against fake sysfs and /dev trees.
+
 use std::os::unix::fs::symlink;
 
 use super::*;

@@ -13,6 +13,7 @@
 //! | [`Role::NetWorker`] | `virtio-net` | the NIC's queues, the TAP or the masquerade NAT |
 //! | [`Role::BlockWorker`] | `virtio-blk-N` | a disk's queue, I/O on its file |
 //! | [`Role::Api`] | `api`, `api-client` | the API socket |
+//! | [`Role::SerialLog`] | `serial-log` | writes `--serial-log` and rotates it |
 //!
 //! A call outside the list is a bug in `vmm`, and with filters enforced it ends `vmm` at
 //! once: a `SIGSYS` handler writes which thread made which call and exits with status 3.
@@ -53,6 +54,9 @@ pub enum Role {
     BlockWorker,
     /// The API's listener and its client threads.
     Api,
+    /// The `--serial-log` writer: the only thread besides main that may open and rename a
+    /// file (to rotate the log), so that the vCPUs, which produce the output, need not.
+    SerialLog,
 }
 
 impl Role {
@@ -63,6 +67,7 @@ impl Role {
             Self::NetWorker => "virtio-net worker",
             Self::BlockWorker => "virtio-blk worker",
             Self::Api => "API",
+            Self::SerialLog => "serial log",
         }
     }
 }
@@ -114,7 +119,7 @@ fn install(role: Role, mismatch: SeccompAction) -> io::Result<()> {
     if allowed(role).iter().any(|(nr, _)| *nr == libc::SYS_clone3) {
         apply(&failing(libc::SYS_clone3, libc::ENOSYS)?)?;
     }
-    if !matches!(role, Role::Main | Role::Vcpu) {
+    if !matches!(role, Role::Main | Role::SerialLog) {
         // Library code may look for a file now and then (glibc's message catalogs when an
         // error is formatted): it is told no, and goes on without.
         apply(&failing(libc::SYS_openat, libc::EACCES)?)?;
@@ -329,11 +334,18 @@ const VCPU_EXTRA: &[i64] = &[
     libc::SYS_fstat,
     libc::SYS_newfstatat,
     libc::SYS_statx,
-    // The serial log's rotation: FILE becomes FILE.1 and a new FILE is opened.
+];
+
+/// The serial log's writer: writing, and rotating (`FILE` becomes `FILE.1` and a new `FILE`
+/// is created).
+const LOG_FILE: &[i64] = &[
+    libc::SYS_openat,
     libc::SYS_rename,
     libc::SYS_renameat,
     libc::SYS_renameat2,
-    libc::SYS_openat,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
     libc::SYS_lseek,
 ];
 
@@ -396,6 +408,7 @@ fn allowed(role: Role) -> Vec<Allowed> {
         Role::NetWorker => &[COMMON, EVENTS, SOCKETS],
         Role::BlockWorker => &[COMMON, EVENTS, DISK_IO],
         Role::Api => &[COMMON, EVENTS, SPAWN, API_EXTRA],
+        Role::SerialLog => &[COMMON, LOG_FILE],
     };
     let mut calls: Vec<i64> = lists.iter().flat_map(|l| l.iter().copied()).collect();
     // Allowed here, failed with EACCES by a stacked filter (see `install`).
@@ -532,6 +545,7 @@ mod tests {
             Role::NetWorker,
             Role::BlockWorker,
             Role::Api,
+            Role::SerialLog,
         ] {
             let p = program(role, SeccompAction::Trap).unwrap();
             assert!(!p.is_empty() && p.len() < 4096, "{role:?}: {}", p.len());
@@ -545,6 +559,11 @@ mod tests {
             assert!(!calls.contains(&libc::SYS_execve), "{role:?}");
             assert!(!calls.contains(&libc::SYS_fork), "{role:?}");
             assert!(!calls.contains(&libc::SYS_open), "{role:?}");
+        }
+        // Only main and the serial log may rename (and so really open) files.
+        for role in [Role::NetWorker, Role::BlockWorker, Role::Api, Role::Vcpu] {
+            let calls: Vec<i64> = allowed(role).iter().map(|(nr, _)| *nr).collect();
+            assert!(!calls.contains(&libc::SYS_rename), "{role:?}");
         }
         let main: Vec<i64> = allowed(Role::Main).iter().map(|(nr, _)| *nr).collect();
         assert!(!main.contains(&libc::SYS_execve));

@@ -434,9 +434,12 @@ impl Guest {
             assert_eq!(field("NoNewPrivs:"), 1, "{name}: no_new_privs is not set");
             if seccomp_on {
                 // 2: filter mode. Main has its filter and the clone3 one; a thread it
-                // started has those and its own; the API's threads started before main's.
+                // started has those and its own; the API's threads started before main's,
+                // and the serial log's before any (it has its own only).
                 assert_eq!(field("Seccomp:"), 2, "{name}: no seccomp filter");
-                let own = if name.contains("api") || task_is_main(&task) {
+                let own = if name.contains("serial-log") {
+                    1
+                } else if name.contains("api") || task_is_main(&task) {
                     2
                 } else {
                     3

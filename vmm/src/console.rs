@@ -3,7 +3,9 @@
 //! Output from the UART goes to stdout and, with `--serial-log`, to a file that holds at
 //! most [`SERIAL_LOG_MAX`] bytes: when it is full it becomes `FILE.1` (replacing the one
 //! before) and a new `FILE` starts, so a guest that prints without end costs at most twice
-//! that on disk. A `FILE` that is not a regular file (a FIFO, `/dev/null`) is not rotated. When stdin is a
+//! that on disk. A `FILE` that is not a regular file (a FIFO, `/dev/null`) is not rotated.
+//! The log is written by a thread of its own (`serial-log`), so that the vCPU threads,
+//! which produce the output, never open or rename a file: their seccomp filter refuses it. When stdin is a
 //! terminal it is put in raw mode, so keys (Ctrl-C included) reach the guest as typed; the
 //! terminal is restored on every exit path, including a panic.
 
@@ -41,7 +43,65 @@ pub const SERIAL_LOG_MAX: u64 = 32 << 20;
 #[derive(Clone, Debug)]
 pub struct ConsoleOutput {
     stdout: Arc<File>,
-    log: Option<Arc<Mutex<SerialLog>>>,
+    log: Option<Arc<LogThread>>,
+}
+
+/// Output chunks queued for the serial log's thread before a writer waits.
+const LOG_QUEUE: usize = 256;
+
+/// The serial log's thread: it owns the file, and ends (having written everything queued)
+/// when the last [`ConsoleOutput`] is dropped.
+#[derive(Debug)]
+struct LogThread {
+    tx: Mutex<Option<std::sync::mpsc::SyncSender<Vec<u8>>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl LogThread {
+    fn start(mut log: SerialLog) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(LOG_QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("serial-log".into())
+            .spawn(move || {
+                if devices::confine::confine_thread("serial-log", devices::seccomp::Role::SerialLog)
+                    .is_err()
+                {
+                    return;
+                }
+                for chunk in rx {
+                    if let Err(e) = log.write(&chunk) {
+                        log::warn!(
+                            "--serial-log {}: {e}; no more output goes to it",
+                            log.path.display()
+                        );
+                        return;
+                    }
+                }
+            })?;
+        Ok(Self {
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Queues `buf` for the log, waiting while the queue is full.
+    fn send(&self, buf: &[u8]) {
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(tx) = tx {
+            // Fails only when the thread stopped; that was logged.
+            let _ = tx.send(buf.to_vec());
+        }
+    }
+}
+
+impl Drop for LogThread {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread once it has written what was queued.
+        drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
+        if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// The serial log file, rotated at `max` bytes.
@@ -119,15 +179,17 @@ impl ConsoleOutput {
         let stdout = unsafe { File::from_raw_fd(fd) };
         let log = serial_log
             .map(|p| {
-                SerialLog::create(p, max.max(1)).map_err(|source| ConsoleError::SerialLog {
-                    path: p.display().to_string(),
-                    source,
-                })
+                SerialLog::create(p, max.max(1))
+                    .and_then(LogThread::start)
+                    .map_err(|source| ConsoleError::SerialLog {
+                        path: p.display().to_string(),
+                        source,
+                    })
             })
             .transpose()?;
         Ok(Self {
             stdout: Arc::new(stdout),
-            log: log.map(|l| Arc::new(Mutex::new(l))),
+            log: log.map(Arc::new),
         })
     }
 
@@ -142,7 +204,7 @@ impl Write for ConsoleOutput {
         // A closed stdout must not stop the guest: output is dropped, the log still gets it.
         let _ = (&*self.stdout).write_all(buf);
         if let Some(log) = &self.log {
-            log.lock().unwrap_or_else(|e| e.into_inner()).write(buf)?;
+            log.send(buf);
         }
         Ok(buf.len())
     }
@@ -287,6 +349,8 @@ mod tests {
         let out = ConsoleOutput::new(Some(&path)).unwrap();
         let mut w = out.writer();
         w.write_all(b"hello\n").unwrap();
+        // The log's thread has written everything once the last output is dropped.
+        drop((w, out));
         assert_eq!(std::fs::read(&path).unwrap(), b"hello\n");
         std::fs::remove_file(&path).unwrap();
     }
@@ -303,12 +367,16 @@ mod tests {
         let mut w = out.writer();
         w.write_all(b"0123456").unwrap();
         w.write_all(b"789abcdef").unwrap();
+        drop((w, out));
         assert_eq!(std::fs::read(&old).unwrap(), b"0123456789");
         assert_eq!(std::fs::read(&path).unwrap(), b"abcdef");
         // A flood much larger than the cap: never more than twice the cap on disk.
+        let out = ConsoleOutput::with_log_max(Some(&path), 10).unwrap();
+        let mut w = out.writer();
         for _ in 0..1000 {
             w.write_all(b"xxxxxxx").unwrap();
         }
+        drop((w, out));
         assert!(std::fs::metadata(&path).unwrap().len() <= 10);
         assert_eq!(std::fs::metadata(&old).unwrap().len(), 10);
         std::fs::remove_file(&path).unwrap();

@@ -251,13 +251,14 @@ impl Vm {
         add_pci_devices(
             &vm_fd,
             &mem,
-            &io_bus,
-            &mmio_bus,
-            ctx.nics,
-            ctx.vfs
-                .iter()
-                .zip(passthrough.iter().flat_map(|p| &p.devices)),
-            ctx.disks,
+            (&io_bus, &mmio_bus),
+            PciFunctions {
+                nics: ctx.nics,
+                vfs: (ctx.vfs.iter())
+                    .zip(passthrough.iter().flat_map(|p| &p.devices))
+                    .collect(),
+                disks: ctx.disks,
+            },
         )?;
 
         let topo = Topology::new(cfg.topology);
@@ -379,50 +380,6 @@ impl Vm {
 }
 
 /// A passed-through VF on the PCI root, its BARs placed from `next_bar` up.
-fn add_vf(
-    routing: &Arc<GsiRouting>,
-    mapper: &Arc<crate::vfio::KvmMapper>,
-    root: &Arc<devices::pci::PciRoot>,
-    next_bar: &mut u64,
-    vf: &Vf,
-    device: &Arc<VfioDevice>,
-) -> Result<(), VmError> {
-    use crate::arch::layout::PCI_MMIO_END;
-
-    let count = crate::vfio::msi_vectors(device).max(1);
-    let msi = Arc::new(
-        routing
-            .msi_group(count)
-            .map_err(pci_fail(&vf.name, "cannot allocate MSI vectors"))?,
-    );
-    let host = crate::vfio::HostSide {
-        device: Arc::clone(device),
-        msi: msi.clone(),
-        mmaps: Mutex::new(Vec::new()),
-    };
-    let mut place = |size: u64, _is64: bool| {
-        let at = next_bar.next_multiple_of(size);
-        let end = at.checked_add(size)?;
-        (end <= PCI_MMIO_END).then(|| {
-            *next_bar = end;
-            at
-        })
-    };
-    let mut function = devices::vfio::VfioPci::new(Box::new(host), msi, &mut place)
-        .map_err(pci_fail(&vf.name, "cannot model the function"))?;
-    let mapped = function.map_bars(mapper.clone());
-    log::info!(
-        "VF {}: {} KiB of BARs mapped into the guest, the rest (MSI-X table, PBA) traps",
-        vf.address,
-        mapped >> 10
-    );
-    let slot = root
-        .add(Arc::new(Mutex::new(function)))
-        .map_err(pci_fail(&vf.name, "cannot place it on the PCI root"))?;
-    log::info!("VF {} ({}) at guest 00:{slot:02x}.0", vf.address, vf.name);
-    Ok(())
-}
-
 /// A PCI function for an interface.
 enum Function<'a> {
     /// virtio-net.
@@ -440,16 +397,20 @@ impl Function<'_> {
     }
 }
 
-/// The PCI root on both buses and a virtio-net function per NIC, BARs packed from the
+/// What goes on the PCI root: each interface's function and each disk.
+struct PciFunctions<'a> {
+    nics: &'a [HostNic],
+    vfs: Vec<(&'a Vf, &'a Arc<VfioDevice>)>,
+    disks: &'a [crate::disk::HostDisk],
+}
+
+/// The PCI root on both buses and a function per NIC, VF and disk, BARs packed from the
 /// bottom of the 32-bit window in slot order.
-fn add_pci_devices<'a>(
+fn add_pci_devices(
     vm_fd: &Arc<VmFd>,
     mem: &GuestMemoryMmap,
-    io_bus: &Arc<Bus>,
-    mmio_bus: &Arc<Bus>,
-    nics: &[HostNic],
-    vfs: impl Iterator<Item = (&'a Vf, &'a Arc<VfioDevice>)>,
-    disks: &[crate::disk::HostDisk],
+    (io_bus, mmio_bus): (&Arc<Bus>, &Arc<Bus>),
+    functions: PciFunctions<'_>,
 ) -> Result<(), VmError> {
     use devices::pci::{
         ECAM_SIZE, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN, PciConfigIo, PciEcam, PciRoot,
@@ -470,32 +431,30 @@ fn add_pci_devices<'a>(
         PCI_ECAM_ADDR,
         ECAM_SIZE,
     )?;
-    let vfs: Vec<_> = vfs.collect();
+    let PciFunctions { nics, vfs, disks } = functions;
     if nics.is_empty() && vfs.is_empty() && disks.is_empty() {
         return Ok(());
     }
-    let routing = GsiRouting::new(vm_fd.clone());
-    let ioevents = Arc::new(KvmIoEvents(vm_fd.clone()));
-    let mut next_bar = PCI_MMIO_START;
-    let mapper = crate::vfio::KvmMapper::new(vm_fd.clone());
+    let mut pci = PciBuilder {
+        mem,
+        root,
+        routing: GsiRouting::new(vm_fd.clone()),
+        ioevents: Arc::new(KvmIoEvents(vm_fd.clone())),
+        mapper: crate::vfio::KvmMapper::new(vm_fd.clone()),
+        next_bar: PCI_MMIO_START,
+    };
     // Functions in `interfaces` order: the guest enumerates them by slot.
-    let mut functions: Vec<Function<'_>> = nics
+    let mut interfaces: Vec<Function<'_>> = nics
         .iter()
         .map(Function::Nic)
         .chain(vfs.iter().map(|&(vf, d)| Function::Vf(vf, d)))
         .collect();
-    functions.sort_by_key(Function::index);
-    let virtio = VirtioFunction {
-        mem,
-        routing: &routing,
-        ioevents: &ioevents,
-        root: &root,
-    };
-    for function in functions {
+    interfaces.sort_by_key(Function::index);
+    for function in interfaces {
         let nic = match function {
             Function::Nic(nic) => nic,
             Function::Vf(vf, device) => {
-                add_vf(&routing, &mapper, &root, &mut next_bar, vf, device)?;
+                pci.add_vf(vf, device)?;
                 continue;
             }
         };
@@ -510,8 +469,8 @@ fn add_pci_devices<'a>(
             nic.acked.clone(),
         )
         .map_err(pci_fail(&nic.name, "cannot start its worker thread"))?;
-        let function = virtio.add(&nic.name, Box::new(device), &mut next_bar)?;
-        log::debug!("virtio-net {} at {function}", nic.name);
+        let at = pci.add_virtio(&nic.name, Box::new(device))?;
+        log::debug!("virtio-net {} at {at}", nic.name);
     }
     // Disks after the interfaces, in `disks` order: the guest names them vda, vdb, ...
     for disk in disks {
@@ -519,28 +478,29 @@ fn add_pci_devices<'a>(
         let label = format!("disk {name}");
         let device = Block::new(name, disk.backend.clone(), 1, disk.counters.clone())
             .map_err(pci_fail(&label, "cannot start its worker thread"))?;
-        let function = virtio.add(&label, Box::new(device), &mut next_bar)?;
-        log::debug!("virtio-blk {name} at {function}");
+        let at = pci.add_virtio(&label, Box::new(device))?;
+        log::debug!("virtio-blk {name} at {at}");
     }
     Ok(())
 }
 
-/// What adding a virtio function to the PCI root takes.
-struct VirtioFunction<'a> {
+/// What adding a function to the PCI root takes, and where the next BAR goes.
+struct PciBuilder<'a> {
     mem: &'a GuestMemoryMmap,
-    routing: &'a Arc<GsiRouting>,
-    ioevents: &'a Arc<KvmIoEvents>,
-    root: &'a Arc<devices::pci::PciRoot>,
+    root: Arc<devices::pci::PciRoot>,
+    routing: Arc<GsiRouting>,
+    ioevents: Arc<KvmIoEvents>,
+    mapper: Arc<crate::vfio::KvmMapper>,
+    next_bar: u64,
 }
 
-impl VirtioFunction<'_> {
+impl PciBuilder<'_> {
     /// Puts `device` (`name` in errors) behind a virtio-pci transport on the root, its BAR
-    /// at `next_bar`; returns where it is, for logs.
-    fn add(
-        &self,
+    /// at the next free address; returns where it is, for logs.
+    fn add_virtio(
+        &mut self,
         name: &str,
         device: Box<dyn devices::virtio::VirtioDevice>,
-        next_bar: &mut u64,
     ) -> Result<String, VmError> {
         use crate::arch::layout::PCI_MMIO_END;
         // One vector per queue and one for configuration changes.
@@ -548,9 +508,9 @@ impl VirtioFunction<'_> {
             .routing
             .msi_group(device.queue_max_sizes().len() + 1)
             .map_err(pci_fail(name, "cannot allocate MSI vectors"))?;
-        let bar = *next_bar;
-        *next_bar += devices::virtio::BAR_SIZE;
-        if *next_bar > PCI_MMIO_END {
+        let bar = self.next_bar;
+        self.next_bar += devices::virtio::BAR_SIZE;
+        if self.next_bar > PCI_MMIO_END {
             return Err(VmError::PciSpace(name.to_string()));
         }
         let function = devices::virtio::VirtioPci::new(
@@ -566,6 +526,46 @@ impl VirtioFunction<'_> {
             .add(Arc::new(Mutex::new(function)))
             .map_err(pci_fail(name, "cannot place it on the PCI root"))?;
         Ok(format!("00:{slot:02x}.0, BAR {bar:#x}"))
+    }
+
+    /// Puts VF `vf`'s function on the root, its BARs at the next free addresses.
+    fn add_vf(&mut self, vf: &Vf, device: &Arc<VfioDevice>) -> Result<(), VmError> {
+        use crate::arch::layout::PCI_MMIO_END;
+
+        let count = crate::vfio::msi_vectors(device).max(1);
+        let msi = Arc::new(
+            self.routing
+                .msi_group(count)
+                .map_err(pci_fail(&vf.name, "cannot allocate MSI vectors"))?,
+        );
+        let host = crate::vfio::HostSide {
+            device: Arc::clone(device),
+            msi: msi.clone(),
+            mmaps: Mutex::new(Vec::new()),
+        };
+        let next_bar = &mut self.next_bar;
+        let mut place = |size: u64, _is64: bool| {
+            let at = next_bar.next_multiple_of(size);
+            let end = at.checked_add(size)?;
+            (end <= PCI_MMIO_END).then(|| {
+                *next_bar = end;
+                at
+            })
+        };
+        let mut function = devices::vfio::VfioPci::new(Box::new(host), msi, &mut place)
+            .map_err(pci_fail(&vf.name, "cannot model the function"))?;
+        let mapped = function.map_bars(self.mapper.clone());
+        log::info!(
+            "VF {}: {} KiB of BARs mapped into the guest, the rest (MSI-X table, PBA) traps",
+            vf.address,
+            mapped >> 10
+        );
+        let slot = self
+            .root
+            .add(Arc::new(Mutex::new(function)))
+            .map_err(pci_fail(&vf.name, "cannot place it on the PCI root"))?;
+        log::info!("VF {} ({}) at guest 00:{slot:02x}.0", vf.address, vf.name);
+        Ok(())
     }
 }
 

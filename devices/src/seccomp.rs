@@ -339,6 +339,7 @@ const VCPU_EXTRA: &[i64] = &[
 /// The serial log's writer: writing, and rotating (`FILE` becomes `FILE.1` and a new `FILE`
 /// is created).
 const LOG_FILE: &[i64] = &[
+    libc::SYS_fcntl,
     libc::SYS_openat,
     libc::SYS_rename,
     libc::SYS_renameat,

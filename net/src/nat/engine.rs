@@ -22,6 +22,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use super::device::{OneFrame, Queues, ToGuest, ipv4_frame};
 use super::egress::Egress;
 use super::flow::{FlowId, FlowKey, FlowTable};
+use super::icmp::{Echo, RawFlows};
 use super::inbound::Listeners;
 use super::limits::Limits;
 use super::tcp::TcpFlows;
@@ -53,6 +54,8 @@ pub(super) enum Wake {
     ListenTcp(usize),
     /// A forwarded UDP port's socket, by index.
     ListenUdp(usize),
+    /// The raw ICMP socket.
+    RawIcmp,
 }
 
 impl Token for Wake {
@@ -66,6 +69,7 @@ impl Token for Wake {
             Wake::Icmp(id) => (4, id),
             Wake::ListenTcp(i) => (5, i as u64),
             Wake::ListenUdp(i) => (6, i as u64),
+            Wake::RawIcmp => (7, 0),
         };
         kind << 56 | n
     }
@@ -81,6 +85,7 @@ impl Token for Wake {
             4 => Wake::Icmp(n),
             5 => Wake::ListenTcp(index()?),
             6 => Wake::ListenUdp(index()?),
+            7 => Wake::RawIcmp,
             _ => return None,
         })
     }
@@ -161,6 +166,8 @@ pub struct Nat {
     pub(super) tcp: TcpFlows,
     pub(super) udp: FlowTable<FlowKey, DgramFlow>,
     pub(super) icmp: FlowTable<FlowKey, DgramFlow>,
+    /// ICMP echo flows on the raw socket, when that is how echo leaves.
+    pub(super) raw: RawFlows,
     /// Unprivileged ICMP sockets were refused (and that was logged).
     pub(super) icmp_forbidden: bool,
     pub(super) listeners: Arc<Listeners>,
@@ -258,6 +265,9 @@ impl Nat {
         for (i, (_, l)) in listeners.udp.iter().enumerate() {
             poller.add(l.as_raw_fd(), Wake::ListenUdp(i), listen)?;
         }
+        if let Echo::Raw(raw) = &listeners.echo {
+            poller.add(raw.as_raw_fd(), Wake::RawIcmp, listen)?;
+        }
         let limits = cfg.limits;
         let mut nat = Self {
             // Connections and datagrams that arrived before this boot's engine existed.
@@ -278,6 +288,7 @@ impl Nat {
             tcp: TcpFlows::new(limits.tcp_flows),
             udp: FlowTable::new(limits.udp_flows),
             icmp: FlowTable::new(limits.icmp_flows),
+            raw: RawFlows::new(limits.icmp_flows),
             icmp_forbidden: false,
             start,
             next_sweep: start + SWEEP,
@@ -305,7 +316,7 @@ impl Nat {
             inbound_tcp_flows,
             tcp_memory,
             udp_flows: self.udp.len() + self.inbound_udp.len(),
-            icmp_flows: self.icmp.len(),
+            icmp_flows: self.icmp.len() + self.raw.len(),
             to_guest_dropped: self.dev.tx.dropped,
             ..self.stats
         }
@@ -478,10 +489,12 @@ impl Nat {
             self.read_dgram(kind, id);
         }
         self.read_inbound_udp();
+        self.read_raw_echo();
         if now >= self.next_sweep {
             self.teach_guest_mac();
             self.sweep_tcp(now);
             self.sweep_dgrams(now);
+            self.raw.expire(now, self.cfg.limits.udp_idle);
             self.next_sweep = now + SWEEP;
         }
         let smol = self
@@ -523,6 +536,7 @@ impl Nat {
                     Wake::Icmp(id) if self.dgram_readable(Dgram::Icmp, id) => {
                         dgrams.push((Dgram::Icmp, id));
                     }
+                    Wake::RawIcmp => self.raw.readable = true,
                     Wake::Udp(_) | Wake::Icmp(_) => {}
                 }
             }

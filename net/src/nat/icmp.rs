@@ -1,18 +1,137 @@
-//! ICMP echo: the gateway answers its own; echo to anywhere else goes out on an unprivileged
-//! ICMP socket per (identifier, destination), a datagram flow like UDP's (see
-//! [`super::udp`]). The kernel rewrites the identifier on the way out; replies get the
-//! guest's back.
+//! ICMP echo. The gateway answers its own. Echo to anywhere else leaves in one of two ways,
+//! chosen once when the forwarded ports are bound ([`Echo::open`]):
+//!
+//! - **Unprivileged ICMP sockets**, where `net.ipv4.ping_group_range` includes vmm's group:
+//!   a socket per (identifier, destination), a datagram flow like UDP's (see
+//!   [`super::udp`]). The kernel rewrites the identifier on the way out; replies get the
+//!   guest's back.
+//! - **One raw ICMP socket**, where they are forbidden (a pod's default range is `1 0`) but
+//!   vmm has `CAP_NET_RAW` (a container's default) while it sets up. Each flow gets an
+//!   identifier of its own on the wire, unique among the flows to its destination, and the
+//!   replies, read from the raw socket, are matched by identifier and source and get the
+//!   guest's identifier back.
+//!
+//! Sequence numbers and payloads pass unchanged either way. With neither, echo beyond the
+//! gateway is dropped and the log says so once.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::time::Instant;
 
-use smoltcp::wire::{Icmpv4Message, Icmpv4Packet, IpProtocol};
+use smoltcp::wire::{Icmpv4Message, Icmpv4Packet, IpProtocol, Ipv4Packet};
 
 use super::device::IP_HDR;
 use super::engine::Nat;
-use super::flow::FlowKey;
+use super::flow::{FlowId, FlowKey, FlowTable};
+use super::sock;
 use super::udp::Dgram;
 
 const ICMP_HDR: usize = 8;
+
+/// How echo requests beyond the gateway leave.
+#[derive(Debug, Default)]
+pub enum Echo {
+    /// An unprivileged ICMP socket per flow.
+    #[default]
+    Unprivileged,
+    /// One raw ICMP socket for every flow, opened while vmm had `CAP_NET_RAW`.
+    Raw(UdpSocket),
+    /// Neither is possible here: echo requests are dropped.
+    Forbidden,
+}
+
+impl Echo {
+    /// The way this namespace and vmm's privileges allow, best first. Call it before
+    /// capabilities are dropped.
+    pub fn open() -> Self {
+        match sock::ping_sockets_allowed() {
+            Ok(true) => return Self::Unprivileged,
+            Ok(false) => {}
+            Err(e) => log::debug!("masquerade: cannot probe ICMP echo sockets: {e}"),
+        }
+        match sock::raw_icmp() {
+            Ok(raw) => {
+                log::info!(
+                    "masquerade: unprivileged ICMP echo sockets are forbidden here (sysctl \
+                     net.ipv4.ping_group_range); the guest's pings go out on a raw socket"
+                );
+                Self::Raw(raw)
+            }
+            Err(e) => {
+                log::debug!("masquerade: no raw ICMP socket: {e}");
+                Self::Forbidden
+            }
+        }
+    }
+}
+
+/// A flow on the raw socket: the identifier its requests carry on the wire.
+#[derive(Debug)]
+pub(super) struct RawFlow {
+    wire_ident: u16,
+}
+
+/// The flows on the raw socket, and how replies find them.
+pub(super) struct RawFlows {
+    table: FlowTable<FlowKey, RawFlow>,
+    /// (identifier on the wire, destination) → flow.
+    by_wire: HashMap<(u16, Ipv4Addr), FlowId>,
+    next_ident: u16,
+    /// Edge-triggered: set by an event, cleared when a read would block.
+    pub(super) readable: bool,
+}
+
+impl RawFlows {
+    pub(super) fn new(limit: usize) -> Self {
+        Self {
+            table: FlowTable::new(limit),
+            by_wire: HashMap::new(),
+            next_ident: 0,
+            readable: false,
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// The wire identifier of the flow for `key`, made (evicting the least recently used
+    /// flow when full) if there is none.
+    fn wire_ident(&mut self, key: FlowKey, now: Instant) -> Option<u16> {
+        let table = &mut self.table;
+        if let Some(id) = table.id(&key) {
+            return table.touch(id, now).map(|f| f.wire_ident);
+        }
+        // Unique among the flows to this destination; at most `limit` are taken.
+        let dst = *key.1.ip();
+        let mut ident = self.next_ident;
+        while self.by_wire.contains_key(&(ident, dst)) {
+            ident = ident.wrapping_add(1);
+        }
+        self.next_ident = ident.wrapping_add(1);
+        let (id, evicted) = table.insert(key, RawFlow { wire_ident: ident }, now);
+        if let Some((old_key, old)) = evicted {
+            self.by_wire.remove(&(old.wire_ident, *old_key.1.ip()));
+        }
+        self.by_wire.insert((ident, dst), id);
+        Some(ident)
+    }
+
+    /// The guest's key of the flow a reply from `src` with `wire_ident` belongs to.
+    fn reply_key(&mut self, wire_ident: u16, src: Ipv4Addr, now: Instant) -> Option<FlowKey> {
+        let id = *self.by_wire.get(&(wire_ident, src))?;
+        self.table.touch(id, now);
+        self.table.key(id)
+    }
+
+    /// Closes the flows silent for `idle`.
+    pub(super) fn expire(&mut self, now: Instant, idle: std::time::Duration) {
+        for (key, flow) in self.table.expire(now, idle) {
+            self.by_wire.remove(&(flow.wire_ident, *key.1.ip()));
+        }
+    }
+}
 
 impl Nat {
     pub(super) fn icmp_from_guest(&mut self, dst: Ipv4Addr, message: &[u8]) {
@@ -39,23 +158,99 @@ impl Nat {
             self.stats.egress_denied += 1;
             return self.drop_frame();
         }
-        let Some(flow) = self.dgram_flow(Dgram::Icmp, key, key.1) else {
-            return self.drop_frame();
-        };
-        // The kernel sets the identifier and checksum.
-        if let Err(e) = flow.send(message) {
-            log::debug!("masquerade: ICMP echo to {dst}: {e}");
+        match &self.listeners.echo {
+            Echo::Unprivileged => {
+                let Some(flow) = self.dgram_flow(Dgram::Icmp, key, key.1) else {
+                    return self.drop_frame();
+                };
+                // The kernel sets the identifier and checksum.
+                if let Err(e) = flow.send(message) {
+                    log::debug!("masquerade: ICMP echo to {dst}: {e}");
+                }
+            }
+            Echo::Raw(_) => self.raw_echo(key, message),
+            Echo::Forbidden => {
+                self.echo_forbidden();
+                self.drop_frame();
+            }
         }
     }
 
-    /// The first `n` bytes of the buffer, an echo reply on flow `key`, to the guest.
-    pub(super) fn echo_reply_to_guest(&mut self, (ident, from): FlowKey, n: usize) {
-        if n < ICMP_HDR || n + IP_HDR > usize::from(self.cfg.mtu) || self.buf[0] != 0 {
+    /// Says once that the guest's pings are dropped, and why.
+    pub(super) fn echo_forbidden(&mut self) {
+        if !self.icmp_forbidden {
+            log::warn!(
+                "masquerade: this host forbids unprivileged ICMP echo sockets (sysctl \
+                 net.ipv4.ping_group_range) and vmm had no CAP_NET_RAW for a raw one; the \
+                 guest's pings are dropped"
+            );
+            self.icmp_forbidden = true;
+        }
+    }
+
+    /// Sends the guest's echo request on the raw socket under its flow's wire identifier.
+    fn raw_echo(&mut self, key: FlowKey, message: &[u8]) {
+        let Some(ident) = self.raw.wire_ident(key, Instant::now()) else {
+            return self.drop_frame();
+        };
+        let mut out = message.to_vec();
+        let mut packet = Icmpv4Packet::new_unchecked(&mut out[..]);
+        packet.set_echo_ident(ident);
+        packet.fill_checksum();
+        let Echo::Raw(raw) = &self.listeners.echo else {
+            return;
+        };
+        if let Err(e) = raw.send_to(&out, key.1) {
+            log::debug!("masquerade: ICMP echo to {}: {e}", key.1.ip());
+        }
+    }
+
+    /// Reads what the raw socket has, while the guest's queue has room: echo replies of the
+    /// guest's flows go to it, everything else is dropped.
+    pub(super) fn read_raw_echo(&mut self) {
+        let listeners = self.listeners.clone();
+        let Echo::Raw(raw) = &listeners.echo else {
+            return;
+        };
+        while self.raw.readable && !self.dev.tx.is_full() {
+            let n = match raw.recv_from(&mut self.buf) {
+                Ok((n, _)) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        log::debug!("masquerade: raw ICMP socket: {e}");
+                    }
+                    self.raw.readable = false;
+                    return;
+                }
+            };
+            let Ok(ip) = Ipv4Packet::new_checked(&self.buf[..n]) else {
+                continue;
+            };
+            let src = ip.src_addr();
+            let Ok(icmp) = Icmpv4Packet::new_checked(ip.payload()) else {
+                continue;
+            };
+            if icmp.msg_type() != Icmpv4Message::EchoReply {
+                continue;
+            }
+            let Some(key) = self.raw.reply_key(icmp.echo_ident(), src, Instant::now()) else {
+                continue;
+            };
+            let message = ip.payload().to_vec();
+            self.echo_reply_to_guest(key, message);
+        }
+    }
+
+    /// An echo reply `message` on flow `key` to the guest, with its identifier back.
+    pub(super) fn echo_reply_to_guest(&mut self, (ident, from): FlowKey, mut message: Vec<u8>) {
+        if message.len() < ICMP_HDR
+            || message.len() + IP_HDR > usize::from(self.cfg.mtu)
+            || message[0] != 0
+        {
             self.stats.dropped += 1;
             return;
         }
-        // The guest's identifier back in place.
-        let mut message = self.buf[..n].to_vec();
         let mut packet = Icmpv4Packet::new_unchecked(&mut message[..]);
         packet.set_echo_ident(ident);
         packet.fill_checksum();

@@ -13,6 +13,7 @@
 
 use std::net::{TcpListener, UdpSocket};
 
+use super::icmp::Echo;
 use super::sock;
 
 /// A forwarded port's protocol.
@@ -47,6 +48,9 @@ pub struct Listeners {
     /// Ports below `net.ipv4.ip_unprivileged_port_start` not bound for want of
     /// `CAP_NET_BIND_SERVICE`.
     pub denied: usize,
+    /// How the guest's echo requests leave (probed with the ports, before capabilities are
+    /// dropped).
+    pub echo: Echo,
 }
 
 /// Descriptors kept free for flows, the VM and everything else.
@@ -112,7 +116,10 @@ impl Listeners {
         };
         let limit = raise_nofile(wanted.len() as u64 + FD_RESERVE);
         let budget = usize::try_from(limit.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
-        let mut out = Self::default();
+        let mut out = Self {
+            echo: Echo::open(),
+            ..Self::default()
+        };
         for (i, &(port, protocol)) in wanted.iter().enumerate() {
             if i >= budget {
                 out.over_limit = wanted.len() - i;

@@ -26,9 +26,11 @@
 //! `dst` goes out on the host socket of flow `(p, dst)`, a socket `connect`ed to `dst` and
 //! created on first use; datagrams the host socket receives come back from `dst` to `p`.
 //! An ICMP echo request goes out on an unprivileged ICMP socket (`SOCK_DGRAM`,
-//! `IPPROTO_ICMP`) per `(identifier, dst)`; the kernel rewrites the identifier, replies get
-//! the guest's back. Where the host forbids such sockets (`net.ipv4.ping_group_range`), the
-//! log says so once and echo requests are dropped. The gateway answers echo itself.
+//! `IPPROTO_ICMP`) per `(identifier, dst)`, whose kernel rewrites the identifier; where the
+//! pod forbids such sockets (`net.ipv4.ping_group_range`, `1 0` by default), on one raw ICMP
+//! socket opened with `CAP_NET_RAW` before capabilities are dropped, under an identifier
+//! per flow (see `icmp`). Replies get the guest's identifier back either way. With neither,
+//! the log says so once and echo requests are dropped. The gateway answers echo itself.
 //!
 //! **Inbound.** [`inbound::Listeners`] holds a TCP listener and a UDP socket on 0.0.0.0
 //! for every forwarded port (every free port outside the ephemeral range by default, or
@@ -92,7 +94,7 @@ mod device;
 pub mod egress;
 pub mod engine;
 mod flow;
-mod icmp;
+pub mod icmp;
 pub mod inbound;
 pub mod limits;
 mod sock;
@@ -102,6 +104,7 @@ mod udp;
 pub use backend::NatBackend;
 pub use egress::{Cidr, CidrError, Egress};
 pub use engine::{GATEWAY_MAC, Nat, NatConfig, NatStats};
+pub use icmp::Echo;
 pub use inbound::{Forward, Listeners, Protocol};
 pub use limits::{LimitError, Limits, SMALL_TCP_BUFFER};
 

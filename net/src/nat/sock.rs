@@ -37,6 +37,28 @@ pub(super) fn connect_icmp(dst: SocketAddrV4) -> io::Result<UdpSocket> {
     connect(Type::DGRAM, Some(Protocol::ICMPV4), dst).map(UdpSocket::from)
 }
 
+/// Whether this namespace lets vmm's group open unprivileged ICMP echo sockets
+/// (`net.ipv4.ping_group_range`); an error other than a refusal is returned.
+pub(super) fn ping_sockets_allowed() -> io::Result<bool> {
+    match Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::ICMPV4)) {
+        Ok(_) => Ok(true),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// A raw ICMP socket (needs `CAP_NET_RAW`): it sends ICMP messages the kernel puts an IPv4
+/// header on, and receives every ICMP packet to this namespace with its IPv4 header.
+/// std's `UdpSocket` serves for its `send_to` and `recv_from`.
+pub(super) fn raw_icmp() -> io::Result<UdpSocket> {
+    let socket = Socket::new(
+        Domain::IPV4,
+        Type::RAW.nonblocking(),
+        Some(Protocol::ICMPV4),
+    )?;
+    Ok(socket.into())
+}
+
 /// Makes closing `socket` send an RST rather than a FIN (`SO_LINGER` 0). Failure only loses
 /// the RST: the peer then sees a FIN.
 pub(super) fn reset_on_close(socket: &impl AsFd) {

@@ -332,6 +332,127 @@ fn the_gateway_answers_echo() {
     );
 }
 
+/// Runs `test` on a thread in a network namespace of its own, with loopback up and
+/// `ping_group_range` set to `range` (a new namespace's default is `1 0`, forbidden), so
+/// that the machine's own settings are never touched. Needs root, as the suite does.
+fn in_private_netns(range: &str, test: impl FnOnce() + Send + 'static) {
+    let range = range.to_string();
+    std::thread::spawn(move || {
+        // SAFETY: unshare(2) with a flag; it changes only this thread's network namespace.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+        let mut nl = crate::netlink::Netlink::open().unwrap();
+        let lo = nl.link("lo").unwrap().expect("lo");
+        let up = crate::netlink::LinkChange {
+            up: Some(true),
+            ..Default::default()
+        };
+        nl.set_link(lo.index, &up).unwrap();
+        // /proc/sys/net is the opener's namespace's.
+        std::fs::write("/proc/sys/net/ipv4/ping_group_range", &range).unwrap();
+        test();
+    })
+    .join()
+    .unwrap();
+}
+
+/// The guest pings 127.0.0.1 (which tests may reach) and gets its reply back with its own
+/// identifier, sequence number and data.
+fn echo_through_the_host(echo: super::Echo) {
+    let listeners = Arc::new(super::Listeners {
+        echo,
+        ..Default::default()
+    });
+    let mut nat = Nat::new(config(Limits::default()), listeners).unwrap();
+    nat.allow_loopback();
+    let request = |seq_no| {
+        let repr = Icmpv4Repr::EchoRequest {
+            ident: 0x4242,
+            seq_no,
+            data: b"through the host",
+        };
+        let mut p = vec![0u8; repr.buffer_len()];
+        repr.emit(
+            &mut Icmpv4Packet::new_unchecked(&mut p[..]),
+            &Default::default(),
+        );
+        ipv4(LOOPBACK, IpProtocol::Icmp, &p)
+    };
+    for seq_no in [1, 2] {
+        nat.from_guest(&request(seq_no));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let reply = loop {
+            let out = packets(&drain(&mut nat));
+            if let Some(p) = out
+                .into_iter()
+                .find(|(_, proto, _)| *proto == IpProtocol::Icmp)
+            {
+                break p;
+            }
+            assert!(Instant::now() < deadline, "no echo reply");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let (src, _, payload) = reply;
+        assert_eq!(src, LOOPBACK);
+        let icmp = Icmpv4Packet::new_checked(&payload[..]).unwrap();
+        assert!(icmp.verify_checksum());
+        assert_eq!(
+            Icmpv4Repr::parse(&icmp, &Default::default()).unwrap(),
+            Icmpv4Repr::EchoReply {
+                ident: 0x4242,
+                seq_no,
+                data: b"through the host"
+            }
+        );
+    }
+    assert_eq!(nat.stats().icmp_flows, 1, "one flow for both requests");
+}
+
+#[test]
+fn echo_leaves_on_unprivileged_sockets_where_the_namespace_allows_them() {
+    in_private_netns("0 2147483647", || {
+        let echo = super::Echo::open();
+        assert!(matches!(echo, super::Echo::Unprivileged), "{echo:?}");
+        echo_through_the_host(echo);
+    });
+}
+
+#[test]
+fn echo_leaves_on_a_raw_socket_in_a_pod_that_forbids_unprivileged_ones() {
+    // A pod's default range, and CAP_NET_RAW as containers have it.
+    in_private_netns("1 0", || {
+        let echo = super::Echo::open();
+        assert!(matches!(echo, super::Echo::Raw(_)), "{echo:?}");
+        echo_through_the_host(echo);
+    });
+}
+
+#[test]
+fn without_either_echo_is_dropped() {
+    let mut nat = Nat::new(
+        config(Limits::default()),
+        Arc::new(super::Listeners {
+            echo: super::Echo::Forbidden,
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    nat.allow_loopback();
+    let repr = Icmpv4Repr::EchoRequest {
+        ident: 1,
+        seq_no: 1,
+        data: b"x",
+    };
+    let mut p = vec![0u8; repr.buffer_len()];
+    repr.emit(
+        &mut Icmpv4Packet::new_unchecked(&mut p[..]),
+        &Default::default(),
+    );
+    nat.from_guest(&ipv4(LOOPBACK, IpProtocol::Icmp, &p));
+    assert!(drain(&mut nat).is_empty());
+    assert_eq!(nat.stats().icmp_flows, 0);
+    assert_eq!(nat.stats().dropped, 1);
+}
+
 #[test]
 fn loopback_and_other_unroutable_destinations_are_dropped() {
     let mut nat = Nat::new(config(Limits::default()), Arc::default()).unwrap();

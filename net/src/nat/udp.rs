@@ -116,13 +116,8 @@ impl Nat {
                 if kind == Dgram::Icmp
                     && matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM))
                 {
-                    if !self.icmp_forbidden {
-                        log::warn!(
-                            "masquerade: this host forbids unprivileged ICMP echo sockets \
-                             (sysctl net.ipv4.ping_group_range); the guest's pings are dropped"
-                        );
-                        self.icmp_forbidden = true;
-                    }
+                    // Forbidden since the probe (the sysctl changed).
+                    self.echo_forbidden();
                 } else {
                     log::debug!("masquerade: socket for {target}: {e}");
                 }
@@ -202,7 +197,10 @@ impl Nat {
             };
             match kind {
                 Dgram::Udp => self.udp_to_guest(key, n),
-                Dgram::Icmp => self.echo_reply_to_guest(key, n),
+                Dgram::Icmp => {
+                    let message = self.buf[..n].to_vec();
+                    self.echo_reply_to_guest(key, message);
+                }
             }
         }
         // What is left stays readable: read when the guest has taken frames.

@@ -147,6 +147,8 @@ pub struct NatStats {
     pub to_guest_dropped: u64,
     /// Connections and datagrams the egress policy refused.
     pub egress_denied: u64,
+    /// ICMP errors about the guest's datagrams relayed to it.
+    pub icmp_errors: u64,
 }
 
 /// The engine.
@@ -401,7 +403,7 @@ impl Nat {
         }
         match ip.next_header() {
             IpProtocol::Tcp => self.tcp_from_guest(frame, dst, ip.payload()),
-            IpProtocol::Udp => self.udp_from_guest(dst, ip.payload()),
+            IpProtocol::Udp => self.udp_from_guest(dst, ip.hop_limit(), ip.payload()),
             IpProtocol::Icmp => self.icmp_from_guest(dst, ip.payload()),
             _ => self.drop_frame(),
         }
@@ -530,10 +532,10 @@ impl Nat {
                     Wake::Tcp(id) => self.tcp_event(id, events),
                     Wake::ListenTcp(i) => self.tcp_listen_ready.push(i),
                     Wake::ListenUdp(i) => self.udp_listen_ready.push(i),
-                    Wake::Udp(id) if self.dgram_readable(Dgram::Udp, id) => {
+                    Wake::Udp(id) if self.dgram_event(Dgram::Udp, id, events) => {
                         dgrams.push((Dgram::Udp, id));
                     }
-                    Wake::Icmp(id) if self.dgram_readable(Dgram::Icmp, id) => {
+                    Wake::Icmp(id) if self.dgram_event(Dgram::Icmp, id, events) => {
                         dgrams.push((Dgram::Icmp, id));
                     }
                     Wake::RawIcmp => self.raw.readable = true,

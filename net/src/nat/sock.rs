@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
@@ -57,6 +57,114 @@ pub(super) fn raw_icmp() -> io::Result<UdpSocket> {
         Some(Protocol::ICMPV4),
     )?;
     Ok(socket.into())
+}
+
+/// An ICMP error the kernel queued on a socket (`IP_RECVERR`): what the network said about a
+/// datagram the socket sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct IcmpError {
+    /// ICMP type: 3 (destination unreachable) or 11 (time exceeded).
+    pub(super) icmp_type: u8,
+    /// ICMP code.
+    pub(super) code: u8,
+    /// Who sent it: the destination itself, or a router on the way.
+    pub(super) offender: Option<Ipv4Addr>,
+    /// Bytes of the datagram's payload the kernel returned with it (in the buffer).
+    pub(super) len: usize,
+}
+
+/// Has the kernel queue ICMP errors about what `socket` sends, to be read with
+/// [`recv_error`] when epoll reports an error.
+pub(super) fn set_recv_errors(socket: &impl AsFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    let len = libc::socklen_t::try_from(std::mem::size_of_val(&on)).unwrap_or(4);
+    // SAFETY: an int option of the size given, on a socket the caller owns.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_RECVERR,
+            (&raw const on).cast(),
+            len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The next ICMP error queued on `socket`, if any; the datagram it is about (its payload,
+/// as far as the kernel kept it) goes to `buf`.
+pub(super) fn recv_error(socket: &impl AsFd, buf: &mut [u8]) -> io::Result<Option<IcmpError>> {
+    // Room for the extended error and the offender's address, aligned for cmsghdr.
+    let mut control = [0u64; 16];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; all-zero is an empty header that is filled in below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    let fd = socket.as_fd().as_raw_fd();
+    // SAFETY: `msg` points at `iov` (at `buf`) and at `control`, both alive and of the
+    // lengths given for the duration of the call.
+    let n = unsafe { libc::recvmsg(fd, &raw mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::WouldBlock => Ok(None),
+            _ => Err(e),
+        };
+    }
+    let len = usize::try_from(n).unwrap_or(0);
+    let need = std::mem::size_of::<libc::sock_extended_err>();
+    let offender_len = std::mem::size_of::<libc::sockaddr_in>();
+    // SAFETY: `msg` was filled in by recvmsg; the first header is within its control data.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&raw const msg) };
+    while !cmsg.is_null() {
+        // SAFETY: non-null headers from CMSG_FIRSTHDR/CMSG_NXTHDR lie within `control`.
+        let header = unsafe { cmsg.read_unaligned() };
+        // SAFETY: CMSG_DATA only computes the address after the header.
+        let data = unsafe { libc::CMSG_DATA(cmsg) };
+        // SAFETY: CMSG_LEN is arithmetic on a length.
+        let min = unsafe { libc::CMSG_LEN(u32::try_from(need).unwrap_or(u32::MAX)) };
+        if header.cmsg_level == libc::IPPROTO_IP
+            && header.cmsg_type == libc::IP_RECVERR
+            && header.cmsg_len >= min as usize
+        {
+            // SAFETY: the kernel wrote a sock_extended_err at `data` (its length checked
+            // above); it may be unaligned.
+            let ee = unsafe { data.cast::<libc::sock_extended_err>().read_unaligned() };
+            if ee.ee_origin != libc::SO_EE_ORIGIN_ICMP {
+                return Ok(None);
+            }
+            // SO_EE_OFFENDER: the sockaddr right after the extended error.
+            let has_offender = header.cmsg_len >= min as usize + offender_len;
+            let offender = has_offender.then(|| {
+                // SAFETY: within the message (length checked above); may be unaligned.
+                let sin = unsafe { data.add(need).cast::<libc::sockaddr_in>().read_unaligned() };
+                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))
+            });
+            return Ok(Some(IcmpError {
+                icmp_type: ee.ee_type,
+                code: ee.ee_code,
+                offender: offender.filter(|a| !a.is_unspecified()),
+                len: len.min(buf.len()),
+            }));
+        }
+        // SAFETY: steps to the next header within `msg`'s control data, or null.
+        cmsg = unsafe { libc::CMSG_NXTHDR(&raw const msg, cmsg) };
+    }
+    Ok(None)
+}
+
+/// Sets the TTL of what `socket` sends.
+pub(super) fn set_ttl(socket: &impl AsFd, ttl: u32) -> io::Result<()> {
+    SockRef::from(socket).set_ttl_v4(ttl)
 }
 
 /// Makes closing `socket` send an RST rather than a FIN (`SO_LINGER` 0). Failure only loses

@@ -12,8 +12,9 @@ use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    EthernetRepr, HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr, IpProtocol,
-    Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
+    EthernetRepr, HardwareAddress, Icmpv4Message, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr,
+    IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket,
+    UdpRepr,
 };
 
 use super::egress::Egress;
@@ -604,6 +605,75 @@ fn udp_goes_out_and_replies_come_back_from_the_destination() {
     assert_eq!((u.src_port(), u.dst_port()), (port, 5353));
     assert_eq!(u.payload(), b"answer");
     assert_eq!(nat.stats().udp_flows, 1);
+}
+
+/// The ICMP errors among `frames`, parsed, with where each came from.
+fn icmp_errors(frames: &[Vec<u8>]) -> Vec<(Ipv4Addr, Vec<u8>)> {
+    packets(frames)
+        .into_iter()
+        .filter(|(_, proto, p)| *proto == IpProtocol::Icmp && matches!(p[0], 3 | 11))
+        .map(|(src, _, p)| (src, p))
+        .collect()
+}
+
+#[test]
+fn a_udp_datagram_to_a_closed_port_comes_back_as_port_unreachable_at_once() {
+    let mut nat = nat(Limits::default());
+    let closed = free_udp_port();
+    nat.from_guest(&udp(LOOPBACK, 5555, closed, b"anyone there?"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (src, message) = loop {
+        if let Some(e) = icmp_errors(&drain(&mut nat)).into_iter().next() {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no ICMP error");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // Loopback is not an address the guest can answer: the gateway speaks for it.
+    assert_eq!(src, GATEWAY);
+    let icmp = Icmpv4Packet::new_checked(&message[..]).unwrap();
+    assert!(icmp.verify_checksum());
+    assert_eq!(
+        (icmp.msg_type(), icmp.msg_code()),
+        (Icmpv4Message::DstUnreachable, 3)
+    );
+    // The quote is the guest's own datagram (its header says the whole length, only the
+    // first 8 bytes of it follow), so its kernel finds the socket it came from.
+    let quote = Ipv4Packet::new_unchecked(&message[8..]);
+    assert_eq!((quote.src_addr(), quote.dst_addr()), (GUEST, LOOPBACK));
+    assert_eq!(quote.next_header(), IpProtocol::Udp);
+    assert_eq!(
+        usize::from(quote.total_len()),
+        20 + 8 + b"anyone there?".len()
+    );
+    let udp_quote = &message[8 + 20..];
+    assert_eq!(udp_quote.len(), 8);
+    assert_eq!(
+        &udp_quote[..4],
+        [&5555u16.to_be_bytes()[..], &closed.to_be_bytes()].concat()
+    );
+    assert_eq!(nat.stats().icmp_errors, 1);
+}
+
+#[test]
+fn a_datagram_whose_ttl_ends_at_the_gateway_gets_time_exceeded_from_it() {
+    let mut nat = nat(Limits::default());
+    let mut frame = udp(LOOPBACK, 5556, 33434, b"probe");
+    // TTL 1 (the IPv4 header starts after 14 bytes of Ethernet; TTL is its 9th byte).
+    frame[14 + 8] = 1;
+    Ipv4Packet::new_unchecked(&mut frame[14..]).fill_checksum();
+    nat.from_guest(&frame);
+    let errors = icmp_errors(&drain(&mut nat));
+    assert_eq!(errors.len(), 1, "{errors:02x?}");
+    let (src, message) = &errors[0];
+    assert_eq!(*src, GATEWAY);
+    let icmp = Icmpv4Packet::new_checked(&message[..]).unwrap();
+    assert!(icmp.verify_checksum());
+    assert_eq!(icmp.msg_type(), Icmpv4Message::TimeExceeded);
+    let quote = Ipv4Packet::new_unchecked(&message[8..]);
+    assert_eq!((quote.src_addr(), quote.hop_limit()), (GUEST, 1));
+    assert_eq!(&message[8 + 20..8 + 22], 5556u16.to_be_bytes());
+    assert_eq!(nat.stats().udp_flows, 0, "nothing went out");
 }
 
 #[test]

@@ -9,7 +9,10 @@ use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{IpAddress, IpProtocol, UdpPacket, UdpRepr};
+use smoltcp::wire::{
+    Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, Icmpv4TimeExceeded, IpAddress, IpProtocol,
+    Ipv4Repr, UdpPacket, UdpRepr,
+};
 use vmm_sys_util::epoll::EventSet;
 
 use super::device::IP_HDR;
@@ -31,6 +34,10 @@ pub(super) struct DgramFlow {
     sock: UdpSocket,
     /// Edge-triggered: set by an event, cleared when a read would block.
     readable: bool,
+    /// ICMP errors are queued on the socket (UDP flows ask for them: `IP_RECVERR`).
+    errors: bool,
+    /// The TTL the socket sends with, when not the kernel's default.
+    ttl: Option<u8>,
 }
 
 impl DgramFlow {
@@ -55,10 +62,22 @@ impl Nat {
         }
     }
 
-    pub(super) fn udp_from_guest(&mut self, dst: Ipv4Addr, datagram: &[u8]) {
+    /// A datagram the guest sent to `dst` with `ttl`.
+    pub(super) fn udp_from_guest(&mut self, dst: Ipv4Addr, ttl: u8, datagram: &[u8]) {
         let Ok(udp) = UdpPacket::new_checked(datagram) else {
             return self.drop_frame();
         };
+        if ttl <= 1 {
+            // This hop is the gateway: it tells the guest, as a router would (traceroute).
+            return self.udp_error_to_guest(
+                self.gateway,
+                Icmpv4Repr::TimeExceeded {
+                    reason: Icmpv4TimeExceeded::TtlExpired,
+                    header: self.guest_header(dst, IpProtocol::Udp, datagram.len(), ttl),
+                    data: &datagram[..UDP_HDR],
+                },
+            );
+        }
         let key = (udp.src_port(), SocketAddrV4::new(dst, udp.dst_port()));
         if let Some(id) = self.inbound_udp.id(&key) {
             // A reply to a peer that wrote to a forwarded port: from that port.
@@ -85,6 +104,13 @@ impl Nat {
         let Some(flow) = self.dgram_flow(Dgram::Udp, key, target) else {
             return self.drop_frame();
         };
+        // The gateway was one hop: the rest of the guest's TTL goes on, so that traceroute
+        // sees the routers beyond. Usual TTLs leave the kernel's default alone.
+        let wanted = (ttl < 64).then(|| ttl - 1);
+        if flow.ttl != wanted {
+            let applied = sock::set_ttl(&flow.sock, u32::from(wanted.unwrap_or(64)));
+            flow.ttl = if applied.is_ok() { wanted } else { None };
+        }
         if let Err(e) = flow.send(udp.payload()) {
             log::debug!("masquerade: UDP to {target}: {e}");
         }
@@ -124,10 +150,17 @@ impl Nat {
                 return None;
             }
         };
+        if kind == Dgram::Udp
+            && let Err(e) = sock::set_recv_errors(&sock)
+        {
+            log::debug!("masquerade: no ICMP errors for UDP to {target}: {e}");
+        }
         let fd = sock.as_raw_fd();
         let flow = DgramFlow {
             sock,
             readable: false,
+            errors: false,
+            ttl: None,
         };
         let (id, evicted) = self.dgrams(kind).insert(key, flow, Instant::now());
         if let Some((_, old)) = evicted {
@@ -149,11 +182,15 @@ impl Nat {
         let _ = self.poller.delete(sock.as_raw_fd());
     }
 
-    /// Marks flow `id` readable after an event; whether it is still open.
-    pub(super) fn dgram_readable(&mut self, kind: Dgram, id: FlowId) -> bool {
+    /// Marks flow `id` readable, or with errors queued, after `events`; whether it is still
+    /// open.
+    pub(super) fn dgram_event(&mut self, kind: Dgram, id: FlowId, events: EventSet) -> bool {
         self.dgrams(kind)
             .get_mut(id)
-            .map(|f| f.readable = true)
+            .map(|f| {
+                f.readable |= events.contains(EventSet::IN);
+                f.errors |= events.contains(EventSet::ERROR);
+            })
             .is_some()
     }
 
@@ -162,7 +199,7 @@ impl Nat {
         let readable = |kind, table: &FlowTable<FlowKey, DgramFlow>| {
             table
                 .iter()
-                .filter(|(_, _, f)| f.readable)
+                .filter(|(_, _, f)| f.readable || f.errors)
                 .map(move |(id, _, _)| (kind, id))
                 .collect::<Vec<_>>()
         };
@@ -173,6 +210,9 @@ impl Nat {
 
     /// Reads what a flow's socket has, while the guest's queue has room.
     pub(super) fn read_dgram(&mut self, kind: Dgram, id: FlowId) {
+        if kind == Dgram::Udp {
+            self.read_udp_errors(id);
+        }
         while !self.dev.tx.is_full() {
             let table = match kind {
                 Dgram::Udp => &mut self.udp,
@@ -183,11 +223,20 @@ impl Nat {
             };
             let n = match flow.sock.recv(&mut self.buf) {
                 Ok(n) => n,
-                Err(e) => {
-                    if e.kind() != io::ErrorKind::WouldBlock {
-                        log::debug!("masquerade: datagram flow: {e}");
-                    }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     flow.readable = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // With IP_RECVERR, an ICMP error is also reported here once; its
+                    // details wait in the error queue.
+                    log::debug!("masquerade: datagram flow: {e}");
+                    flow.errors = kind == Dgram::Udp;
+                    flow.readable = false;
+                    if kind == Dgram::Udp {
+                        self.read_udp_errors(id);
+                    }
                     return;
                 }
             };
@@ -204,6 +253,79 @@ impl Nat {
             }
         }
         // What is left stays readable: read when the guest has taken frames.
+    }
+
+    /// Relays the ICMP errors queued on UDP flow `id` to the guest, while its queue has room:
+    /// port, host and net unreachable, TTL exceeded, fragmentation needed.
+    fn read_udp_errors(&mut self, id: FlowId) {
+        while !self.dev.tx.is_full() {
+            let Some(flow) = self.udp.get_mut(id).filter(|f| f.errors) else {
+                return;
+            };
+            let err = match sock::recv_error(&flow.sock, &mut self.buf) {
+                Ok(Some(err)) => err,
+                Ok(None) => {
+                    flow.errors = false;
+                    return;
+                }
+                Err(e) => {
+                    log::debug!("masquerade: UDP error queue: {e}");
+                    flow.errors = false;
+                    return;
+                }
+            };
+            let sent_ttl = flow.ttl;
+            let Some((port, dst)) = self.udp.key(id) else {
+                return;
+            };
+            // What the guest sent, as it sent it: its header, and its UDP header (the
+            // kernel returns the payload only).
+            let payload_len = err.len;
+            let mut udp_hdr = [0u8; UDP_HDR];
+            let udp_len = u16::try_from(UDP_HDR + payload_len).unwrap_or(u16::MAX);
+            udp_hdr[..2].copy_from_slice(&port.to_be_bytes());
+            udp_hdr[2..4].copy_from_slice(&dst.port().to_be_bytes());
+            udp_hdr[4..6].copy_from_slice(&udp_len.to_be_bytes());
+            let ttl = sent_ttl.map_or(64, |t| t.saturating_add(1));
+            let header = self.guest_header(*dst.ip(), IpProtocol::Udp, UDP_HDR + payload_len, ttl);
+            let from = self.visible_source(err.offender.unwrap_or(*dst.ip()));
+            let repr = match (err.icmp_type, err.code) {
+                (3, code) => Icmpv4Repr::DstUnreachable {
+                    reason: Icmpv4DstUnreachable::from(code),
+                    header,
+                    data: &udp_hdr,
+                },
+                (11, code) => Icmpv4Repr::TimeExceeded {
+                    reason: Icmpv4TimeExceeded::from(code),
+                    header,
+                    data: &udp_hdr,
+                },
+                _ => continue,
+            };
+            self.stats.icmp_errors += 1;
+            self.udp_error_to_guest(from, repr);
+        }
+    }
+
+    /// An IPv4 header as the guest would have sent it to `dst`, for an ICMP error's quote.
+    fn guest_header(&self, dst: Ipv4Addr, protocol: IpProtocol, len: usize, ttl: u8) -> Ipv4Repr {
+        Ipv4Repr {
+            src_addr: self.guest,
+            dst_addr: dst,
+            next_header: protocol,
+            payload_len: len,
+            hop_limit: ttl,
+        }
+    }
+
+    /// Queues ICMP error `repr` from `from` for the guest.
+    fn udp_error_to_guest(&mut self, from: Ipv4Addr, repr: Icmpv4Repr<'_>) {
+        let mut message = vec![0u8; repr.buffer_len()];
+        repr.emit(
+            &mut Icmpv4Packet::new_unchecked(&mut message[..]),
+            &ChecksumCapabilities::default(),
+        );
+        self.push_ip(from, IpProtocol::Icmp, &message);
     }
 
     /// The first `n` bytes of the buffer, received on flow `key`, to the guest.

@@ -71,6 +71,8 @@ pub(super) struct IcmpError {
     pub(super) offender: Option<Ipv4Addr>,
     /// Bytes of the datagram's payload the kernel returned with it (in the buffer).
     pub(super) len: usize,
+    /// For fragmentation needed, the next hop's MTU.
+    pub(super) mtu: u32,
 }
 
 /// Has the kernel queue ICMP errors about what `socket` sends, to be read with
@@ -145,8 +147,11 @@ pub(super) fn recv_error(socket: &impl AsFd, buf: &mut [u8]) -> io::Result<Optio
             // SO_EE_OFFENDER: the sockaddr right after the extended error.
             let has_offender = header.cmsg_len >= min as usize + offender_len;
             let offender = has_offender.then(|| {
-                // SAFETY: within the message (length checked above); may be unaligned.
-                let sin = unsafe { data.add(need).cast::<libc::sockaddr_in>().read_unaligned() };
+                // SAFETY: `need` bytes on is still within the message (length checked
+                // above): only an address computation.
+                let at = unsafe { data.add(need) };
+                // SAFETY: a sockaddr_in lies there; it may be unaligned.
+                let sin = unsafe { at.cast::<libc::sockaddr_in>().read_unaligned() };
                 Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))
             });
             return Ok(Some(IcmpError {
@@ -154,6 +159,7 @@ pub(super) fn recv_error(socket: &impl AsFd, buf: &mut [u8]) -> io::Result<Optio
                 code: ee.ee_code,
                 offender: offender.filter(|a| !a.is_unspecified()),
                 len: len.min(buf.len()),
+                mtu: ee.ee_info,
             }));
         }
         // SAFETY: steps to the next header within `msg`'s control data, or null.

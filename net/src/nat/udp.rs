@@ -76,6 +76,7 @@ impl Nat {
                     header: self.guest_header(dst, IpProtocol::Udp, datagram.len(), ttl),
                     data: &datagram[..UDP_HDR],
                 },
+                None,
             );
         }
         let key = (udp.src_port(), SocketAddrV4::new(dst, udp.dst_port()));
@@ -303,7 +304,10 @@ impl Nat {
                 _ => continue,
             };
             self.stats.icmp_errors += 1;
-            self.udp_error_to_guest(from, repr);
+            // Fragmentation needed carries the next hop's MTU where smoltcp writes zeros.
+            let mtu = (err.icmp_type, err.code) == (3, 4);
+            let mtu = mtu.then(|| u16::try_from(err.mtu).unwrap_or(u16::MAX));
+            self.udp_error_to_guest(from, repr, mtu);
         }
     }
 
@@ -318,13 +322,19 @@ impl Nat {
         }
     }
 
-    /// Queues ICMP error `repr` from `from` for the guest.
-    fn udp_error_to_guest(&mut self, from: Ipv4Addr, repr: Icmpv4Repr<'_>) {
+    /// Queues ICMP error `repr` from `from` for the guest, with the next-hop `mtu` of a
+    /// fragmentation needed.
+    fn udp_error_to_guest(&mut self, from: Ipv4Addr, repr: Icmpv4Repr<'_>, mtu: Option<u16>) {
         let mut message = vec![0u8; repr.buffer_len()];
         repr.emit(
             &mut Icmpv4Packet::new_unchecked(&mut message[..]),
             &ChecksumCapabilities::default(),
         );
+        if let Some(mtu) = mtu {
+            // RFC 1191: the next-hop MTU is the low half of the header's second word.
+            message[6..8].copy_from_slice(&mtu.to_be_bytes());
+            Icmpv4Packet::new_unchecked(&mut message[..]).fill_checksum();
+        }
         self.push_ip(from, IpProtocol::Icmp, &message);
     }
 

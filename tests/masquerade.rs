@@ -90,6 +90,12 @@ testhost_test!(
         assert!(looked_up.contains("10.10.0.1"), "{looked_up}");
         let looked_up = guest.check("nslookup anything.example 10.10.0.1");
         assert!(looked_up.contains("10.99.0.7"), "{looked_up}");
+        // A query to a port nobody listens on fails at once, not after a timeout: the
+        // peer's port unreachable comes back to the guest's socket.
+        sh("ip -n peer addr add 10.10.0.3/24 dev veth-peer");
+        let (rc, refused) = guest.exec("nslookup anything.example 10.10.0.3 2>&1");
+        assert_ne!(rc, 0, "{refused}");
+        assert!(refused.contains("Connection refused"), "{refused}");
         let got = guest.check("wget -q -O - http://peer.pod.example:8000/blob | md5sum");
         assert_eq!(got.split_whitespace().next(), Some(md5.as_str()));
         // Traffic leaves with the pod's address: the peer saw 10.10.0.2.

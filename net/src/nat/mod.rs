@@ -82,11 +82,17 @@
 //! [`egress`] (what the guest may reach) and [`backend`] (the engine as a virtual NIC's
 //! frame backend).
 //!
+//! **ICMP errors.** UDP flows' sockets ask for `IP_RECVERR`; what the network says about a
+//! datagram (port, host or net unreachable, fragmentation needed, TTL exceeded) reaches
+//! the guest quoting its own datagram, from the router that said it. The gateway counts as
+//! a hop: a guest TTL of 1 gets time exceeded from it, a TTL below 64 goes on less one.
+//!
 //! **Deliberately not done.** IPv6; IP fragments from the guest (dropped: Linux guests do
 //! path MTU discovery); UDP datagrams larger than fit one guest frame from the host
-//! (dropped); ICMP errors from the host network for UDP (the guest sees a timeout); TCP
-//! urgent data; UDP or ICMP to ports of the pod nobody forwards (the pod's kernel answers);
-//! ICMP echo to the pod from outside (the pod's kernel answers it, not the guest).
+//! (dropped); ICMP errors about echo requests and TCP connects (a refused or unreachable
+//! connect is an RST); TCP urgent data; UDP or ICMP to ports of the pod nobody forwards
+//! (the pod's kernel answers); ICMP echo to the pod from outside (the pod's kernel answers
+//! it, not the guest).
 
 mod arp;
 pub mod backend;

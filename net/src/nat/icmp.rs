@@ -3,7 +3,7 @@
 //!
 //! - **Unprivileged ICMP sockets**, where `net.ipv4.ping_group_range` includes vmm's group:
 //!   a socket per (identifier, destination), a datagram flow like UDP's (see
-//!   [`super::udp`]). The kernel rewrites the identifier on the way out; replies get the
+//!   the `udp` module). The kernel rewrites the identifier on the way out; replies get the
 //!   guest's back.
 //! - **One raw ICMP socket**, where they are forbidden (a pod's default range is `1 0`) but
 //!   vmm has `CAP_NET_RAW` (a container's default) while it sets up. Each flow gets an

@@ -19,15 +19,31 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::time::Instant;
 
-use smoltcp::wire::{Icmpv4Message, Icmpv4Packet, IpProtocol, Ipv4Packet};
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    Icmpv4DstUnreachable, Icmpv4Message, Icmpv4Packet, Icmpv4Repr, Icmpv4TimeExceeded, IpProtocol,
+    Ipv4Packet, Ipv4Repr,
+};
 
 use super::device::IP_HDR;
 use super::engine::Nat;
 use super::flow::{FlowId, FlowKey, FlowTable};
-use super::sock;
+use super::sock::{self, IcmpError};
 use super::udp::Dgram;
 
 const ICMP_HDR: usize = 8;
+
+/// The ones' complement sum of `bytes`, folded: what an ICMP checksum complements.
+pub(super) fn ones_sum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|p| u32::from(u16::from_be_bytes([p[0], p.get(1).copied().unwrap_or(0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    u16::try_from(sum).unwrap_or(u16::MAX)
+}
 
 /// How echo requests beyond the gateway leave.
 #[derive(Debug, Default)]
@@ -231,14 +247,162 @@ impl Nat {
             let Ok(icmp) = Icmpv4Packet::new_checked(ip.payload()) else {
                 continue;
             };
-            if icmp.msg_type() != Icmpv4Message::EchoReply {
-                continue;
+            match icmp.msg_type() {
+                Icmpv4Message::EchoReply => {}
+                Icmpv4Message::DstUnreachable | Icmpv4Message::TimeExceeded => {
+                    let header = ip.payload();
+                    let err = IcmpError {
+                        icmp_type: icmp.msg_type().into(),
+                        code: icmp.msg_code(),
+                        offender: Some(src),
+                        len: 0,
+                        mtu: u32::from(u16::from_be_bytes([header[6], header[7]])),
+                    };
+                    let quoted = icmp.data().to_vec();
+                    self.raw_echo_error(&err, &quoted);
+                    continue;
+                }
+                _ => continue,
             }
             let Some(key) = self.raw.reply_key(icmp.echo_ident(), src, Instant::now()) else {
                 continue;
             };
             let message = ip.payload().to_vec();
             self.echo_reply_to_guest(key, message);
+        }
+    }
+
+    /// An IPv4 header as the guest would have sent it to `dst`, for an ICMP error's quote.
+    pub(super) fn guest_header(
+        &self,
+        dst: Ipv4Addr,
+        protocol: IpProtocol,
+        len: usize,
+        ttl: u8,
+    ) -> Ipv4Repr {
+        Ipv4Repr {
+            src_addr: self.guest,
+            dst_addr: dst,
+            next_header: protocol,
+            payload_len: len,
+            hop_limit: ttl,
+        }
+    }
+
+    /// Relays `err`, which the network sent about what the guest sent to `dst`, to the
+    /// guest: quoting `header` and the first bytes of its payload, `quote`, from the router
+    /// that said it (or the gateway, for an address the guest could not answer).
+    pub(super) fn relay_icmp_error(
+        &mut self,
+        err: &IcmpError,
+        dst: Ipv4Addr,
+        header: Ipv4Repr,
+        quote: &[u8],
+    ) {
+        let from = self.visible_source(err.offender.unwrap_or(dst));
+        let repr = match err.icmp_type {
+            3 => Icmpv4Repr::DstUnreachable {
+                reason: Icmpv4DstUnreachable::from(err.code),
+                header,
+                data: quote,
+            },
+            11 => Icmpv4Repr::TimeExceeded {
+                reason: Icmpv4TimeExceeded::from(err.code),
+                header,
+                data: quote,
+            },
+            _ => return,
+        };
+        self.stats.icmp_errors += 1;
+        // Fragmentation needed carries the next hop's MTU where smoltcp writes zeros.
+        let mtu = (err.icmp_type, err.code) == (3, 4);
+        let mtu = mtu.then(|| u16::try_from(err.mtu).unwrap_or(u16::MAX));
+        self.icmp_error_to_guest(from, repr, mtu);
+    }
+
+    /// Queues ICMP error `repr` from `from` for the guest, with the next-hop `mtu` of a
+    /// fragmentation needed.
+    pub(super) fn icmp_error_to_guest(
+        &mut self,
+        from: Ipv4Addr,
+        repr: Icmpv4Repr<'_>,
+        mtu: Option<u16>,
+    ) {
+        let mut message = vec![0u8; repr.buffer_len()];
+        repr.emit(
+            &mut Icmpv4Packet::new_unchecked(&mut message[..]),
+            &ChecksumCapabilities::default(),
+        );
+        if let Some(mtu) = mtu {
+            // RFC 1191: the next-hop MTU is the low half of the header's second word.
+            message[6..8].copy_from_slice(&mtu.to_be_bytes());
+            Icmpv4Packet::new_unchecked(&mut message[..]).fill_checksum();
+        }
+        self.push_ip(from, IpProtocol::Icmp, &message);
+    }
+
+    /// The guest's echo request `seq_no` on flow `key` as it sent it, for an error's quote:
+    /// its header and the first 8 bytes of its ICMP message.
+    fn echo_quote(&self, (ident, dst): FlowKey, seq_no: u16, len: usize) -> (Ipv4Repr, [u8; 8]) {
+        let mut quote = [0u8; ICMP_HDR];
+        quote[0] = 8; // echo request
+        quote[4..6].copy_from_slice(&ident.to_be_bytes());
+        quote[6..8].copy_from_slice(&seq_no.to_be_bytes());
+        let sum = !ones_sum(&quote);
+        quote[2..4].copy_from_slice(&sum.to_be_bytes());
+        (
+            self.guest_header(*dst.ip(), IpProtocol::Icmp, len.max(ICMP_HDR), 64),
+            quote,
+        )
+    }
+
+    /// An ICMP error the raw socket received, `quoted` being the packet it is about: when
+    /// that is one of the guest's echo requests, the guest gets the error.
+    fn raw_echo_error(&mut self, err: &IcmpError, quoted: &[u8]) {
+        // A quote is a header and the first 8 bytes after it: shorter than its header's
+        // total length says, so the lengths are checked by hand.
+        if quoted.len() < IP_HDR {
+            return;
+        }
+        let inner = Ipv4Packet::new_unchecked(quoted);
+        let echo = quoted.get(usize::from(inner.header_len())..).unwrap_or(&[]);
+        if inner.version() != 4
+            || usize::from(inner.header_len()) < IP_HDR
+            || inner.next_header() != IpProtocol::Icmp
+            || echo.len() < ICMP_HDR
+            || echo[0] != 8
+        {
+            return;
+        }
+        let wire_ident = u16::from_be_bytes([echo[4], echo[5]]);
+        let seq_no = u16::from_be_bytes([echo[6], echo[7]]);
+        let Some(key) = self
+            .raw
+            .reply_key(wire_ident, inner.dst_addr(), Instant::now())
+        else {
+            return;
+        };
+        let len = usize::from(inner.total_len()).saturating_sub(usize::from(inner.header_len()));
+        let (header, quote) = self.echo_quote(key, seq_no, len);
+        self.relay_icmp_error(err, *key.1.ip(), header, &quote);
+    }
+
+    /// The ICMP errors queued on the unprivileged echo socket of flow `id`, to the guest.
+    pub(super) fn read_echo_errors(&mut self, id: FlowId) {
+        while !self.dev.tx.is_full() {
+            let Some(err) = self.dgram_error(Dgram::Icmp, id) else {
+                return;
+            };
+            // The kernel returns the echo request it sent: identifier (its own) and sequence.
+            if err.len < ICMP_HDR || self.buf[0] != 8 {
+                continue;
+            }
+            let seq_no = u16::from_be_bytes([self.buf[6], self.buf[7]]);
+            let Some(key) = self.icmp.key(id) else {
+                return;
+            };
+            let (header, quote) = self.echo_quote(key, seq_no, err.len);
+            self.relay_icmp_error(&err, *key.1.ip(), header, &quote);
         }
     }
 

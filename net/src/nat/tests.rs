@@ -428,6 +428,91 @@ fn echo_leaves_on_a_raw_socket_in_a_pod_that_forbids_unprivileged_ones() {
 }
 
 #[test]
+fn an_icmp_error_about_a_raw_echo_reaches_the_guest_quoting_its_request() {
+    in_private_netns("1 0", || {
+        // Nobody answers echo here, and a "router" says the TTL ran out instead.
+        std::fs::write("/proc/sys/net/ipv4/icmp_echo_ignore_all", "1").unwrap();
+        let echo = super::Echo::open();
+        assert!(matches!(echo, super::Echo::Raw(_)), "{echo:?}");
+        let listeners = Arc::new(super::Listeners {
+            echo,
+            ..Default::default()
+        });
+        let mut nat = Nat::new(config(Limits::default()), listeners).unwrap();
+        nat.allow_loopback();
+        let target = Ipv4Addr::new(127, 0, 0, 2);
+        let repr = Icmpv4Repr::EchoRequest {
+            ident: 0x4242,
+            seq_no: 9,
+            data: b"lost",
+        };
+        let mut p = vec![0u8; repr.buffer_len()];
+        repr.emit(
+            &mut Icmpv4Packet::new_unchecked(&mut p[..]),
+            &Default::default(),
+        );
+        nat.from_guest(&ipv4(target, IpProtocol::Icmp, &p));
+        assert!(drain(&mut nat).is_empty());
+        // Time exceeded from 127.0.0.9, quoting the request as it left: the first flow's
+        // wire identifier is 0.
+        let quoted_request = Ipv4Repr {
+            src_addr: LOOPBACK,
+            dst_addr: target,
+            next_header: IpProtocol::Icmp,
+            payload_len: 8 + 4,
+            hop_limit: 1,
+        };
+        let mut sent = [0u8; 8];
+        sent[0] = 8;
+        sent[6..8].copy_from_slice(&9u16.to_be_bytes());
+        let error = Icmpv4Repr::TimeExceeded {
+            reason: smoltcp::wire::Icmpv4TimeExceeded::TtlExpired,
+            header: quoted_request,
+            data: &sent,
+        };
+        let mut e = vec![0u8; error.buffer_len()];
+        error.emit(
+            &mut Icmpv4Packet::new_unchecked(&mut e[..]),
+            &Default::default(),
+        );
+        let router = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::ICMPV4),
+        )
+        .unwrap();
+        router
+            .bind(&std::net::SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 9), 0).into())
+            .unwrap();
+        router
+            .send_to(&e, &std::net::SocketAddrV4::new(LOOPBACK, 0).into())
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (src, message) = loop {
+            if let Some(e) = icmp_errors(&drain(&mut nat)).into_iter().next() {
+                break e;
+            }
+            assert!(Instant::now() < deadline, "no ICMP error");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(
+            src, GATEWAY,
+            "127.0.0.9 is not an address the guest can answer"
+        );
+        assert_eq!(message[0], 11, "time exceeded");
+        let quote = Ipv4Packet::new_unchecked(&message[8..]);
+        assert_eq!((quote.src_addr(), quote.dst_addr()), (GUEST, target));
+        let echo = &message[8 + 20..];
+        assert_eq!(echo[0], 8, "an echo request");
+        assert_eq!(
+            &echo[4..8],
+            [0x42, 0x42, 0, 9],
+            "the guest's identifier and sequence"
+        );
+    });
+}
+
+#[test]
 fn without_either_echo_is_dropped() {
     let mut nat = Nat::new(
         config(Limits::default()),

@@ -9,16 +9,13 @@ use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{
-    Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, Icmpv4TimeExceeded, IpAddress, IpProtocol,
-    Ipv4Repr, UdpPacket, UdpRepr,
-};
+use smoltcp::wire::{Icmpv4Repr, Icmpv4TimeExceeded, IpAddress, IpProtocol, UdpPacket, UdpRepr};
 use vmm_sys_util::epoll::EventSet;
 
 use super::device::IP_HDR;
 use super::engine::{Nat, Wake};
 use super::flow::{FlowId, FlowKey, FlowTable};
-use super::sock;
+use super::sock::{self, IcmpError};
 
 const UDP_HDR: usize = 8;
 
@@ -69,7 +66,7 @@ impl Nat {
         };
         if ttl <= 1 {
             // This hop is the gateway: it tells the guest, as a router would (traceroute).
-            return self.udp_error_to_guest(
+            return self.icmp_error_to_guest(
                 self.gateway,
                 Icmpv4Repr::TimeExceeded {
                     reason: Icmpv4TimeExceeded::TtlExpired,
@@ -151,10 +148,8 @@ impl Nat {
                 return None;
             }
         };
-        if kind == Dgram::Udp
-            && let Err(e) = sock::set_recv_errors(&sock)
-        {
-            log::debug!("masquerade: no ICMP errors for UDP to {target}: {e}");
+        if let Err(e) = sock::set_recv_errors(&sock) {
+            log::debug!("masquerade: no ICMP errors for {target}: {e}");
         }
         let fd = sock.as_raw_fd();
         let flow = DgramFlow {
@@ -211,9 +206,7 @@ impl Nat {
 
     /// Reads what a flow's socket has, while the guest's queue has room.
     pub(super) fn read_dgram(&mut self, kind: Dgram, id: FlowId) {
-        if kind == Dgram::Udp {
-            self.read_udp_errors(id);
-        }
+        self.read_errors(kind, id);
         while !self.dev.tx.is_full() {
             let table = match kind {
                 Dgram::Udp => &mut self.udp,
@@ -233,11 +226,9 @@ impl Nat {
                     // With IP_RECVERR, an ICMP error is also reported here once; its
                     // details wait in the error queue.
                     log::debug!("masquerade: datagram flow: {e}");
-                    flow.errors = kind == Dgram::Udp;
+                    flow.errors = true;
                     flow.readable = false;
-                    if kind == Dgram::Udp {
-                        self.read_udp_errors(id);
-                    }
+                    self.read_errors(kind, id);
                     return;
                 }
             };
@@ -256,26 +247,43 @@ impl Nat {
         // What is left stays readable: read when the guest has taken frames.
     }
 
+    fn read_errors(&mut self, kind: Dgram, id: FlowId) {
+        match kind {
+            Dgram::Udp => self.read_udp_errors(id),
+            Dgram::Icmp => self.read_echo_errors(id),
+        }
+    }
+
+    /// The next ICMP error queued on flow `id`'s socket (its quote in the buffer), if its
+    /// error flag is up; the flag goes down when there is none left.
+    pub(super) fn dgram_error(&mut self, kind: Dgram, id: FlowId) -> Option<IcmpError> {
+        let table = match kind {
+            Dgram::Udp => &mut self.udp,
+            Dgram::Icmp => &mut self.icmp,
+        };
+        let flow = table.get_mut(id).filter(|f| f.errors)?;
+        match sock::recv_error(&flow.sock, &mut self.buf) {
+            Ok(Some(err)) => Some(err),
+            Ok(None) => {
+                flow.errors = false;
+                None
+            }
+            Err(e) => {
+                log::debug!("masquerade: error queue: {e}");
+                flow.errors = false;
+                None
+            }
+        }
+    }
+
     /// Relays the ICMP errors queued on UDP flow `id` to the guest, while its queue has room:
     /// port, host and net unreachable, TTL exceeded, fragmentation needed.
     fn read_udp_errors(&mut self, id: FlowId) {
         while !self.dev.tx.is_full() {
-            let Some(flow) = self.udp.get_mut(id).filter(|f| f.errors) else {
+            let Some(err) = self.dgram_error(Dgram::Udp, id) else {
                 return;
             };
-            let err = match sock::recv_error(&flow.sock, &mut self.buf) {
-                Ok(Some(err)) => err,
-                Ok(None) => {
-                    flow.errors = false;
-                    return;
-                }
-                Err(e) => {
-                    log::debug!("masquerade: UDP error queue: {e}");
-                    flow.errors = false;
-                    return;
-                }
-            };
-            let sent_ttl = flow.ttl;
+            let sent_ttl = self.udp.get(id).and_then(|f| f.ttl);
             let Some((port, dst)) = self.udp.key(id) else {
                 return;
             };
@@ -289,53 +297,8 @@ impl Nat {
             udp_hdr[4..6].copy_from_slice(&udp_len.to_be_bytes());
             let ttl = sent_ttl.map_or(64, |t| t.saturating_add(1));
             let header = self.guest_header(*dst.ip(), IpProtocol::Udp, UDP_HDR + payload_len, ttl);
-            let from = self.visible_source(err.offender.unwrap_or(*dst.ip()));
-            let repr = match (err.icmp_type, err.code) {
-                (3, code) => Icmpv4Repr::DstUnreachable {
-                    reason: Icmpv4DstUnreachable::from(code),
-                    header,
-                    data: &udp_hdr,
-                },
-                (11, code) => Icmpv4Repr::TimeExceeded {
-                    reason: Icmpv4TimeExceeded::from(code),
-                    header,
-                    data: &udp_hdr,
-                },
-                _ => continue,
-            };
-            self.stats.icmp_errors += 1;
-            // Fragmentation needed carries the next hop's MTU where smoltcp writes zeros.
-            let mtu = (err.icmp_type, err.code) == (3, 4);
-            let mtu = mtu.then(|| u16::try_from(err.mtu).unwrap_or(u16::MAX));
-            self.udp_error_to_guest(from, repr, mtu);
+            self.relay_icmp_error(&err, *dst.ip(), header, &udp_hdr);
         }
-    }
-
-    /// An IPv4 header as the guest would have sent it to `dst`, for an ICMP error's quote.
-    fn guest_header(&self, dst: Ipv4Addr, protocol: IpProtocol, len: usize, ttl: u8) -> Ipv4Repr {
-        Ipv4Repr {
-            src_addr: self.guest,
-            dst_addr: dst,
-            next_header: protocol,
-            payload_len: len,
-            hop_limit: ttl,
-        }
-    }
-
-    /// Queues ICMP error `repr` from `from` for the guest, with the next-hop `mtu` of a
-    /// fragmentation needed.
-    fn udp_error_to_guest(&mut self, from: Ipv4Addr, repr: Icmpv4Repr<'_>, mtu: Option<u16>) {
-        let mut message = vec![0u8; repr.buffer_len()];
-        repr.emit(
-            &mut Icmpv4Packet::new_unchecked(&mut message[..]),
-            &ChecksumCapabilities::default(),
-        );
-        if let Some(mtu) = mtu {
-            // RFC 1191: the next-hop MTU is the low half of the header's second word.
-            message[6..8].copy_from_slice(&mtu.to_be_bytes());
-            Icmpv4Packet::new_unchecked(&mut message[..]).fill_checksum();
-        }
-        self.push_ip(from, IpProtocol::Icmp, &message);
     }
 
     /// The first `n` bytes of the buffer, received on flow `key`, to the guest.

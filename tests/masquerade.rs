@@ -96,6 +96,31 @@ testhost_test!(
         let (rc, refused) = guest.exec("nslookup anything.example 10.10.0.3 2>&1");
         assert_ne!(rc, 0, "{refused}");
         assert!(refused.contains("Connection refused"), "{refused}");
+        // traceroute shows every hop: the gateway, the peer as a router, and a host behind
+        // it whose closed port ends the trace (TTL exceeded twice, then port unreachable).
+        sh("ip netns add far
+            ip link add veth-far type veth peer name veth-router
+            ip link set veth-far netns far; ip link set veth-router netns peer
+            ip -n far link set lo up; ip -n far link set veth-far up
+            ip -n far addr add 10.20.0.2/24 dev veth-far
+            ip -n far route add default via 10.20.0.1
+            ip -n peer addr add 10.20.0.1/24 dev veth-router
+            ip -n peer link set veth-router up
+            ip netns exec peer sysctl -qw net.ipv4.ip_forward=1");
+        let hops = guest.check("traceroute -n -q 1 -w 3 -m 5 10.20.0.2 2>&1");
+        let hops: Vec<&str> = hops
+            .lines()
+            .filter(|l| !l.starts_with("traceroute"))
+            .collect();
+        let addresses: Vec<&str> = hops
+            .iter()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .collect();
+        assert_eq!(
+            addresses,
+            ["10.0.2.1", "10.10.0.1", "10.20.0.2"],
+            "{hops:?}"
+        );
         let got = guest.check("wget -q -O - http://peer.pod.example:8000/blob | md5sum");
         assert_eq!(got.split_whitespace().next(), Some(md5.as_str()));
         // Traffic leaves with the pod's address: the peer saw 10.10.0.2.
@@ -118,7 +143,7 @@ testhost_test!(
         }
         guest.send("poweroff -f");
         assert_eq!(guest.wait_exit(EXIT), 0, "{}", guest.stderr());
-        sh("ip netns del pod; ip netns del peer");
+        sh("ip netns del pod; ip netns del peer; ip netns del far");
     },
     timeout = 300
 );

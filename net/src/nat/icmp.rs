@@ -33,18 +33,6 @@ use super::udp::Dgram;
 
 const ICMP_HDR: usize = 8;
 
-/// The ones' complement sum of `bytes`, folded: what an ICMP checksum complements.
-pub(super) fn ones_sum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|p| u32::from(u16::from_be_bytes([p[0], p.get(1).copied().unwrap_or(0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    u16::try_from(sum).unwrap_or(u16::MAX)
-}
-
 /// How echo requests beyond the gateway leave.
 #[derive(Debug, Default)]
 pub enum Echo {
@@ -344,12 +332,18 @@ impl Nat {
     /// The guest's echo request `seq_no` on flow `key` as it sent it, for an error's quote:
     /// its header and the first 8 bytes of its ICMP message.
     fn echo_quote(&self, (ident, dst): FlowKey, seq_no: u16, len: usize) -> (Ipv4Repr, [u8; 8]) {
+        // The request's first 8 bytes: its header (the checksum covers those alone; the
+        // guest matches on identifier and sequence).
         let mut quote = [0u8; ICMP_HDR];
-        quote[0] = 8; // echo request
-        quote[4..6].copy_from_slice(&ident.to_be_bytes());
-        quote[6..8].copy_from_slice(&seq_no.to_be_bytes());
-        let sum = !ones_sum(&quote);
-        quote[2..4].copy_from_slice(&sum.to_be_bytes());
+        Icmpv4Repr::EchoRequest {
+            ident,
+            seq_no,
+            data: &[],
+        }
+        .emit(
+            &mut Icmpv4Packet::new_unchecked(&mut quote[..]),
+            &ChecksumCapabilities::default(),
+        );
         (
             self.guest_header(*dst.ip(), IpProtocol::Icmp, len.max(ICMP_HDR), 64),
             quote,

@@ -226,6 +226,21 @@ fn udp(dst: Ipv4Addr, src_port: u16, dst_port: u16, data: &[u8]) -> Vec<u8> {
     ipv4(dst, IpProtocol::Udp, &p)
 }
 
+/// The guest's echo request to `dst`.
+fn echo_request(dst: Ipv4Addr, ident: u16, seq_no: u16, data: &[u8]) -> Vec<u8> {
+    let repr = Icmpv4Repr::EchoRequest {
+        ident,
+        seq_no,
+        data,
+    };
+    let mut p = vec![0u8; repr.buffer_len()];
+    repr.emit(
+        &mut Icmpv4Packet::new_unchecked(&mut p[..]),
+        &Default::default(),
+    );
+    ipv4(dst, IpProtocol::Icmp, &p)
+}
+
 fn syn(dst: Ipv4Addr, src_port: u16, dst_port: u16) -> Vec<u8> {
     let repr = TcpRepr {
         src_port,
@@ -306,17 +321,7 @@ fn arp_is_answered_for_the_gateway_only() {
 #[test]
 fn the_gateway_answers_echo() {
     let mut nat = nat(Limits::default());
-    let repr = Icmpv4Repr::EchoRequest {
-        ident: 0x1234,
-        seq_no: 7,
-        data: b"ping-data",
-    };
-    let mut p = vec![0u8; repr.buffer_len()];
-    repr.emit(
-        &mut Icmpv4Packet::new_unchecked(&mut p[..]),
-        &Default::default(),
-    );
-    nat.from_guest(&ipv4(GATEWAY, IpProtocol::Icmp, &p));
+    nat.from_guest(&echo_request(GATEWAY, 0x1234, 7, b"ping-data"));
     let out = packets(&drain(&mut nat));
     assert_eq!(out.len(), 1);
     let (src, proto, payload) = &out[0];
@@ -365,21 +370,8 @@ fn echo_through_the_host(echo: super::Echo) {
     });
     let mut nat = Nat::new(config(Limits::default()), listeners).unwrap();
     nat.allow_loopback();
-    let request = |seq_no| {
-        let repr = Icmpv4Repr::EchoRequest {
-            ident: 0x4242,
-            seq_no,
-            data: b"through the host",
-        };
-        let mut p = vec![0u8; repr.buffer_len()];
-        repr.emit(
-            &mut Icmpv4Packet::new_unchecked(&mut p[..]),
-            &Default::default(),
-        );
-        ipv4(LOOPBACK, IpProtocol::Icmp, &p)
-    };
     for seq_no in [1, 2] {
-        nat.from_guest(&request(seq_no));
+        nat.from_guest(&echo_request(LOOPBACK, 0x4242, seq_no, b"through the host"));
         let deadline = Instant::now() + Duration::from_secs(5);
         let reply = loop {
             let out = packets(&drain(&mut nat));
@@ -441,17 +433,7 @@ fn an_icmp_error_about_a_raw_echo_reaches_the_guest_quoting_its_request() {
         let mut nat = Nat::new(config(Limits::default()), listeners).unwrap();
         nat.allow_loopback();
         let target = Ipv4Addr::new(127, 0, 0, 2);
-        let repr = Icmpv4Repr::EchoRequest {
-            ident: 0x4242,
-            seq_no: 9,
-            data: b"lost",
-        };
-        let mut p = vec![0u8; repr.buffer_len()];
-        repr.emit(
-            &mut Icmpv4Packet::new_unchecked(&mut p[..]),
-            &Default::default(),
-        );
-        nat.from_guest(&ipv4(target, IpProtocol::Icmp, &p));
+        nat.from_guest(&echo_request(target, 0x4242, 9, b"lost"));
         assert!(drain(&mut nat).is_empty());
         // Time exceeded from 127.0.0.9, quoting the request as it left: the first flow's
         // wire identifier is 0.
@@ -523,17 +505,7 @@ fn without_either_echo_is_dropped() {
     )
     .unwrap();
     nat.allow_loopback();
-    let repr = Icmpv4Repr::EchoRequest {
-        ident: 1,
-        seq_no: 1,
-        data: b"x",
-    };
-    let mut p = vec![0u8; repr.buffer_len()];
-    repr.emit(
-        &mut Icmpv4Packet::new_unchecked(&mut p[..]),
-        &Default::default(),
-    );
-    nat.from_guest(&ipv4(LOOPBACK, IpProtocol::Icmp, &p));
+    nat.from_guest(&echo_request(LOOPBACK, 1, 1, b"x"));
     assert!(drain(&mut nat).is_empty());
     assert_eq!(nat.stats().icmp_flows, 0);
     assert_eq!(nat.stats().dropped, 1);
@@ -1170,17 +1142,8 @@ fn frames_for_a_guest_that_reads_nothing_are_bounded_on_every_path() {
     cfg.mtu = 65520;
     let mut nat = Nat::new(cfg, Arc::default()).unwrap();
     let big = vec![0x5au8; 65000];
-    let repr = Icmpv4Repr::EchoRequest {
-        ident: 1,
-        seq_no: 1,
-        data: &big,
-    };
-    let mut echo = vec![0u8; repr.buffer_len()];
-    repr.emit(
-        &mut Icmpv4Packet::new_unchecked(&mut echo[..]),
-        &Default::default(),
-    );
-    let ping = ipv4(GATEWAY, IpProtocol::Icmp, &echo);
+    let ping = echo_request(GATEWAY, 1, 1, &big);
+    let echo_len = ping.len() - 14 - 20;
     let dhcp = client_msg(MacAddr::new(GUEST_MAC), 1, None);
     let who_has = arp(ArpOperation::Request, GUEST, GATEWAY);
     for i in 0..200u16 {
@@ -1201,6 +1164,6 @@ fn frames_for_a_guest_that_reads_nothing_are_bounded_on_every_path() {
     assert_eq!(out.len(), 1);
     assert_eq!(
         (out[0].0, out[0].1, out[0].2.len()),
-        (GATEWAY, IpProtocol::Icmp, echo.len())
+        (GATEWAY, IpProtocol::Icmp, echo_len)
     );
 }

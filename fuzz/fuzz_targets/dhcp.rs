@@ -8,7 +8,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use net::dhcp::DhcpServer;
-use net::dhcp::testing::{CLIENT, lease};
+use net::dhcp::testing::{CLIENT, checksum, lease};
 
 const ETH_HDR: usize = 14;
 /// `MAX_REPLY_IP` in net/src/dhcp.rs: a reply fits one IP packet of the usual MTU.
@@ -17,19 +17,6 @@ const BOOTP_FIXED: usize = 236;
 
 fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
-}
-
-/// The ones' complement sum; 0 over data that carries a valid checksum.
-fn checksum(chunks: &[&[u8]]) -> u16 {
-    let bytes: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|p| u32::from(u16::from_be_bytes([p[0], p.get(1).copied().unwrap_or(0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// Checks every layer of `reply`, the answer to `request`.

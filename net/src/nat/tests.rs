@@ -469,14 +469,7 @@ fn an_icmp_error_about_a_raw_echo_reaches_the_guest_quoting_its_request() {
         router
             .send_to(&e, &std::net::SocketAddrV4::new(LOOPBACK, 0).into())
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let (src, message) = loop {
-            if let Some(e) = icmp_errors(&drain(&mut nat)).into_iter().next() {
-                break e;
-            }
-            assert!(Instant::now() < deadline, "no ICMP error");
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        let (src, message) = first_icmp_error(&mut nat);
         assert_eq!(
             src, GATEWAY,
             "127.0.0.9 is not an address the guest can answer"
@@ -673,19 +666,24 @@ fn icmp_errors(frames: &[Vec<u8>]) -> Vec<(Ipv4Addr, Vec<u8>)> {
         .collect()
 }
 
+/// The first ICMP error for the guest, waited for up to 5 s.
+fn first_icmp_error(nat: &mut Nat) -> (Ipv4Addr, Vec<u8>) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(e) = icmp_errors(&drain(nat)).into_iter().next() {
+            return e;
+        }
+        assert!(Instant::now() < deadline, "no ICMP error");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn a_udp_datagram_to_a_closed_port_comes_back_as_port_unreachable_at_once() {
     let mut nat = nat(Limits::default());
     let closed = free_udp_port();
     nat.from_guest(&udp(LOOPBACK, 5555, closed, b"anyone there?"));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let (src, message) = loop {
-        if let Some(e) = icmp_errors(&drain(&mut nat)).into_iter().next() {
-            break e;
-        }
-        assert!(Instant::now() < deadline, "no ICMP error");
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let (src, message) = first_icmp_error(&mut nat);
     // Loopback is not an address the guest can answer: the gateway speaks for it.
     assert_eq!(src, GATEWAY);
     let icmp = Icmpv4Packet::new_checked(&message[..]).unwrap();

@@ -404,7 +404,7 @@ impl Nat {
         match ip.next_header() {
             IpProtocol::Tcp => self.tcp_from_guest(frame, dst, ip.payload()),
             IpProtocol::Udp => self.udp_from_guest(dst, ip.hop_limit(), ip.payload()),
-            IpProtocol::Icmp => self.icmp_from_guest(dst, ip.payload()),
+            IpProtocol::Icmp => self.icmp_from_guest(dst, ip.hop_limit(), ip.payload()),
             _ => self.drop_frame(),
         }
     }

@@ -84,6 +84,8 @@ pub(super) struct RawFlows {
     next_ident: u16,
     /// Edge-triggered: set by an event, cleared when a read would block.
     pub(super) readable: bool,
+    /// The TTL the raw socket sends with, when not the kernel's default.
+    ttl: Option<u8>,
 }
 
 impl RawFlows {
@@ -93,6 +95,7 @@ impl RawFlows {
             by_wire: HashMap::new(),
             next_ident: 0,
             readable: false,
+            ttl: None,
         }
     }
 
@@ -138,7 +141,8 @@ impl RawFlows {
 }
 
 impl Nat {
-    pub(super) fn icmp_from_guest(&mut self, dst: Ipv4Addr, message: &[u8]) {
+    /// A message the guest sent to `dst` with `ttl`.
+    pub(super) fn icmp_from_guest(&mut self, dst: Ipv4Addr, ttl: u8, message: &[u8]) {
         let Ok(icmp) = Icmpv4Packet::new_checked(message) else {
             return self.drop_frame();
         };
@@ -157,6 +161,18 @@ impl Nat {
             self.push_ip(self.gateway, IpProtocol::Icmp, &reply);
             return;
         }
+        if ttl <= 1 {
+            // This hop is the gateway: it tells the guest, as a router would.
+            return self.icmp_error_to_guest(
+                self.gateway,
+                Icmpv4Repr::TimeExceeded {
+                    reason: Icmpv4TimeExceeded::TtlExpired,
+                    header: self.guest_header(dst, IpProtocol::Icmp, message.len(), ttl),
+                    data: &message[..ICMP_HDR],
+                },
+                None,
+            );
+        }
         let key = (icmp.echo_ident(), SocketAddrV4::new(dst, 0));
         if !self.cfg.egress.allows(key.1, &[]) {
             self.stats.egress_denied += 1;
@@ -168,11 +184,11 @@ impl Nat {
                     return self.drop_frame();
                 };
                 // The kernel sets the identifier and checksum.
-                if let Err(e) = flow.send(message) {
+                if let Err(e) = flow.send_with_ttl(message, ttl) {
                     log::debug!("masquerade: ICMP echo to {dst}: {e}");
                 }
             }
-            Echo::Raw(_) => self.raw_echo(key, message),
+            Echo::Raw(_) => self.raw_echo(key, ttl, message),
             Echo::Forbidden => {
                 self.echo_forbidden();
                 self.drop_frame();
@@ -193,7 +209,7 @@ impl Nat {
     }
 
     /// Sends the guest's echo request on the raw socket under its flow's wire identifier.
-    fn raw_echo(&mut self, key: FlowKey, message: &[u8]) {
+    fn raw_echo(&mut self, key: FlowKey, ttl: u8, message: &[u8]) {
         let Some(ident) = self.raw.wire_ident(key, Instant::now()) else {
             return self.drop_frame();
         };
@@ -204,6 +220,8 @@ impl Nat {
         let Echo::Raw(raw) = &self.listeners.echo else {
             return;
         };
+        // One socket for every flow: its TTL follows each request's.
+        sock::follow_ttl(raw, &mut self.raw.ttl, ttl);
         if let Err(e) = raw.send_to(&out, key.1) {
             log::debug!("masquerade: ICMP echo to {}: {e}", key.1.ip());
         }

@@ -85,13 +85,14 @@
 //! **ICMP errors.** UDP and echo flows' sockets ask for `IP_RECVERR` (the raw echo socket
 //! sees the errors itself); what the network says about a datagram or an echo request
 //! (port, host or net unreachable, fragmentation needed, TTL exceeded) reaches the guest
-//! quoting its own packet, from the router that said it. The gateway counts as
-//! a hop: a guest TTL of 1 gets time exceeded from it, a TTL below 64 goes on less one.
+//! quoting its own packet, from the router that said it. The gateway counts as a hop: a
+//! UDP datagram or echo request with TTL 1 gets time exceeded from it, a TTL below 64 goes
+//! on less one.
 //!
 //! **Deliberately not done.** IPv6; IP fragments from the guest (dropped: Linux guests do
 //! path MTU discovery); UDP datagrams larger than fit one guest frame from the host
 //! (dropped); ICMP errors about TCP connects (a refused or unreachable connect is an RST);
-//! the guest's TTL for echo requests (they leave with the host's); TCP urgent data; UDP or ICMP to ports of the pod nobody forwards
+//! TCP urgent data; UDP or ICMP to ports of the pod nobody forwards
 //! (the pod's kernel answers); ICMP echo to the pod from outside (the pod's kernel answers
 //! it, not the guest).
 

@@ -168,9 +168,15 @@ pub(super) fn recv_error(socket: &impl AsFd, buf: &mut [u8]) -> io::Result<Optio
     Ok(None)
 }
 
-/// Sets the TTL of what `socket` sends.
-pub(super) fn set_ttl(socket: &impl AsFd, ttl: u32) -> io::Result<()> {
-    SockRef::from(socket).set_ttl_v4(ttl)
+/// Has `socket` send with what is left of the guest's `ttl` after the gateway's hop, so
+/// that traceroute sees the routers beyond; usual TTLs (64 and more) leave the kernel's
+/// default alone. `current` is what the socket was last set to; a failure leaves it unset.
+pub(super) fn follow_ttl(socket: &impl AsFd, current: &mut Option<u8>, ttl: u8) {
+    let wanted = (ttl < 64).then(|| ttl.saturating_sub(1));
+    if *current != wanted {
+        let set = SockRef::from(socket).set_ttl_v4(u32::from(wanted.unwrap_or(64)));
+        *current = if set.is_ok() { wanted } else { None };
+    }
 }
 
 /// Makes closing `socket` send an RST rather than a FIN (`SO_LINGER` 0). Failure only loses

@@ -488,6 +488,27 @@ fn an_icmp_error_about_a_raw_echo_reaches_the_guest_quoting_its_request() {
 }
 
 #[test]
+fn an_echo_whose_ttl_ends_at_the_gateway_gets_time_exceeded_from_it() {
+    let mut nat = nat(Limits::default());
+    let mut frame = echo_request(LOOPBACK, 0x77, 3, b"ttl");
+    frame[14 + 8] = 1;
+    Ipv4Packet::new_unchecked(&mut frame[14..]).fill_checksum();
+    nat.from_guest(&frame);
+    let errors = icmp_errors(&drain(&mut nat));
+    assert_eq!(errors.len(), 1, "{errors:02x?}");
+    let (src, message) = &errors[0];
+    assert_eq!(
+        (*src, message[0]),
+        (GATEWAY, 11),
+        "time exceeded from the gateway"
+    );
+    let echo = &message[8 + 20..];
+    assert_eq!(&echo[..1], [8], "quoting the echo request");
+    assert_eq!(&echo[4..8], [0, 0x77, 0, 3], "its identifier and sequence");
+    assert_eq!(nat.stats().icmp_flows, 0, "nothing went out");
+}
+
+#[test]
 fn without_either_echo_is_dropped() {
     let mut nat = Nat::new(
         config(Limits::default()),

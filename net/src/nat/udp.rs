@@ -38,6 +38,12 @@ pub(super) struct DgramFlow {
 }
 
 impl DgramFlow {
+    /// Sends `data` to the flow's destination with what is left of the guest's `ttl`.
+    pub(super) fn send_with_ttl(&mut self, data: &[u8], ttl: u8) -> io::Result<usize> {
+        sock::follow_ttl(&self.sock, &mut self.ttl, ttl);
+        self.sock.send(data)
+    }
+
     /// Sends `data` to the flow's destination.
     pub(super) fn send(&self, data: &[u8]) -> io::Result<usize> {
         self.sock.send(data)
@@ -102,13 +108,7 @@ impl Nat {
         let Some(flow) = self.dgram_flow(Dgram::Udp, key, target) else {
             return self.drop_frame();
         };
-        // The gateway was one hop: the rest of the guest's TTL goes on, so that traceroute
-        // sees the routers beyond. Usual TTLs leave the kernel's default alone.
-        let wanted = (ttl < 64).then(|| ttl - 1);
-        if flow.ttl != wanted {
-            let applied = sock::set_ttl(&flow.sock, u32::from(wanted.unwrap_or(64)));
-            flow.ttl = if applied.is_ok() { wanted } else { None };
-        }
+        sock::follow_ttl(&flow.sock, &mut flow.ttl, ttl);
         if let Err(e) = flow.send(udp.payload()) {
             log::debug!("masquerade: UDP to {target}: {e}");
         }

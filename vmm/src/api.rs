@@ -382,8 +382,14 @@ fn route(method: &str, target: &str) -> Result<ApiCommand, RouteError> {
     Err((404, "Not Found", format!("no such endpoint {path}")))
 }
 
+/// An error answer's body.
+#[derive(Debug, serde::Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+}
+
 fn error_body(message: &str) -> String {
-    serde_json::json!({ "error": message }).to_string()
+    serde_json::to_string(&ErrorBody { error: message }).unwrap_or_default()
 }
 
 /// What [`handle`] makes of the bytes a client sent, before it asks the event loop: the

@@ -110,12 +110,12 @@ impl RawFlows {
         if let Some(id) = table.id(&key) {
             return table.touch(id, now).map(|f| f.wire_ident);
         }
-        // Unique among the flows to this destination; at most `limit` are taken.
+        // Unique among the flows to this destination. A limit of 65536 flows or more could
+        // take every identifier for one destination: then the request is dropped.
         let dst = *key.1.ip();
-        let mut ident = self.next_ident;
-        while self.by_wire.contains_key(&(ident, dst)) {
-            ident = ident.wrapping_add(1);
-        }
+        let ident = (0..=u16::MAX)
+            .map(|i| self.next_ident.wrapping_add(i))
+            .find(|i| !self.by_wire.contains_key(&(*i, dst)))?;
         self.next_ident = ident.wrapping_add(1);
         let (id, evicted) = table.insert(key, RawFlow { wire_ident: ident }, now);
         if let Some((old_key, old)) = evicted {

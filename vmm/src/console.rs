@@ -63,9 +63,14 @@ impl LogThread {
         let thread = std::thread::Builder::new()
             .name("serial-log".into())
             .spawn(move || {
-                if devices::confine::confine_thread("serial-log", devices::seccomp::Role::SerialLog)
-                    .is_err()
-                {
+                if let Err(e) = devices::confine::confine_thread(
+                    "serial-log",
+                    devices::seccomp::Role::SerialLog,
+                ) {
+                    log::warn!(
+                        "--serial-log {}: no output goes to it ({e})",
+                        log.path.display()
+                    );
                     return;
                 }
                 for chunk in rx {

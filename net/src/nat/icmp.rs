@@ -32,6 +32,8 @@ use super::sock::{self, IcmpError};
 use super::udp::Dgram;
 
 const ICMP_HDR: usize = 8;
+/// Packets read from the raw socket per round of the engine; the rest wait for the next.
+const RAW_READS_PER_ROUND: usize = 256;
 
 /// How echo requests beyond the gateway leave.
 #[derive(Debug, Default)]
@@ -93,9 +95,11 @@ impl RawFlows {
         Self {
             table: FlowTable::new(limit),
             by_wire: HashMap::new(),
-            next_ident: 0,
+            // Not guessable from outside, and not where the last boot's flows were.
+            next_ident: u16::try_from(crate::random::u64() & 0xffff).unwrap_or(0),
             readable: false,
-            ttl: None,
+            // The socket outlives boots: what the last one left it at is not known.
+            ttl: Some(0),
         }
     }
 
@@ -234,7 +238,11 @@ impl Nat {
         let Echo::Raw(raw) = &listeners.echo else {
             return;
         };
-        while self.raw.readable && !self.dev.tx.is_full() {
+        // Bounded per round: packets that are dropped do not fill the guest's queue.
+        for _ in 0..RAW_READS_PER_ROUND {
+            if !self.raw.readable || self.dev.tx.is_full() {
+                return;
+            }
             let n = match raw.recv_from(&mut self.buf) {
                 Ok((n, _)) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

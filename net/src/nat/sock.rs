@@ -56,6 +56,25 @@ pub(super) fn raw_icmp() -> io::Result<UdpSocket> {
         Type::RAW.nonblocking(),
         Some(Protocol::ICMPV4),
     )?;
+    // Only echo replies and the errors about what it sent (destination unreachable, time
+    // exceeded) are delivered to it: a peer's ICMP flood of any other type costs nothing.
+    const ICMP_FILTER: libc::c_int = 1;
+    let pass: u32 = (1 << 0) | (1 << 3) | (1 << 11);
+    let blocked = !pass;
+    let len = libc::socklen_t::try_from(std::mem::size_of_val(&blocked)).unwrap_or(4);
+    // SAFETY: ICMP_FILTER takes a u32 mask of the size given; the socket is ours.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_RAW,
+            ICMP_FILTER,
+            (&raw const blocked).cast(),
+            len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
     Ok(socket.into())
 }
 
@@ -142,7 +161,8 @@ pub(super) fn recv_error(socket: &impl AsFd, buf: &mut [u8]) -> io::Result<Optio
             // above); it may be unaligned.
             let ee = unsafe { data.cast::<libc::sock_extended_err>().read_unaligned() };
             if ee.ee_origin != libc::SO_EE_ORIGIN_ICMP {
-                return Ok(None);
+                // A local error (the kernel's own): not the network's word; read on.
+                return recv_error(socket, buf);
             }
             // SO_EE_OFFENDER: the sockaddr right after the extended error.
             let has_offender = header.cmsg_len >= min as usize + offender_len;
@@ -170,12 +190,13 @@ pub(super) fn recv_error(socket: &impl AsFd, buf: &mut [u8]) -> io::Result<Optio
 
 /// Has `socket` send with what is left of the guest's `ttl` after the gateway's hop, so
 /// that traceroute sees the routers beyond; usual TTLs (64 and more) leave the kernel's
-/// default alone. `current` is what the socket was last set to; a failure leaves it unset.
+/// default alone. `current` is what the socket was last set to (`Some(0)` when that is not
+/// known, which makes the next call set it); a failure leaves it so.
 pub(super) fn follow_ttl(socket: &impl AsFd, current: &mut Option<u8>, ttl: u8) {
     let wanted = (ttl < 64).then(|| ttl.saturating_sub(1));
     if *current != wanted {
         let set = SockRef::from(socket).set_ttl_v4(u32::from(wanted.unwrap_or(64)));
-        *current = if set.is_ok() { wanted } else { None };
+        *current = if set.is_ok() { wanted } else { Some(0) };
     }
 }
 

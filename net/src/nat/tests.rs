@@ -432,11 +432,39 @@ fn an_icmp_error_about_a_raw_echo_reaches_the_guest_quoting_its_request() {
         });
         let mut nat = Nat::new(config(Limits::default()), listeners).unwrap();
         nat.allow_loopback();
+        // The "router": a raw socket that sees the request leave, and answers it.
+        let router = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::ICMPV4),
+        )
+        .unwrap();
+        router
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         let target = Ipv4Addr::new(127, 0, 0, 2);
         nat.from_guest(&echo_request(target, 0x4242, 9, b"lost"));
         assert!(drain(&mut nat).is_empty());
-        // Time exceeded from 127.0.0.9, quoting the request as it left: the first flow's
-        // wire identifier is 0.
+        // The request as it left: its wire identifier is the engine's, not the guest's.
+        let sent = loop {
+            let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
+            let n = router.recv(&mut buf).expect("the request on the wire");
+            // SAFETY: recv initialised the first n bytes.
+            let packet: Vec<u8> = buf[..n]
+                .iter()
+                .map(|b| unsafe { b.assume_init() })
+                .collect();
+            let ip = Ipv4Packet::new_checked(&packet[..]).unwrap();
+            if ip.dst_addr() == target && ip.payload()[0] == 8 {
+                break ip.payload()[..8].to_vec();
+            }
+        };
+        assert_eq!(
+            &sent[6..8],
+            9u16.to_be_bytes(),
+            "the sequence passes unchanged"
+        );
+        // Time exceeded from 127.0.0.9, quoting that request.
         let quoted_request = Ipv4Repr {
             src_addr: LOOPBACK,
             dst_addr: target,
@@ -444,9 +472,6 @@ fn an_icmp_error_about_a_raw_echo_reaches_the_guest_quoting_its_request() {
             payload_len: 8 + 4,
             hop_limit: 1,
         };
-        let mut sent = [0u8; 8];
-        sent[0] = 8;
-        sent[6..8].copy_from_slice(&9u16.to_be_bytes());
         let error = Icmpv4Repr::TimeExceeded {
             reason: smoltcp::wire::Icmpv4TimeExceeded::TtlExpired,
             header: quoted_request,
@@ -457,12 +482,6 @@ fn an_icmp_error_about_a_raw_echo_reaches_the_guest_quoting_its_request() {
             &mut Icmpv4Packet::new_unchecked(&mut e[..]),
             &Default::default(),
         );
-        let router = socket2::Socket::new(
-            socket2::Domain::IPV4,
-            socket2::Type::RAW,
-            Some(socket2::Protocol::ICMPV4),
-        )
-        .unwrap();
         router
             .bind(&std::net::SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 9), 0).into())
             .unwrap();

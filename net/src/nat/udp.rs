@@ -41,12 +41,31 @@ impl DgramFlow {
     /// Sends `data` to the flow's destination with what is left of the guest's `ttl`.
     pub(super) fn send_with_ttl(&mut self, data: &[u8], ttl: u8) -> io::Result<usize> {
         sock::follow_ttl(&self.sock, &mut self.ttl, ttl);
-        self.sock.send(data)
+        self.send_again(data)
     }
 
-    /// Sends `data` to the flow's destination.
-    pub(super) fn send(&self, data: &[u8]) -> io::Result<usize> {
-        self.sock.send(data)
+    /// Sends `data`; when the send instead reports an ICMP error that came in earlier
+    /// (`IP_RECVERR` makes the kernel hand it to the next call), sends once more, and
+    /// leaves the error to be relayed from the queue.
+    pub(super) fn send_again(&mut self, data: &[u8]) -> io::Result<usize> {
+        match self.sock.send(data) {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(
+                        libc::ECONNREFUSED
+                            | libc::EHOSTUNREACH
+                            | libc::ENETUNREACH
+                            | libc::EMSGSIZE
+                            | libc::EPROTO
+                    )
+                ) =>
+            {
+                self.errors = true;
+                self.sock.send(data)
+            }
+            other => other,
+        }
     }
 }
 
@@ -70,7 +89,7 @@ impl Nat {
         let Ok(udp) = UdpPacket::new_checked(datagram) else {
             return self.drop_frame();
         };
-        if ttl <= 1 {
+        if ttl <= 1 && dst != self.gateway {
             // This hop is the gateway: it tells the guest, as a router would (traceroute).
             return self.icmp_error_to_guest(
                 self.gateway,
@@ -109,7 +128,7 @@ impl Nat {
             return self.drop_frame();
         };
         sock::follow_ttl(&flow.sock, &mut flow.ttl, ttl);
-        if let Err(e) = flow.send(udp.payload()) {
+        if let Err(e) = flow.send_again(udp.payload()) {
             log::debug!("masquerade: UDP to {target}: {e}");
         }
     }
@@ -207,6 +226,7 @@ impl Nat {
     /// Reads what a flow's socket has, while the guest's queue has room.
     pub(super) fn read_dgram(&mut self, kind: Dgram, id: FlowId) {
         self.read_errors(kind, id);
+        let mut failed = false;
         while !self.dev.tx.is_full() {
             let table = match kind {
                 Dgram::Udp => &mut self.udp,
@@ -223,15 +243,19 @@ impl Nat {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // With IP_RECVERR, an ICMP error is also reported here once; its
-                    // details wait in the error queue.
+                    // With IP_RECVERR, an ICMP error is also reported here once (its
+                    // details wait in the error queue); datagrams behind it are still read.
                     log::debug!("masquerade: datagram flow: {e}");
                     flow.errors = true;
-                    flow.readable = false;
+                    if std::mem::replace(&mut failed, true) {
+                        // Twice in a row: not a reported ICMP error; wait for the next event.
+                        flow.readable = false;
+                    }
                     self.read_errors(kind, id);
-                    return;
+                    continue;
                 }
             };
+            failed = false;
             table.touch(id, Instant::now());
             let Some(key) = table.key(id) else {
                 return;

@@ -509,6 +509,10 @@ impl Nat {
         if !self.has_frames() {
             let _ = self.ready.read();
         }
+        if self.raw.readable && !self.dev.tx.is_full() {
+            // The raw socket's round ended with packets left: another round soon.
+            let _ = self.ready.write(1);
+        }
     }
 
     /// Takes every pending host socket and timer event: TCP flows and listeners are marked,

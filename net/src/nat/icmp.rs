@@ -166,16 +166,7 @@ impl Nat {
             return;
         }
         if ttl <= 1 {
-            // This hop is the gateway: it tells the guest, as a router would.
-            return self.icmp_error_to_guest(
-                self.gateway,
-                Icmpv4Repr::TimeExceeded {
-                    reason: Icmpv4TimeExceeded::TtlExpired,
-                    header: self.guest_header(dst, IpProtocol::Icmp, message.len(), ttl),
-                    data: &message[..ICMP_HDR],
-                },
-                None,
-            );
+            return self.ttl_ends_at_gateway(dst, IpProtocol::Icmp, message, ttl);
         }
         let key = (icmp.echo_ident(), SocketAddrV4::new(dst, 0));
         if !self.cfg.egress.allows(key.1, &[]) {
@@ -332,6 +323,24 @@ impl Nat {
         let mtu = (err.icmp_type, err.code) == (3, 4);
         let mtu = mtu.then(|| u16::try_from(err.mtu).unwrap_or(u16::MAX));
         self.icmp_error_to_guest(from, repr, mtu);
+    }
+
+    /// The guest sent `payload` to `dst` with a TTL (`ttl`) that ends at this hop: the
+    /// gateway says so, as a router would (traceroute, `ping -t`). `payload` holds at least
+    /// the 8 bytes the error quotes.
+    pub(super) fn ttl_ends_at_gateway(
+        &mut self,
+        dst: Ipv4Addr,
+        protocol: IpProtocol,
+        payload: &[u8],
+        ttl: u8,
+    ) {
+        let repr = Icmpv4Repr::TimeExceeded {
+            reason: Icmpv4TimeExceeded::TtlExpired,
+            header: self.guest_header(dst, protocol, payload.len(), ttl),
+            data: &payload[..ICMP_HDR.min(payload.len())],
+        };
+        self.icmp_error_to_guest(self.gateway, repr, None);
     }
 
     /// Queues ICMP error `repr` from `from` for the guest, with the next-hop `mtu` of a

@@ -226,6 +226,14 @@ fn udp(dst: Ipv4Addr, src_port: u16, dst_port: u16, data: &[u8]) -> Vec<u8> {
     ipv4(dst, IpProtocol::Udp, &p)
 }
 
+/// `frame` (Ethernet, IPv4) with its TTL set to `ttl`.
+fn with_ttl(mut frame: Vec<u8>, ttl: u8) -> Vec<u8> {
+    let mut ip = Ipv4Packet::new_unchecked(&mut frame[14..]);
+    ip.set_hop_limit(ttl);
+    ip.fill_checksum();
+    frame
+}
+
 /// The guest's echo request to `dst`.
 fn echo_request(dst: Ipv4Addr, ident: u16, seq_no: u16, data: &[u8]) -> Vec<u8> {
     let repr = Icmpv4Repr::EchoRequest {
@@ -509,10 +517,7 @@ fn an_icmp_error_about_a_raw_echo_reaches_the_guest_quoting_its_request() {
 #[test]
 fn an_echo_whose_ttl_ends_at_the_gateway_gets_time_exceeded_from_it() {
     let mut nat = nat(Limits::default());
-    let mut frame = echo_request(LOOPBACK, 0x77, 3, b"ttl");
-    frame[14 + 8] = 1;
-    Ipv4Packet::new_unchecked(&mut frame[14..]).fill_checksum();
-    nat.from_guest(&frame);
+    nat.from_guest(&with_ttl(echo_request(LOOPBACK, 0x77, 3, b"ttl"), 1));
     let errors = icmp_errors(&drain(&mut nat));
     assert_eq!(errors.len(), 1, "{errors:02x?}");
     let (src, message) = &errors[0];
@@ -753,11 +758,7 @@ fn a_udp_datagram_to_a_closed_port_comes_back_as_port_unreachable_at_once() {
 #[test]
 fn a_datagram_whose_ttl_ends_at_the_gateway_gets_time_exceeded_from_it() {
     let mut nat = nat(Limits::default());
-    let mut frame = udp(LOOPBACK, 5556, 33434, b"probe");
-    // TTL 1 (the IPv4 header starts after 14 bytes of Ethernet; TTL is its 9th byte).
-    frame[14 + 8] = 1;
-    Ipv4Packet::new_unchecked(&mut frame[14..]).fill_checksum();
-    nat.from_guest(&frame);
+    nat.from_guest(&with_ttl(udp(LOOPBACK, 5556, 33434, b"probe"), 1));
     let errors = icmp_errors(&drain(&mut nat));
     assert_eq!(errors.len(), 1, "{errors:02x?}");
     let (src, message) = &errors[0];

@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{Icmpv4Repr, Icmpv4TimeExceeded, IpAddress, IpProtocol, UdpPacket, UdpRepr};
+use smoltcp::wire::{IpAddress, IpProtocol, UdpPacket, UdpRepr};
 use vmm_sys_util::epoll::EventSet;
 
 use super::device::IP_HDR;
@@ -90,16 +90,7 @@ impl Nat {
             return self.drop_frame();
         };
         if ttl <= 1 && dst != self.gateway {
-            // This hop is the gateway: it tells the guest, as a router would (traceroute).
-            return self.icmp_error_to_guest(
-                self.gateway,
-                Icmpv4Repr::TimeExceeded {
-                    reason: Icmpv4TimeExceeded::TtlExpired,
-                    header: self.guest_header(dst, IpProtocol::Udp, datagram.len(), ttl),
-                    data: &datagram[..UDP_HDR],
-                },
-                None,
-            );
+            return self.ttl_ends_at_gateway(dst, IpProtocol::Udp, datagram, ttl);
         }
         let key = (udp.src_port(), SocketAddrV4::new(dst, udp.dst_port()));
         if let Some(id) = self.inbound_udp.id(&key) {

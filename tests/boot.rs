@@ -1,6 +1,9 @@
 //! Boot, lifecycle and control of real guests: `vmm` runs inside the KVM test host and boots
 //! Debian's cloud kernel with the busybox test initramfs.
 
+// An integration test crate is a test module of its own: its tests need no `#[cfg(test)]`.
+#![allow(clippy::tests_outside_test_module)]
+
 use std::time::Duration;
 
 use vmm_tests::guest::{Guest, Manifest};

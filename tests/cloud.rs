@@ -4,6 +4,9 @@
 //! with cloud-init reading the seed `vmm` builds. Full systemd and cloud-init under nested
 //! emulation take minutes, so these tests are few and each checks several things.
 
+// An integration test crate is a test module of its own: its tests need no `#[cfg(test)]`.
+#![allow(clippy::tests_outside_test_module)]
+
 use std::path::Path;
 use std::time::Duration;
 

@@ -3,6 +3,9 @@
 //! cloud-init seed; the guest reads and writes them with busybox, and the test checks the
 //! host files afterwards.
 
+// An integration test crate is a test module of its own: its tests need no `#[cfg(test)]`.
+#![allow(clippy::tests_outside_test_module)]
+
 use std::path::Path;
 use std::time::Duration;
 

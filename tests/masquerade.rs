@@ -4,6 +4,9 @@
 //! namespace, as the bridge tests do; the pod keeps its own address, and the guest reaches
 //! the peer only through vmm's sockets. Traffic goes only between them.
 
+// An integration test crate is a test module of its own: its tests need no `#[cfg(test)]`.
+#![allow(clippy::tests_outside_test_module)]
+
 use std::time::Duration;
 
 use vmm_tests::guest::{Guest, Manifest};

@@ -4,6 +4,9 @@
 //! whose `eth0` it takes over) joined by a veth pair to a "peer" namespace. Traffic goes
 //! only between them.
 
+// An integration test crate is a test module of its own: its tests need no `#[cfg(test)]`.
+#![allow(clippy::tests_outside_test_module)]
+
 use std::time::Duration;
 
 use vmm_tests::guest::{Guest, Manifest};

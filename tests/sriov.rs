@@ -1,6 +1,9 @@
 //! SR-IOV: VF discovery and the host checks, inside a KVM test host that has an emulated
 //! IOMMU and PCI functions to pass through ([`vmm_tests::passthrough_testhost`]).
 
+// An integration test crate is a test module of its own: its tests need no `#[cfg(test)]`.
+#![allow(clippy::tests_outside_test_module)]
+
 use std::time::Duration;
 
 use vmm_tests::guest::{Guest, Manifest};

@@ -1,16 +1,16 @@
 //! The masquerade NAT fed a sequence of guest frames. Every destination is denied by the
 //! egress policy, so no host socket is opened: what is fuzzed is the engine's own handling
-//! of what a hostile guest sends (Ethernet, ARP, IPv4, ICMP, UDP, TCP, DHCP, DNS to the
-//! gateway), and the invariant is that the queue toward the guest stays within
+//! of what a hostile guest sends (Ethernet, ARP, IPv4, IPv6, ICMP, ICMPv6 with neighbour
+//! and router discovery, UDP, TCP, DHCP, DHCPv6, DNS to the gateway), and the invariant is that the queue toward the guest stays within
 //! `to-guest-frames` however the guest behaves.
 #![no_main]
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use net::MacAddr;
-use net::nat::{Cidr, Egress, Limits, Nat, NatConfig};
+use net::nat::{Cidr, Egress, Ipv6Config, Limits, Nat, NatConfig};
 
 const TO_GUEST: usize = 8;
 
@@ -27,9 +27,17 @@ fuzz_target!(|data: &[u8]| {
         hostname: "vm".into(),
         limits,
         egress: Egress {
-            deny: vec![Cidr::new(Ipv4Addr::UNSPECIFIED, 0).expect("0.0.0.0/0")],
+            deny: vec![
+                Cidr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0).expect("0.0.0.0/0"),
+                Cidr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0).expect("::/0"),
+            ],
             allow: Vec::new(),
         },
+        ipv6: Some(Ipv6Config {
+            network: Ipv6Addr::new(0xfd10, 0, 2, 0, 0, 0, 0, 0),
+            prefix: 120,
+            dns: vec![Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x10), Ipv6Addr::LOCALHOST],
+        }),
     };
     let Ok(mut nat) = Nat::new(cfg, Arc::default()) else {
         return;

@@ -73,6 +73,7 @@ fn main() -> std::io::Result<()> {
         hostname: "flood".into(),
         limits: Limits::default(),
         egress: net::nat::Egress::default(),
+        ipv6: None,
     };
     let mut nat = Nat::new(cfg, Arc::new(Listeners::default()))?;
     let frame = ping();

@@ -51,6 +51,13 @@ fn main() -> io::Result<()> {
             limits
         },
         egress: net::nat::Egress::default(),
+        // fd10:0:2::/120 for the guest, as masquerade gives it, where this namespace has
+        // IPv6.
+        ipv6: net::nat::ipv6::pod_has_ipv6().then(|| net::nat::Ipv6Config {
+            network: "fd10:0:2::".parse().expect("an IPv6 address"),
+            prefix: 120,
+            dns: vec![],
+        }),
     };
     let mut nat = Nat::new(cfg, Arc::new(Listeners::default()))?;
     let epoll = Epoll::new()?;

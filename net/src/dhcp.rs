@@ -146,7 +146,7 @@ fn split_option(kind: u8, value: &[u8]) -> Vec<DhcpOption<'_>> {
 }
 
 /// RFC 1035 name encoding for option 119 (without compression).
-fn encode_names(names: &[String]) -> Vec<u8> {
+pub(crate) fn encode_names(names: &[String]) -> Vec<u8> {
     let mut out = Vec::new();
     for name in names {
         let labels: Vec<&str> = name.trim_end_matches('.').split('.').collect();

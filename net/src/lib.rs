@@ -2,11 +2,12 @@
 //!
 //! This crate owns everything on the host side of a guest's network interface and knows
 //! nothing of virtio: MAC addresses, the [`FrameBackend`] a virtual NIC moves frames
-//! through, TAP devices, netlink plumbing and the bridge binding, and the DHCP server.
+//! through, TAP devices, netlink plumbing and the bridge binding, and the DHCP and DHCPv6 servers.
 
 pub mod backend;
 pub mod bridge;
 pub mod dhcp;
+pub mod dhcp6;
 pub mod error;
 pub mod local_dhcp;
 pub mod mac;

@@ -1,15 +1,18 @@
 //! The pod's resolver settings, from `/etc/resolv.conf`: what DHCP tells the guest.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Where the resolver settings are.
 pub const RESOLV_CONF: &str = "/etc/resolv.conf";
 
-/// DNS servers (IPv4 ones only, each once, in order) and the search list.
+/// DNS servers (each once, in order, by family) and the search list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resolver {
-    /// The servers.
+    /// The IPv4 servers.
     pub dns: Vec<Ipv4Addr>,
+    /// The IPv6 servers (a scoped link-local one, `fe80::1%eth0`, is left out: the guest
+    /// could not reach it).
+    pub dns6: Vec<Ipv6Addr>,
     /// The search domains.
     pub search: Vec<String>,
 }
@@ -21,13 +24,11 @@ impl Resolver {
         for line in text.lines() {
             let mut words = line.split_whitespace();
             match words.next() {
-                Some("nameserver") => {
-                    if let Some(a) = words.next().and_then(|w| w.parse().ok())
-                        && !out.dns.contains(&a)
-                    {
-                        out.dns.push(a);
-                    }
-                }
+                Some("nameserver") => match words.next().and_then(|w| w.parse().ok()) {
+                    Some(IpAddr::V4(a)) if !out.dns.contains(&a) => out.dns.push(a),
+                    Some(IpAddr::V6(a)) if !out.dns6.contains(&a) => out.dns6.push(a),
+                    _ => {}
+                },
                 // The last search or domain line wins, as in the resolver.
                 Some("search" | "domain") => out.search = words.map(str::to_string).collect(),
                 _ => {}
@@ -47,13 +48,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn servers_once_ipv4_only_and_the_last_search_line() {
+    fn servers_once_by_family_and_the_last_search_line() {
         let r = Resolver::parse(
             "# comment\nnameserver 10.96.0.10\nnameserver fd00::10\nnameserver 10.96.0.10\n\
+             nameserver fe80::1%eth0\nnameserver fd00::10\n\
              domain example.com\n\
              search default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n",
         );
         assert_eq!(r.dns, vec![Ipv4Addr::new(10, 96, 0, 10)]);
+        assert_eq!(r.dns6, vec!["fd00::10".parse::<Ipv6Addr>().unwrap()]);
         assert_eq!(
             r.search,
             vec![

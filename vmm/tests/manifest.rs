@@ -324,6 +324,26 @@ fn each_rule_reports_its_message() {
             ],
         ),
         case(
+            "masquerade IPv6 CIDR is IPv6, /64 to /126",
+            vec![(
+                iface0,
+                json!({"name": "pod", "masquerade": {"ipv6Cidr": "fd00::/127"}}),
+            )],
+            vec![
+                "spec.instance.interfaces[0].masquerade.ipv6Cidr: Invalid value: \"fd00::/127\": the prefix length must be 64 to 126",
+            ],
+        ),
+        case(
+            "masquerade IPv6 CIDR is not IPv4",
+            vec![(
+                iface0,
+                json!({"name": "pod", "masquerade": {"ipv6Cidr": "10.0.2.0/30"}}),
+            )],
+            vec![
+                "spec.instance.interfaces[0].masquerade.ipv6Cidr: Invalid value: \"10.0.2.0/30\": must be an IPv6 CIDR such as fd10:0:2::/120",
+            ],
+        ),
+        case(
             "masquerade ports in range, known protocol, no duplicates",
             vec![(
                 iface0,
@@ -644,7 +664,22 @@ fn masquerade_defaults_and_resolves() {
             network: "10.0.2.0".parse().unwrap(),
             prefix: 30,
             ports: Some(vec![(8080, config::Protocol::Tcp)]),
+            ipv6: ("fd10:0:2::".parse().unwrap(), 120),
         }
+    );
+    assert_eq!(masq.ipv6_cidr, "", "KubeVirt's default is not written in");
+    let doc = with(&[(
+        "/spec/instance/interfaces/0",
+        json!({"name": "pod", "masquerade": {"ipv6Cidr": "fd12:3456::77/64"}}),
+    )]);
+    let cfg = VmConfig::from_manifest(&load_value(&doc).unwrap());
+    let Binding::Masquerade { ipv6, .. } = &cfg.interfaces[0].binding else {
+        panic!("{:?}", cfg.interfaces[0].binding);
+    };
+    assert_eq!(
+        *ipv6,
+        ("fd12:3456::".parse().unwrap(), 64),
+        "host bits cleared"
     );
 }
 

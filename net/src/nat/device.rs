@@ -1,20 +1,21 @@
 //! The engine's side of smoltcp: a [`phy::Device`] over two frame queues, one from the guest
-//! and one, bounded, to it; and the Ethernet and IPv4 framing of what the engine builds for
+//! and one, bounded, to it; and the Ethernet and IP framing of what the engine builds for
 //! the guest itself.
 
 use std::collections::VecDeque;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Packet,
-    Ipv4Repr,
+    Ipv4Repr, Ipv6Packet, Ipv6Repr,
 };
 
 use crate::mac::MacAddr;
 
 pub(super) const ETH_HDR: usize = 14;
 pub(super) const IP_HDR: usize = 20;
+pub(super) const IPV6_HDR: usize = 40;
 
 pub(super) struct Queues {
     /// Frames from the guest for smoltcp.
@@ -120,6 +121,8 @@ impl phy::Device for Queues {
         let mut csum = ChecksumCapabilities::ignored();
         csum.ipv4 = Checksum::Tx;
         csum.tcp = Checksum::Tx;
+        // smoltcp's own neighbour solicitations, should its cache of the guest expire.
+        csum.icmpv6 = Checksum::Tx;
         caps.checksum = csum;
         caps
     }
@@ -195,5 +198,34 @@ pub(super) fn ipv4_frame(
         &ChecksumCapabilities::default(),
     );
     frame[ETH_HDR + IP_HDR..].copy_from_slice(payload);
+    frame
+}
+
+/// An Ethernet frame from `src_mac` to `dst_mac` carrying an IPv6 packet from `src` to
+/// `dst` with `payload`, which is already complete (its checksum included), and
+/// `hop_limit`.
+pub(super) fn ipv6_frame(
+    (src_mac, src): (MacAddr, Ipv6Addr),
+    (dst_mac, dst): (MacAddr, Ipv6Addr),
+    protocol: IpProtocol,
+    payload: &[u8],
+    hop_limit: u8,
+) -> Vec<u8> {
+    let ip = Ipv6Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: protocol,
+        payload_len: payload.len(),
+        hop_limit,
+    };
+    let mut frame = vec![0u8; ETH_HDR + IPV6_HDR + payload.len()];
+    EthernetRepr {
+        src_addr: EthernetAddress(src_mac.octets()),
+        dst_addr: EthernetAddress(dst_mac.octets()),
+        ethertype: EthernetProtocol::Ipv6,
+    }
+    .emit(&mut EthernetFrame::new_unchecked(&mut frame[..]));
+    ip.emit(&mut Ipv6Packet::new_unchecked(&mut frame[ETH_HDR..]));
+    frame[ETH_HDR + IPV6_HDR..].copy_from_slice(payload);
     frame
 }

@@ -5,64 +5,91 @@
 //! with it, often, the node's credentials) at 169.254.169.254: a pod may be trusted with
 //! those, a VM's guest is a tenant and is not by default. The same range holds NodeLocal
 //! DNSCache (169.254.20.10), so the pod's own resolvers stay reachable on port 53 whatever
-//! is denied. `--nat-deny CIDR` adds a range, `--nat-allow CIDR` reopens one (allow wins
+//! is denied. For IPv6 it denies link-local fe80::/10 and the two metadata addresses that
+//! are not link-local (EC2's fd00:ec2::254, Google's fd20:ce::254). `--nat-deny CIDR` adds
+//! a range, `--nat-allow CIDR` reopens one (allow wins
 //! over deny; `--nat-allow 169.254.0.0/16` restores the pod's behaviour).
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
-/// An IPv4 range.
+/// An IPv4 or IPv6 range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
     /// The base address (host bits cleared).
-    pub network: Ipv4Addr,
-    /// The prefix length, 0 to 32.
+    pub network: IpAddr,
+    /// The prefix length, 0 to 32 (IPv4) or 128 (IPv6).
     pub prefix: u8,
 }
 
 impl Cidr {
-    /// The range `network/prefix`, host bits cleared.
-    pub fn new(network: Ipv4Addr, prefix: u8) -> Option<Self> {
-        (prefix <= 32).then(|| Self {
-            network: Ipv4Addr::from(u32::from(network) & Self::mask(prefix)),
-            prefix,
-        })
+    /// The range `network/prefix`, host bits cleared; `None` when the prefix is longer than
+    /// the address.
+    pub fn new(network: IpAddr, prefix: u8) -> Option<Self> {
+        let network = match network {
+            IpAddr::V4(a) if prefix <= 32 => {
+                IpAddr::V4(Ipv4Addr::from(u32::from(a) & Self::mask4(prefix)))
+            }
+            IpAddr::V6(a) if prefix <= 128 => {
+                IpAddr::V6(Ipv6Addr::from(u128::from(a) & Self::mask6(prefix)))
+            }
+            _ => return None,
+        };
+        Some(Self { network, prefix })
     }
 
-    fn mask(prefix: u8) -> u32 {
+    fn mask4(prefix: u8) -> u32 {
         u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
     }
 
-    /// Whether `addr` is in the range.
-    pub fn contains(&self, addr: Ipv4Addr) -> bool {
-        u32::from(addr) & Self::mask(self.prefix) == u32::from(self.network)
+    fn mask6(prefix: u8) -> u128 {
+        u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0)
+    }
+
+    /// Whether `addr` is in the range (never, for an address of the other family).
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        match (self.network, addr) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                u32::from(a) & Self::mask4(self.prefix) == u32::from(n)
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                u128::from(a) & Self::mask6(self.prefix) == u128::from(n)
+            }
+            _ => false,
+        }
     }
 }
 
-/// Text that is not an IPv4 range.
+/// Text that is not an IP range.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CidrError {
     /// Not an address.
-    #[error("{0:?} is not an IPv4 address or range such as 10.0.0.0/8")]
+    #[error("{0:?} is not an IP address or range such as 10.0.0.0/8 or fd00::/8")]
     Address(String),
-    /// The prefix length is not 0 to 32.
-    #[error("{0:?}: the prefix length must be 0 to 32")]
+    /// The prefix length is longer than the address.
+    #[error("{0:?}: the prefix length must be 0 to 32 for IPv4, 0 to 128 for IPv6")]
     Prefix(String),
 }
 
 impl FromStr for Cidr {
     type Err = CidrError;
 
-    /// `A.B.C.D/N`, or a bare address (a /32).
+    /// `A.B.C.D/N` or `X:Y::Z/N`, or a bare address (a /32 or /128).
     fn from_str(s: &str) -> Result<Self, CidrError> {
-        let (addr, prefix) = s.split_once('/').unwrap_or((s, "32"));
-        let addr: Ipv4Addr = addr
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
             .parse()
             .map_err(|_| CidrError::Address(s.to_string()))?;
+        let prefix = match prefix {
+            Some(p) => p.parse().ok(),
+            None if addr.is_ipv4() => Some(32),
+            None => Some(128),
+        };
         prefix
-            .parse()
-            .ok()
             .and_then(|p| Self::new(addr, p))
             .ok_or_else(|| CidrError::Prefix(s.to_string()))
     }
@@ -83,16 +110,38 @@ pub struct Egress {
     pub allow: Vec<Cidr>,
 }
 
-/// Link-local: cloud metadata, and NodeLocal DNSCache.
+/// IPv4 link-local: cloud metadata, and NodeLocal DNSCache.
 pub const LINK_LOCAL: Cidr = Cidr {
-    network: Ipv4Addr::new(169, 254, 0, 0),
+    network: IpAddr::V4(Ipv4Addr::new(169, 254, 0, 0)),
     prefix: 16,
 };
+
+/// IPv6 link-local: the pod's own link, which the guest has no business on.
+pub const LINK_LOCAL_V6: Cidr = Cidr {
+    network: IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0)),
+    prefix: 10,
+};
+
+/// The IPv6 instance metadata services of the clouds that have one (EC2's and Google's),
+/// which are not link-local.
+pub const METADATA_V6: [Cidr; 2] = [
+    Cidr {
+        network: IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+        prefix: 128,
+    },
+    Cidr {
+        network: IpAddr::V6(Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254)),
+        prefix: 128,
+    },
+];
 
 impl Default for Egress {
     fn default() -> Self {
         Self {
-            deny: vec![LINK_LOCAL],
+            deny: [LINK_LOCAL, LINK_LOCAL_V6]
+                .into_iter()
+                .chain(METADATA_V6)
+                .collect(),
             allow: Vec::new(),
         }
     }
@@ -101,8 +150,8 @@ impl Default for Egress {
 impl Egress {
     /// Whether the guest may reach `dst`; `resolvers` (the pod's) are always reachable on
     /// port 53.
-    pub fn allows(&self, dst: SocketAddrV4, resolvers: &[Ipv4Addr]) -> bool {
-        let ip = *dst.ip();
+    pub fn allows(&self, dst: SocketAddr, resolvers: &[IpAddr]) -> bool {
+        let ip = dst.ip();
         if dst.port() == 53 && resolvers.contains(&ip) {
             return true;
         }
@@ -128,24 +177,41 @@ impl fmt::Display for Egress {
 mod tests {
     use super::*;
 
-    fn at(a: [u8; 4], port: u16) -> SocketAddrV4 {
-        SocketAddrV4::new(Ipv4Addr::from(a), port)
+    fn at(a: [u8; 4], port: u16) -> SocketAddr {
+        SocketAddr::from((a, port))
+    }
+
+    fn at6(a: &str, port: u16) -> SocketAddr {
+        SocketAddr::new(a.parse().unwrap(), port)
     }
 
     #[test]
     fn parses_ranges_and_bare_addresses() {
         assert_eq!(
             "10.1.2.3/8".parse::<Cidr>().unwrap(),
-            Cidr::new(Ipv4Addr::new(10, 0, 0, 0), 8).unwrap()
+            Cidr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 0)), 8).unwrap()
         );
         assert_eq!("1.2.3.4".parse::<Cidr>().unwrap().prefix, 32);
+        assert_eq!("::1".parse::<Cidr>().unwrap().prefix, 128);
+        let v4_all = "0.0.0.0/0".parse::<Cidr>().unwrap();
+        assert!(v4_all.contains(IpAddr::V4(Ipv4Addr::BROADCAST)));
         assert!(
-            "0.0.0.0/0"
-                .parse::<Cidr>()
-                .unwrap()
-                .contains(Ipv4Addr::BROADCAST)
+            !v4_all.contains(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+            "one family"
         );
-        for bad in ["", "10.0.0.0/33", "10.0.0/8", "x/8", "10.0.0.0/", "::1/128"] {
+        let ula = "fd12:3456::1/16".parse::<Cidr>().unwrap();
+        assert_eq!(ula.to_string(), "fd12::/16");
+        assert!(ula.contains("fd12:ffff::9".parse().unwrap()));
+        assert!(!ula.contains("fd13::9".parse().unwrap()));
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "10.0.0/8",
+            "x/8",
+            "10.0.0.0/",
+            "::1/129",
+            "fd00::/x",
+        ] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }
     }
@@ -154,8 +220,9 @@ mod tests {
     fn metadata_is_denied_and_the_pods_resolver_is_not() {
         let egress = Egress::default();
         let resolvers = [
-            Ipv4Addr::new(169, 254, 20, 10),
-            Ipv4Addr::new(10, 96, 0, 10),
+            IpAddr::V4(Ipv4Addr::new(169, 254, 20, 10)),
+            IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10)),
+            "fe80::53".parse().unwrap(),
         ];
         assert!(!egress.allows(at([169, 254, 169, 254], 80), &resolvers));
         assert!(egress.allows(at([169, 254, 20, 10], 53), &resolvers));
@@ -165,6 +232,11 @@ mod tests {
         );
         assert!(egress.allows(at([10, 96, 0, 10], 53), &resolvers));
         assert!(egress.allows(at([93, 184, 216, 34], 443), &resolvers));
+        assert!(!egress.allows(at6("fe80::1", 80), &resolvers));
+        assert!(egress.allows(at6("fe80::53", 53), &resolvers));
+        assert!(!egress.allows(at6("fd00:ec2::254", 80), &resolvers));
+        assert!(!egress.allows(at6("fd20:ce::254", 80), &resolvers));
+        assert!(egress.allows(at6("2001:db8::1", 443), &resolvers));
     }
 
     #[test]

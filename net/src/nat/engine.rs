@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,11 +19,12 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::device::{OneFrame, Queues, ToGuest, ipv4_frame};
+use super::device::{OneFrame, Queues, ToGuest, ipv4_frame, ipv6_frame};
 use super::egress::Egress;
 use super::flow::{FlowId, FlowKey, FlowTable};
 use super::icmp::{Echo, RawFlows};
 use super::inbound::Listeners;
+use super::ipv6::{Ipv6Config, V6};
 use super::limits::Limits;
 use super::tcp::TcpFlows;
 use super::udp::{Dgram, DgramFlow, InboundUdp};
@@ -56,6 +57,8 @@ pub(super) enum Wake {
     ListenUdp(usize),
     /// The raw ICMP socket.
     RawIcmp,
+    /// The raw ICMPv6 socket.
+    RawIcmp6,
 }
 
 impl Token for Wake {
@@ -70,6 +73,7 @@ impl Token for Wake {
             Wake::ListenTcp(i) => (5, i as u64),
             Wake::ListenUdp(i) => (6, i as u64),
             Wake::RawIcmp => (7, 0),
+            Wake::RawIcmp6 => (8, 0),
         };
         kind << 56 | n
     }
@@ -86,6 +90,7 @@ impl Token for Wake {
             5 => Wake::ListenTcp(index()?),
             6 => Wake::ListenUdp(index()?),
             7 => Wake::RawIcmp,
+            8 => Wake::RawIcmp6,
             _ => return None,
         })
     }
@@ -112,6 +117,8 @@ pub struct NatConfig {
     pub limits: Limits,
     /// What the guest may not reach.
     pub egress: Egress,
+    /// The guest's IPv6 side, when the pod has IPv6 to give it.
+    pub ipv6: Option<Ipv6Config>,
 }
 
 impl NatConfig {
@@ -156,6 +163,10 @@ pub struct Nat {
     pub(super) cfg: NatConfig,
     pub(super) gateway: Ipv4Addr,
     pub(super) guest: Ipv4Addr,
+    /// The IPv6 side, when there is one.
+    pub(super) v6: Option<V6>,
+    /// The pod's resolvers, both families: always reachable on port 53.
+    pub(super) resolvers: Vec<IpAddr>,
     /// Where the gateway's port 53 goes, when the pod's resolver is on loopback.
     pub(super) dns_redirect: Option<SocketAddrV4>,
     dhcp: DhcpServer,
@@ -170,6 +181,8 @@ pub struct Nat {
     pub(super) icmp: FlowTable<FlowKey, DgramFlow>,
     /// ICMP echo flows on the raw socket, when that is how echo leaves.
     pub(super) raw: RawFlows,
+    /// The raw ICMPv6 socket has packets (edge-triggered: kept until drained).
+    pub(super) raw6_readable: bool,
     /// Unprivileged ICMP sockets were refused (and that was logged).
     pub(super) icmp_forbidden: bool,
     pub(super) listeners: Arc<Listeners>,
@@ -186,7 +199,7 @@ pub struct Nat {
     /// Where datagrams from host sockets are read.
     pub(super) buf: Vec<u8>,
     /// Tests reach their own listeners on loopback; the guest never does.
-    loopback_ok: bool,
+    pub(super) loopback_ok: bool,
 }
 
 impl std::fmt::Debug for Nat {
@@ -247,14 +260,30 @@ impl Nat {
         )));
         config.random_seed = crate::random::u64();
         let mut iface = Interface::new(config, &mut dev, smoltcp::time::Instant::ZERO);
+        let v6 = cfg.ipv6.as_ref().map(|c| V6::new(c, &cfg, start));
         iface.update_ip_addrs(|addrs| {
             let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(gateway), cfg.prefix));
+            if let Some(v6) = &v6 {
+                let _ = addrs.push(IpCidr::new(IpAddress::Ipv6(v6.gateway), v6.prefix));
+                let _ = addrs.push(IpCidr::new(IpAddress::Ipv6(v6.link_local), 64));
+            }
         });
         iface.set_any_ip(true);
+        let full = |_| io::Error::other("smoltcp route table full");
         iface
             .routes_mut()
             .add_default_ipv4_route(gateway)
-            .map_err(|_| io::Error::other("smoltcp route table full"))?;
+            .map_err(full)?;
+        if let Some(v6) = &v6 {
+            iface
+                .routes_mut()
+                .add_default_ipv6_route(v6.gateway)
+                .map_err(full)?;
+        }
+        let mut resolvers: Vec<IpAddr> = cfg.dns.iter().copied().map(IpAddr::V4).collect();
+        if let Some(c) = &cfg.ipv6 {
+            resolvers.extend(c.dns.iter().copied().map(IpAddr::V6));
+        }
         let poller = Poller::new()?;
         let timer = TimerFd::new()?;
         let ready = EventFd::new(EFD_NONBLOCK)?;
@@ -268,7 +297,10 @@ impl Nat {
             poller.add(l.as_raw_fd(), Wake::ListenUdp(i), listen)?;
         }
         if let Echo::Raw(raw) = &listeners.echo {
-            poller.add(raw.as_raw_fd(), Wake::RawIcmp, listen)?;
+            poller.add(raw.v4.as_raw_fd(), Wake::RawIcmp, listen)?;
+            if let Some(v6) = raw.v6.as_ref().filter(|_| cfg.ipv6.is_some()) {
+                poller.add(v6.as_raw_fd(), Wake::RawIcmp6, listen)?;
+            }
         }
         let limits = cfg.limits;
         let mut nat = Self {
@@ -279,6 +311,8 @@ impl Nat {
             inbound_udp: FlowTable::new(limits.udp_flows),
             gateway,
             guest,
+            v6,
+            resolvers,
             dns_redirect,
             dhcp,
             iface,
@@ -291,6 +325,7 @@ impl Nat {
             udp: FlowTable::new(limits.udp_flows),
             icmp: FlowTable::new(limits.icmp_flows),
             raw: RawFlows::new(limits.icmp_flows),
+            raw6_readable: false,
             icmp_forbidden: false,
             start,
             next_sweep: start + SWEEP,
@@ -301,6 +336,7 @@ impl Nat {
             cfg,
         };
         nat.teach_guest_mac();
+        nat.teach_guest_mac6();
         nat.arm_timer(SWEEP);
         Ok(nat)
     }
@@ -378,6 +414,7 @@ impl Nat {
         match eth.ethertype() {
             EthernetProtocol::Arp => self.arp_from_guest(frame, eth.payload()),
             EthernetProtocol::Ipv4 => self.ipv4_from_guest(frame, eth.payload()),
+            EthernetProtocol::Ipv6 => self.ipv6_from_guest(frame, eth.payload()),
             _ => self.drop_frame(),
         }
         self.signal();
@@ -402,8 +439,8 @@ impl Nat {
             return self.drop_frame();
         }
         match ip.next_header() {
-            IpProtocol::Tcp => self.tcp_from_guest(frame, dst, ip.payload()),
-            IpProtocol::Udp => self.udp_from_guest(dst, ip.hop_limit(), ip.payload()),
+            IpProtocol::Tcp => self.tcp_from_guest(frame, IpAddr::V4(dst), ip.payload()),
+            IpProtocol::Udp => self.udp_from_guest(IpAddr::V4(dst), ip.hop_limit(), ip.payload()),
             IpProtocol::Icmp => self.icmp_from_guest(dst, ip.hop_limit(), ip.payload()),
             _ => self.drop_frame(),
         }
@@ -436,35 +473,83 @@ impl Nat {
 
     // --- to the guest --------------------------------------------------------------------
 
-    /// Queues an IPv4 packet from `src` to the guest with `payload` (already complete), or
-    /// counts it dropped when `to-guest-frames` wait already.
-    pub(super) fn push_ip(&mut self, src: Ipv4Addr, protocol: IpProtocol, payload: &[u8]) {
+    /// Queues an IP packet from `src` to the guest's address of its family with `payload`
+    /// (already complete), or counts it dropped when `to-guest-frames` wait already (or,
+    /// for IPv6, when the guest has none).
+    pub(super) fn push_ip(&mut self, src: IpAddr, protocol: IpProtocol, payload: &[u8]) {
         if self.dev.tx.is_full() {
             self.dev.tx.dropped += 1;
             return;
         }
-        let frame = ipv4_frame(
-            (GATEWAY_MAC, src),
-            (self.cfg.guest_mac, self.guest),
-            protocol,
-            payload,
-        );
+        let frame = match src {
+            IpAddr::V4(src) => ipv4_frame(
+                (GATEWAY_MAC, src),
+                (self.cfg.guest_mac, self.guest),
+                protocol,
+                payload,
+            ),
+            IpAddr::V6(src) => {
+                let Some(v6) = &self.v6 else {
+                    return self.drop_frame();
+                };
+                ipv6_frame(
+                    (GATEWAY_MAC, src),
+                    (self.cfg.guest_mac, v6.guest),
+                    protocol,
+                    payload,
+                    64,
+                )
+            }
+        };
         self.dev.tx.push(frame);
     }
 
+    /// The guest's address of `peer`'s family.
+    pub(super) fn guest_of(&self, peer: IpAddr) -> Option<IpAddr> {
+        match peer {
+            IpAddr::V4(_) => Some(IpAddr::V4(self.guest)),
+            IpAddr::V6(_) => self.v6.as_ref().map(|v6| IpAddr::V6(v6.guest)),
+        }
+    }
+
+    /// Whether `addr` is one of the gateway's own addresses.
+    pub(super) fn is_gateway(&self, addr: IpAddr) -> bool {
+        match addr {
+            IpAddr::V4(a) => a == self.gateway,
+            IpAddr::V6(a) => self.v6.as_ref().is_some_and(|v6| v6.is_gateway(a)),
+        }
+    }
+
+    /// Where the gateway's DNS port goes for a guest that sent to `dst` port 53: the pod's
+    /// loopback resolver of that family, if it has one.
+    pub(super) fn dns_redirect(&self, dst: IpAddr) -> Option<SocketAddr> {
+        match dst {
+            IpAddr::V4(_) => self.dns_redirect.map(SocketAddr::V4),
+            IpAddr::V6(_) => self.v6.as_ref()?.dns_redirect.map(SocketAddr::V6),
+        }
+    }
+
     /// The address a peer appears from in the guest: its own, unless the guest could not
-    /// answer it (loopback, the NAT subnet), then the gateway's.
-    pub(super) fn visible_source(&self, peer: Ipv4Addr) -> Ipv4Addr {
-        let subnet = |a: Ipv4Addr| {
-            let mask = u32::MAX
-                .checked_shl(32 - u32::from(self.cfg.prefix))
-                .unwrap_or(0);
-            u32::from(a) & mask == u32::from(self.cfg.network) & mask
-        };
-        if is_routable(peer) && !subnet(peer) {
-            peer
-        } else {
-            self.gateway
+    /// answer it (loopback, link-local, the NAT subnet), then the gateway's.
+    pub(super) fn visible_source(&self, peer: IpAddr) -> IpAddr {
+        match peer {
+            IpAddr::V4(peer) => {
+                let subnet = |a: Ipv4Addr| {
+                    let mask = u32::MAX
+                        .checked_shl(32 - u32::from(self.cfg.prefix))
+                        .unwrap_or(0);
+                    u32::from(a) & mask == u32::from(self.cfg.network) & mask
+                };
+                IpAddr::V4(if is_routable(peer) && !subnet(peer) {
+                    peer
+                } else {
+                    self.gateway
+                })
+            }
+            IpAddr::V6(peer) => match &self.v6 {
+                Some(v6) => IpAddr::V6(v6.visible_source(peer)),
+                None => IpAddr::V6(peer),
+            },
         }
     }
 
@@ -492,8 +577,11 @@ impl Nat {
         }
         self.read_inbound_udp();
         self.read_raw_echo();
+        self.read_raw_echo6();
         if now >= self.next_sweep {
             self.teach_guest_mac();
+            self.teach_guest_mac6();
+            self.advertise_router(now);
             self.sweep_tcp(now);
             self.sweep_dgrams(now);
             self.raw.expire(now, self.cfg.limits.udp_idle);
@@ -509,7 +597,7 @@ impl Nat {
         if !self.has_frames() {
             let _ = self.ready.read();
         }
-        if self.raw.readable && !self.dev.tx.is_full() {
+        if (self.raw.readable || self.raw6_readable) && !self.dev.tx.is_full() {
             // The raw socket's round ended with packets left: another round soon.
             let _ = self.ready.write(1);
         }
@@ -543,6 +631,7 @@ impl Nat {
                         dgrams.push((Dgram::Icmp, id));
                     }
                     Wake::RawIcmp => self.raw.readable = true,
+                    Wake::RawIcmp6 => self.raw6_readable = true,
                     Wake::Udp(_) | Wake::Icmp(_) => {}
                 }
             }

@@ -9,14 +9,14 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, RandomState};
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use hashlink::LinkedHashMap;
 
 /// What a flow is known by: the guest's port (or its echo identifier) and the far end as
 /// the guest sees it.
-pub(super) type FlowKey = (u16, SocketAddrV4);
+pub(super) type FlowKey = (u16, SocketAddr);
 
 /// A flow's id: unique in its table for the engine's life, below 2^56 (the top byte of an
 /// epoll token says which table).

@@ -2,7 +2,8 @@
 //!
 //! Without privileges nothing can catch a connection to a port nobody listens on, so
 //! forwarding "every port" means listening on every port: one TCP listener and one UDP
-//! socket per port on 0.0.0.0, bound once before the first boot and kept across reboots.
+//! socket per port on 0.0.0.0 (on [::] for both families when the guest has IPv6), bound
+//! once before the first boot and kept across reboots.
 //! Ports another process of the pod already holds are skipped (bind fails), and so is the
 //! kernel's ephemeral range (`net.ipv4.ip_local_port_range`): the engine's own outbound
 //! sockets take their local ports from it, and a listener there would take them away. Each
@@ -101,9 +102,10 @@ fn raise_nofile(want: u64) -> u64 {
 }
 
 impl Listeners {
-    /// Binds what `forward` asks for. A port in use is skipped and listed; running out of
+    /// Binds what `forward` asks for, for IPv4 peers, and for IPv6 ones too if `ipv6` (one
+    /// dual-stack socket a port). A port in use is skipped and listed; running out of
     /// descriptors stops binding and is counted.
-    pub fn bind(forward: &Forward) -> Self {
+    pub fn bind(forward: &Forward, ipv6: bool) -> Self {
         let wanted: Vec<(u16, Protocol)> = match forward {
             Forward::Ports(ports) => ports.clone(),
             Forward::All => {
@@ -117,7 +119,7 @@ impl Listeners {
         let limit = raise_nofile(wanted.len() as u64 + FD_RESERVE);
         let budget = usize::try_from(limit.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
         let mut out = Self {
-            echo: Echo::open(),
+            echo: Echo::open(ipv6),
             ..Self::default()
         };
         for (i, &(port, protocol)) in wanted.iter().enumerate() {
@@ -126,8 +128,8 @@ impl Listeners {
                 break;
             }
             let bound = match protocol {
-                Protocol::Tcp => sock::tcp_listener(port).map(|l| out.tcp.push((port, l))),
-                Protocol::Udp => sock::udp_bound(port).map(|s| out.udp.push((port, s))),
+                Protocol::Tcp => sock::tcp_listener(port, ipv6).map(|l| out.tcp.push((port, l))),
+                Protocol::Udp => sock::udp_bound(port, ipv6).map(|s| out.udp.push((port, s))),
             };
             match bound {
                 Ok(()) => {}
@@ -198,11 +200,14 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let l = Listeners::bind(&Forward::Ports(vec![
-            (taken_port, Protocol::Tcp),
-            (free, Protocol::Tcp),
-            (free, Protocol::Udp),
-        ]));
+        let l = Listeners::bind(
+            &Forward::Ports(vec![
+                (taken_port, Protocol::Tcp),
+                (free, Protocol::Tcp),
+                (free, Protocol::Udp),
+            ]),
+            false,
+        );
         assert_eq!(l.in_use, vec![(taken_port, Protocol::Tcp)]);
         assert_eq!(l.tcp.len(), 1);
         assert_eq!(l.udp.len(), 1);

@@ -104,6 +104,7 @@ pub mod engine;
 mod flow;
 pub mod icmp;
 pub mod inbound;
+pub mod ipv6;
 pub mod limits;
 mod sock;
 mod tcp;
@@ -112,9 +113,12 @@ mod udp;
 pub use backend::NatBackend;
 pub use egress::{Cidr, CidrError, Egress};
 pub use engine::{GATEWAY_MAC, Nat, NatConfig, NatStats};
-pub use icmp::Echo;
+pub use icmp::{Echo, RawSockets};
 pub use inbound::{Forward, Listeners, Protocol};
+pub use ipv6::Ipv6Config;
 pub use limits::{LimitError, Limits, SMALL_TCP_BUFFER};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests6;

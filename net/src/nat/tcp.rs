@@ -46,7 +46,7 @@
 //! touched, frames from the guest mark every flow, and each marked flow is pumped.
 
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
@@ -128,11 +128,11 @@ impl TcpFlows {
 }
 
 impl Nat {
-    pub(super) fn tcp_from_guest(&mut self, frame: &[u8], dst: Ipv4Addr, segment: &[u8]) {
+    pub(super) fn tcp_from_guest(&mut self, frame: &[u8], dst: IpAddr, segment: &[u8]) {
         let Ok(tcp) = TcpPacket::new_checked(segment) else {
             return self.drop_frame();
         };
-        let key = (tcp.src_port(), SocketAddrV4::new(dst, tcp.dst_port()));
+        let key = (tcp.src_port(), SocketAddr::new(dst, tcp.dst_port()));
         let known = self.tcp.table.id(&key);
         if !tcp.syn() || tcp.ack() || known.is_some() {
             // Part of a flow (a retransmitted SYN while connecting is dropped: the
@@ -145,12 +145,9 @@ impl Nat {
             }
             return;
         }
-        let target = if dst == self.gateway {
-            match self.dns_redirect {
-                Some(resolver) if key.1.port() == 53 => Some(resolver),
-                _ => None,
-            }
-        } else if self.cfg.egress.allows(key.1, &self.cfg.dns) {
+        let target = if self.is_gateway(dst) {
+            self.dns_redirect(dst).filter(|_| key.1.port() == 53)
+        } else if self.cfg.egress.allows(key.1, &self.resolvers) {
             Some(key.1)
         } else {
             // Refused as a closed port would be: smoltcp answers RST.
@@ -240,8 +237,8 @@ impl Nat {
             };
             loop {
                 let (stream, peer) = match listener.accept() {
-                    Ok((s, std::net::SocketAddr::V4(p))) => (s, p),
-                    Ok(_) => continue,
+                    // A dual-stack listener's IPv4 peers come as IPv4-mapped addresses.
+                    Ok((s, p)) => (s, SocketAddr::new(p.ip().to_canonical(), p.port())),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(_) => break, // WouldBlock, or an error of that one connection
                 };
@@ -250,8 +247,13 @@ impl Nat {
         }
     }
 
-    fn start_inbound(&mut self, stream: TcpStream, peer: SocketAddrV4, port: u16) {
-        let src = SocketAddrV4::new(self.visible_source(*peer.ip()), peer.port());
+    fn start_inbound(&mut self, stream: TcpStream, peer: SocketAddr, port: u16) {
+        let src = SocketAddr::new(self.visible_source(peer.ip()), peer.port());
+        let Some(guest) = self.guest_of(peer.ip()) else {
+            // An IPv6 peer, and the guest has no IPv6.
+            sock::reset_on_close(&stream);
+            return;
+        };
         let key = (port, src);
         let half = (self.cfg.limits.tcp_flows / 2).max(1);
         let full = self.tcp.table.is_full() || self.tcp.inbound >= half;
@@ -268,9 +270,9 @@ impl Nat {
             sock::reset_on_close(&stream);
             return;
         };
-        let remote = (IpAddress::Ipv4(self.guest), port);
+        let remote = (IpAddress::from(guest), port);
         let local = IpListenEndpoint {
-            addr: Some(IpAddress::Ipv4(*src.ip())),
+            addr: Some(IpAddress::from(src.ip())),
             port: src.port(),
         };
         if let Err(e) = socket.connect(self.iface.context(), remote, local) {
@@ -356,7 +358,7 @@ impl Nat {
         };
         if socket
             .listen(IpListenEndpoint {
-                addr: Some(IpAddress::Ipv4(*dst.ip())),
+                addr: Some(IpAddress::from(dst.ip())),
                 port: dst.port(),
             })
             .is_err()

@@ -22,12 +22,12 @@ use super::engine::{GATEWAY_MAC, Nat, NatConfig};
 use super::limits::Limits;
 use crate::mac::MacAddr;
 
-const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
-const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
-const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
+pub(super) const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+pub(super) const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+pub(super) const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
 const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
-fn config(limits: Limits) -> NatConfig {
+pub(super) fn config(limits: Limits) -> NatConfig {
     NatConfig {
         network: Ipv4Addr::new(10, 0, 2, 0),
         prefix: 30,
@@ -38,6 +38,7 @@ fn config(limits: Limits) -> NatConfig {
         hostname: "vm".into(),
         limits,
         egress: Egress::default(),
+        ipv6: None,
     }
 }
 
@@ -47,7 +48,7 @@ fn nat(limits: Limits) -> Nat {
     nat
 }
 
-fn drain(nat: &mut Nat) -> Vec<Vec<u8>> {
+pub(super) fn drain(nat: &mut Nat) -> Vec<Vec<u8>> {
     nat.process();
     std::iter::from_fn(|| nat.to_guest()).collect()
 }
@@ -96,15 +97,15 @@ impl phy::Device for Wire {
     }
 }
 
-struct GuestStack {
-    iface: Interface,
+pub(super) struct GuestStack {
+    pub(super) iface: Interface,
     wire: Wire,
-    sockets: SocketSet<'static>,
+    pub(super) sockets: SocketSet<'static>,
     start: Instant,
 }
 
 impl GuestStack {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let mut wire = Wire::default();
         let cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(GUEST_MAC)));
         let mut iface = Interface::new(cfg, &mut wire, smoltcp::time::Instant::ZERO);
@@ -127,25 +128,30 @@ impl GuestStack {
     }
 
     fn connect(&mut self, port: u16, local_port: u16) -> SocketHandle {
+        self.connect_to(IpAddress::Ipv4(LOOPBACK), port, local_port)
+    }
+
+    pub(super) fn connect_to(
+        &mut self,
+        addr: IpAddress,
+        port: u16,
+        local: impl Into<smoltcp::wire::IpListenEndpoint>,
+    ) -> SocketHandle {
         let mut s = tcp::Socket::new(
             tcp::SocketBuffer::new(vec![0; 1 << 20]),
             tcp::SocketBuffer::new(vec![0; 1 << 20]),
         );
-        s.connect(
-            self.iface.context(),
-            (IpAddress::Ipv4(LOOPBACK), port),
-            local_port,
-        )
-        .unwrap();
+        s.connect(self.iface.context(), (addr, port), local)
+            .unwrap();
         self.sockets.add(s)
     }
 
-    fn sock(&mut self, h: SocketHandle) -> &mut tcp::Socket<'static> {
+    pub(super) fn sock(&mut self, h: SocketHandle) -> &mut tcp::Socket<'static> {
         self.sockets.get_mut::<tcp::Socket>(h)
     }
 
     /// One round trip of frames between the guest and the engine.
-    fn exchange(&mut self, nat: &mut Nat) {
+    pub(super) fn exchange(&mut self, nat: &mut Nat) {
         let now = self.now();
         self.iface.poll(now, &mut self.wire, &mut self.sockets);
         while let Some(f) = self.wire.tx.pop_front() {
@@ -159,7 +165,12 @@ impl GuestStack {
     }
 
     /// Exchanges until `done` or the deadline.
-    fn run_until(&mut self, nat: &mut Nat, what: &str, mut done: impl FnMut(&mut Self) -> bool) {
+    pub(super) fn run_until(
+        &mut self,
+        nat: &mut Nat,
+        what: &str,
+        mut done: impl FnMut(&mut Self) -> bool,
+    ) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !done(self) {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -171,7 +182,7 @@ impl GuestStack {
 
 // --- hand-made frames -----------------------------------------------------------------------
 
-fn eth(dst: [u8; 6], ethertype: EthernetProtocol, payload: &[u8]) -> Vec<u8> {
+pub(super) fn eth(dst: [u8; 6], ethertype: EthernetProtocol, payload: &[u8]) -> Vec<u8> {
     let mut f = vec![0u8; 14 + payload.len()];
     EthernetRepr {
         src_addr: EthernetAddress(GUEST_MAC),
@@ -289,7 +300,7 @@ fn packets(frames: &[Vec<u8>]) -> Vec<(Ipv4Addr, IpProtocol, Vec<u8>)> {
         .collect()
 }
 
-fn free_port() -> u16 {
+pub(super) fn free_port() -> u16 {
     TcpListener::bind((LOOPBACK, 0))
         .unwrap()
         .local_addr()
@@ -349,7 +360,7 @@ fn the_gateway_answers_echo() {
 /// Runs `test` on a thread in a network namespace of its own, with loopback up and
 /// `ping_group_range` set to `range` (a new namespace's default is `1 0`, forbidden), so
 /// that the machine's own settings are never touched. Needs root, as the suite does.
-fn in_private_netns(range: &str, test: impl FnOnce() + Send + 'static) {
+pub(super) fn in_private_netns(range: &str, test: impl FnOnce() + Send + 'static) {
     let range = range.to_string();
     std::thread::spawn(move || {
         // SAFETY: unshare(2) with a flag; it changes only this thread's network namespace.
@@ -411,7 +422,7 @@ fn echo_through_the_host(echo: super::Echo) {
 #[test]
 fn echo_leaves_on_unprivileged_sockets_where_the_namespace_allows_them() {
     in_private_netns("0 2147483647", || {
-        let echo = super::Echo::open();
+        let echo = super::Echo::open(false);
         assert!(matches!(echo, super::Echo::Unprivileged), "{echo:?}");
         echo_through_the_host(echo);
     });
@@ -421,7 +432,7 @@ fn echo_leaves_on_unprivileged_sockets_where_the_namespace_allows_them() {
 fn echo_leaves_on_a_raw_socket_in_a_pod_that_forbids_unprivileged_ones() {
     // A pod's default range, and CAP_NET_RAW as containers have it.
     in_private_netns("1 0", || {
-        let echo = super::Echo::open();
+        let echo = super::Echo::open(false);
         assert!(matches!(echo, super::Echo::Raw(_)), "{echo:?}");
         echo_through_the_host(echo);
     });
@@ -432,7 +443,7 @@ fn an_icmp_error_about_a_raw_echo_reaches_the_guest_quoting_its_request() {
     in_private_netns("1 0", || {
         // Nobody answers echo here, and a "router" says the TTL ran out instead.
         std::fs::write("/proc/sys/net/ipv4/icmp_echo_ignore_all", "1").unwrap();
-        let echo = super::Echo::open();
+        let echo = super::Echo::open(false);
         assert!(matches!(echo, super::Echo::Raw(_)), "{echo:?}");
         let listeners = Arc::new(super::Listeners {
             echo,
@@ -960,7 +971,7 @@ fn dhcp_gives_the_guest_its_address_and_the_gateway_as_router_and_dns() {
     assert!(drain(&mut nat).is_empty());
 }
 
-fn free_udp_port() -> u16 {
+pub(super) fn free_udp_port() -> u16 {
     UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
         .unwrap()
         .local_addr()
@@ -973,10 +984,10 @@ fn inbound_tcp_reaches_a_guest_listener_and_a_closed_guest_port_resets() {
     use super::inbound::{Forward, Listeners, Protocol};
     let open = free_port();
     let closed = free_port();
-    let listeners = Arc::new(Listeners::bind(&Forward::Ports(vec![
-        (open, Protocol::Tcp),
-        (closed, Protocol::Tcp),
-    ])));
+    let listeners = Arc::new(Listeners::bind(
+        &Forward::Ports(vec![(open, Protocol::Tcp), (closed, Protocol::Tcp)]),
+        false,
+    ));
     assert_eq!(listeners.tcp.len(), 2);
     let mut nat = Nat::new(config(Limits::default()), listeners).unwrap();
     let mut guest = GuestStack::new();
@@ -1043,10 +1054,10 @@ fn inbound_tcp_reaches_a_guest_listener_and_a_closed_guest_port_resets() {
 fn peers_get_half_the_tcp_flow_table_and_the_guest_keeps_the_rest() {
     use super::inbound::{Forward, Listeners, Protocol};
     let open = free_port();
-    let listeners = Arc::new(Listeners::bind(&Forward::Ports(vec![(
-        open,
-        Protocol::Tcp,
-    )])));
+    let listeners = Arc::new(Listeners::bind(
+        &Forward::Ports(vec![(open, Protocol::Tcp)]),
+        false,
+    ));
     let limits = Limits {
         tcp_flows: 8,
         ..Limits::default()
@@ -1087,10 +1098,10 @@ fn peers_get_half_the_tcp_flow_table_and_the_guest_keeps_the_rest() {
 fn inbound_udp_reaches_the_guest_and_its_reply_leaves_from_the_port() {
     use super::inbound::{Forward, Listeners, Protocol};
     let port = free_udp_port();
-    let listeners = Arc::new(Listeners::bind(&Forward::Ports(vec![(
-        port,
-        Protocol::Udp,
-    )])));
+    let listeners = Arc::new(Listeners::bind(
+        &Forward::Ports(vec![(port, Protocol::Udp)]),
+        false,
+    ));
     let mut nat = Nat::new(config(Limits::default()), listeners).unwrap();
     let peer = UdpSocket::bind((LOOPBACK, 0)).unwrap();
     let peer_port = peer.local_addr().unwrap().port();

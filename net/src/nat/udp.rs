@@ -4,7 +4,7 @@
 //! forwarded ports go to the guest, and the guest's answers leave from the port written to.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
@@ -12,9 +12,10 @@ use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{IpAddress, IpProtocol, UdpPacket, UdpRepr};
 use vmm_sys_util::epoll::EventSet;
 
-use super::device::IP_HDR;
+use super::device::{IP_HDR, IPV6_HDR};
 use super::engine::{Nat, Wake};
 use super::flow::{FlowId, FlowKey, FlowTable};
+use super::icmp::Quote;
 use super::sock::{self, IcmpError};
 
 const UDP_HDR: usize = 8;
@@ -35,12 +36,14 @@ pub(super) struct DgramFlow {
     errors: bool,
     /// The TTL the socket sends with, when not the kernel's default.
     ttl: Option<u8>,
+    /// An IPv6 socket.
+    v6: bool,
 }
 
 impl DgramFlow {
     /// Sends `data` to the flow's destination with what is left of the guest's `ttl`.
     pub(super) fn send_with_ttl(&mut self, data: &[u8], ttl: u8) -> io::Result<usize> {
-        sock::follow_ttl(&self.sock, &mut self.ttl, ttl);
+        sock::follow_ttl(&self.sock, &mut self.ttl, ttl, self.v6);
         self.send_again(data)
     }
 
@@ -73,7 +76,16 @@ impl DgramFlow {
 /// through that port's socket.
 pub(super) struct InboundUdp {
     listener: usize,
-    peer: SocketAddrV4,
+    /// As the socket received it (an IPv4 peer of a dual-stack socket IPv4-mapped).
+    peer: SocketAddr,
+}
+
+/// The IP header's size in `addr`'s family.
+pub(super) fn ip_header_len(addr: IpAddr) -> usize {
+    match addr {
+        IpAddr::V4(_) => IP_HDR,
+        IpAddr::V6(_) => IPV6_HDR,
+    }
 }
 
 impl Nat {
@@ -85,14 +97,14 @@ impl Nat {
     }
 
     /// A datagram the guest sent to `dst` with `ttl`.
-    pub(super) fn udp_from_guest(&mut self, dst: Ipv4Addr, ttl: u8, datagram: &[u8]) {
+    pub(super) fn udp_from_guest(&mut self, dst: IpAddr, ttl: u8, datagram: &[u8]) {
         let Ok(udp) = UdpPacket::new_checked(datagram) else {
             return self.drop_frame();
         };
-        if ttl <= 1 && dst != self.gateway {
+        if ttl <= 1 && !self.is_gateway(dst) {
             return self.ttl_ends_at_gateway(dst, IpProtocol::Udp, datagram, ttl);
         }
-        let key = (udp.src_port(), SocketAddrV4::new(dst, udp.dst_port()));
+        let key = (udp.src_port(), SocketAddr::new(dst, udp.dst_port()));
         if let Some(id) = self.inbound_udp.id(&key) {
             // A reply to a peer that wrote to a forwarded port: from that port.
             let Some(inbound) = self.inbound_udp.touch(id, Instant::now()) else {
@@ -104,12 +116,12 @@ impl Nat {
             }
             return;
         }
-        let target = if dst == self.gateway {
-            match self.dns_redirect {
+        let target = if self.is_gateway(dst) {
+            match self.dns_redirect(dst) {
                 Some(resolver) if key.1.port() == 53 => resolver,
                 _ => return self.drop_frame(),
             }
-        } else if self.cfg.egress.allows(key.1, &self.cfg.dns) {
+        } else if self.cfg.egress.allows(key.1, &self.resolvers) {
             key.1
         } else {
             self.stats.egress_denied += 1;
@@ -118,7 +130,7 @@ impl Nat {
         let Some(flow) = self.dgram_flow(Dgram::Udp, key, target) else {
             return self.drop_frame();
         };
-        sock::follow_ttl(&flow.sock, &mut flow.ttl, ttl);
+        sock::follow_ttl(&flow.sock, &mut flow.ttl, ttl, flow.v6);
         if let Err(e) = flow.send_again(udp.payload()) {
             log::debug!("masquerade: UDP to {target}: {e}");
         }
@@ -129,7 +141,7 @@ impl Nat {
         &mut self,
         kind: Dgram,
         key: FlowKey,
-        target: SocketAddrV4,
+        target: SocketAddr,
     ) -> Option<&mut DgramFlow> {
         let id = match self.dgrams(kind).id(&key) {
             Some(id) => id,
@@ -139,7 +151,7 @@ impl Nat {
     }
 
     /// Opens a UDP or ICMP flow, evicting the least recently used one when full.
-    fn open_dgram(&mut self, kind: Dgram, key: FlowKey, target: SocketAddrV4) -> Option<FlowId> {
+    fn open_dgram(&mut self, kind: Dgram, key: FlowKey, target: SocketAddr) -> Option<FlowId> {
         let sock = match kind {
             Dgram::Udp => sock::connect_udp(target),
             Dgram::Icmp => sock::connect_icmp(target),
@@ -158,7 +170,7 @@ impl Nat {
                 return None;
             }
         };
-        if let Err(e) = sock::set_recv_errors(&sock) {
+        if let Err(e) = sock::set_recv_errors(&sock, target.is_ipv6()) {
             log::debug!("masquerade: no ICMP errors for {target}: {e}");
         }
         let fd = sock.as_raw_fd();
@@ -167,6 +179,7 @@ impl Nat {
             readable: false,
             errors: false,
             ttl: None,
+            v6: target.is_ipv6(),
         };
         let (id, evicted) = self.dgrams(kind).insert(key, flow, Instant::now());
         if let Some((_, old)) = evicted {
@@ -310,15 +323,20 @@ impl Nat {
             udp_hdr[..2].copy_from_slice(&port.to_be_bytes());
             udp_hdr[2..4].copy_from_slice(&dst.port().to_be_bytes());
             udp_hdr[4..6].copy_from_slice(&udp_len.to_be_bytes());
-            let ttl = sent_ttl.map_or(64, |t| t.saturating_add(1));
-            let header = self.guest_header(*dst.ip(), IpProtocol::Udp, UDP_HDR + payload_len, ttl);
-            self.relay_icmp_error(&err, *dst.ip(), header, &udp_hdr);
+            let quote = Quote {
+                dst: dst.ip(),
+                protocol: IpProtocol::Udp,
+                len: UDP_HDR + payload_len,
+                ttl: sent_ttl.map_or(64, |t| t.saturating_add(1)),
+                data: &udp_hdr,
+            };
+            self.relay_icmp_error(&err, &quote);
         }
     }
 
     /// The first `n` bytes of the buffer, received on flow `key`, to the guest.
     fn udp_to_guest(&mut self, (port, from): FlowKey, n: usize) {
-        if n + UDP_HDR + IP_HDR > usize::from(self.cfg.mtu) {
+        if n + UDP_HDR + ip_header_len(from.ip()) > usize::from(self.cfg.mtu) {
             self.stats.dropped += 1;
             return;
         }
@@ -327,7 +345,10 @@ impl Nat {
 
     /// Queues a UDP datagram from `src` to the guest's port `dst_port` carrying the first
     /// `len` bytes of the receive buffer.
-    fn push_udp(&mut self, src: SocketAddrV4, dst_port: u16, len: usize) {
+    fn push_udp(&mut self, src: SocketAddr, dst_port: u16, len: usize) {
+        let Some(guest) = self.guest_of(src.ip()) else {
+            return self.drop_frame();
+        };
         let mut segment = vec![0u8; UDP_HDR + len];
         UdpRepr {
             src_port: src.port(),
@@ -335,13 +356,13 @@ impl Nat {
         }
         .emit(
             &mut UdpPacket::new_unchecked(&mut segment[..]),
-            &IpAddress::Ipv4(*src.ip()),
-            &IpAddress::Ipv4(self.guest),
+            &IpAddress::from(src.ip()),
+            &IpAddress::from(guest),
             len,
             |p| p.copy_from_slice(&self.buf[..len]),
             &ChecksumCapabilities::default(),
         );
-        self.push_ip(*src.ip(), IpProtocol::Udp, &segment);
+        self.push_ip(src.ip(), IpProtocol::Udp, &segment);
     }
 
     /// Datagrams to forwarded UDP ports, to the guest while its queue has room.
@@ -350,7 +371,6 @@ impl Nat {
         self.udp_listen_ready.dedup();
         let ready = std::mem::take(&mut self.udp_listen_ready);
         let listeners = self.listeners.clone();
-        let max_payload = usize::from(self.cfg.mtu).saturating_sub(IP_HDR + UDP_HDR);
         for i in ready {
             let Some((port, sock)) = listeners.udp.get(i) else {
                 continue;
@@ -361,16 +381,18 @@ impl Nat {
                     break;
                 }
                 let (n, peer) = match sock.recv_from(&mut self.buf) {
-                    Ok((n, std::net::SocketAddr::V4(p))) => (n, p),
-                    Ok(_) => continue,
+                    Ok(got) => got,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(_) => break,
                 };
-                if n > max_payload {
+                let ip = peer.ip().to_canonical();
+                let max_payload =
+                    usize::from(self.cfg.mtu).saturating_sub(ip_header_len(ip) + UDP_HDR);
+                if n > max_payload || self.guest_of(ip).is_none() {
                     self.stats.dropped += 1;
                     continue;
                 }
-                let src = SocketAddrV4::new(self.visible_source(*peer.ip()), peer.port());
+                let src = SocketAddr::new(self.visible_source(ip), peer.port());
                 let key = (*port, src);
                 let now = Instant::now();
                 let flow = InboundUdp { listener: i, peer };

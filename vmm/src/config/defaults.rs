@@ -11,6 +11,9 @@ use super::schema::{Empty, Hugepages, Interface, VirtualMachine, VirtualMachineS
 pub const DEFAULT_RUN_POLICY: &str = "Once";
 /// The default `masquerade.cidr`.
 pub const DEFAULT_MASQUERADE_CIDR: &str = "10.0.2.0/30";
+/// The guest's IPv6 subnet when `masquerade.ipv6Cidr` is not given (KubeVirt's). It is not
+/// written into the manifest: a Virtink manifest prints back as it was.
+pub const DEFAULT_MASQUERADE_IPV6_CIDR: &str = "fd10:0:2::/120";
 /// The default `hugepages.pageSize` (the CRD's default).
 pub const DEFAULT_HUGEPAGE_SIZE: &str = "1Gi";
 /// The default memory size when neither `memory.size` nor a memory request is given.

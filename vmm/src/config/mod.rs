@@ -12,7 +12,7 @@ pub mod quantity;
 pub mod schema;
 pub mod validate;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 pub use documents::{Manifest, ManifestError, load};
@@ -83,6 +83,8 @@ pub enum Binding {
         prefix: u8,
         /// Inbound ports to forward; `None` forwards all.
         ports: Option<Vec<(u16, Protocol)>>,
+        /// The IPv6 subnet's base address and prefix length (used when the pod has IPv6).
+        ipv6: (Ipv6Addr, u8),
     },
     /// VFIO passthrough of an SR-IOV VF.
     Sriov,
@@ -247,10 +249,20 @@ fn interface_config(
                 })
                 .collect()
         });
+        let ipv6_cidr = match m.ipv6_cidr.as_str() {
+            "" => defaults::DEFAULT_MASQUERADE_IPV6_CIDR,
+            c => c,
+        };
+        let (IpAddr::V6(addr6), prefix6) = validate::parse_cidr(ipv6_cidr)? else {
+            return None;
+        };
+        let prefix6 = u8::try_from(prefix6).ok()?;
+        let mask6 = u128::MAX.checked_shl(128 - u32::from(prefix6)).unwrap_or(0);
         Binding::Masquerade {
             network: Ipv4Addr::from(u32::from(addr) & mask),
             prefix,
             ports,
+            ipv6: (Ipv6Addr::from(u128::from(addr6) & mask6), prefix6),
         }
     } else if iface.sriov.is_some() {
         Binding::Sriov

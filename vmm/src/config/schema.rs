@@ -231,6 +231,10 @@ pub struct Interface {
 pub struct Masquerade {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cidr: String,
+    /// An extension: the guest's IPv6 subnet, used when the pod has IPv6 (empty:
+    /// [`DEFAULT_MASQUERADE_IPV6_CIDR`](super::defaults::DEFAULT_MASQUERADE_IPV6_CIDR)).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ipv6_cidr: String,
     /// KubeVirt's form, an extension: narrows inbound forwarding to these ports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<Vec<Port>>,

@@ -400,6 +400,9 @@ fn validate_mac(mac: &str, path: &FieldPath, errs: &mut Errors) -> Option<MacAdd
 
 fn validate_masquerade(m: &Masquerade, path: &FieldPath, errs: &mut Errors) {
     validate_cidr(&m.cidr, 4, &path.child("cidr"), errs);
+    if !m.ipv6_cidr.is_empty() {
+        validate_ipv6_cidr(&m.ipv6_cidr, &path.child("ipv6Cidr"), errs);
+    }
     let Some(ports) = &m.ports else {
         return;
     };
@@ -466,6 +469,29 @@ fn validate_cidr(cidr: &str, capacity: u32, path: &FieldPath, errs: &mut Errors)
                 ));
             }
         }
+    }
+}
+
+/// `masquerade.ipv6Cidr`: an IPv6 subnet with room for the gateway and the guest, no wider
+/// than a /64.
+fn validate_ipv6_cidr(cidr: &str, path: &FieldPath, errs: &mut Errors) {
+    match parse_cidr(cidr) {
+        Some((IpAddr::V6(_), 64..=126)) => {}
+        Some((IpAddr::V6(_), _)) => errs.push(FieldError::invalid(
+            path.clone(),
+            cidr,
+            "the prefix length must be 64 to 126",
+        )),
+        Some((IpAddr::V4(_), _)) => errs.push(FieldError::invalid(
+            path.clone(),
+            cidr,
+            "must be an IPv6 CIDR such as fd10:0:2::/120",
+        )),
+        None => errs.push(FieldError::invalid(
+            path.clone(),
+            cidr,
+            &format!("invalid CIDR address: {cidr}"),
+        )),
     }
 }
 

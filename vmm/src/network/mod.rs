@@ -21,7 +21,6 @@ use net::dhcp::DhcpServer;
 use net::local_dhcp::LocalDhcp;
 use net::nat::{Egress, Limits, Listeners, NatBackend, NatConfig};
 use net::netlink::Netlink;
-use net::resolv::Resolver;
 use net::{FrameBackend, MacAddr, Tap};
 
 use crate::api::{InterfaceInfo, NicInfo, VfInfo};
@@ -260,7 +259,7 @@ impl HostNetwork {
                 return Ok(());
             }
             HostPlan::Masquerade { nat, forward } => {
-                let listeners = Listeners::bind(&forward);
+                let listeners = Listeners::bind(&forward, nat.ipv6.is_some());
                 log::info!("interface {}: {}", p.name, listeners.summary());
                 nic(
                     nat.guest_mac,
@@ -352,12 +351,7 @@ pub fn plan(
     limits: Limits,
     egress: &Egress,
 ) -> Vec<Result<InterfacePlan, NetworkError>> {
-    let pod = PodSettings {
-        resolver: Resolver::of_this_host(),
-        limits,
-        egress: egress.clone(),
-    };
-    plan::plan(cfg, manifest, &pod)
+    plan::plan(cfg, manifest, &PodSettings::of_this_host(limits, egress))
 }
 
 /// Sets up every interface's host side: plans them all, so that a problem with any of them
@@ -372,11 +366,7 @@ pub fn set_up(
     if cfg.interfaces.is_empty() {
         return Ok(host);
     }
-    let pod = PodSettings {
-        resolver: Resolver::of_this_host(),
-        limits,
-        egress: egress.clone(),
-    };
+    let pod = PodSettings::of_this_host(limits, egress);
     let plans = plan::plan(cfg, manifest, &pod)
         .into_iter()
         .collect::<Result<Vec<_>, _>>()?;
@@ -415,6 +405,7 @@ mod tests {
             hostname: "vm".into(),
             limits: Limits::default(),
             egress: Egress::default(),
+            ipv6: None,
         };
         let counters = Arc::new(NetCounters::default());
         counters

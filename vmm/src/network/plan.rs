@@ -6,7 +6,7 @@
 use std::fmt;
 
 use net::bridge;
-use net::nat::{Egress, Forward, Limits, NatConfig, Protocol};
+use net::nat::{Egress, Forward, Ipv6Config, Limits, NatConfig, Protocol};
 use net::netlink::{Ipv4Net, Link, Netlink};
 use net::resolv::Resolver;
 
@@ -24,6 +24,20 @@ pub struct PodSettings {
     pub limits: Limits,
     /// `--nat-deny` and `--nat-allow`.
     pub egress: Egress,
+    /// The pod has a global IPv6 address: masquerade gives the guest IPv6 too.
+    pub ipv6: bool,
+}
+
+impl PodSettings {
+    /// This namespace's settings, with `limits` and `egress`.
+    pub fn of_this_host(limits: Limits, egress: &Egress) -> Self {
+        Self {
+            resolver: Resolver::of_this_host(),
+            limits,
+            egress: egress.clone(),
+            ipv6: net::nat::ipv6::pod_has_ipv6(),
+        }
+    }
 }
 
 /// One interface's host side, to be.
@@ -128,13 +142,24 @@ impl fmt::Display for HostPlan {
             HostPlan::Masquerade { nat, forward } => {
                 write!(
                     f,
-                    "in-process NAT on {}/{}, gateway {}, guest {}, MTU {}, ",
+                    "in-process NAT on {}/{}, gateway {}, guest {}, ",
                     nat.network,
                     nat.prefix,
                     nat.gateway(),
                     nat.guest(),
-                    nat.mtu
                 )?;
+                match &nat.ipv6 {
+                    Some(v6) => write!(
+                        f,
+                        "IPv6 {}/{}, gateway {}, guest {}, ",
+                        v6.network,
+                        v6.prefix,
+                        v6.gateway(),
+                        v6.guest()
+                    )?,
+                    None => write!(f, "no IPv6 (the pod has none), ")?,
+                }
+                write!(f, "MTU {}, ", nat.mtu)?;
                 match forward {
                     Forward::All => write!(
                         f,
@@ -189,8 +214,9 @@ pub fn plan(
                     network,
                     prefix,
                     ports,
+                    ipv6,
                 } => Ok(HostPlan::Masquerade {
-                    nat: nat_config(iface, cfg, pod, (*network, *prefix)),
+                    nat: nat_config(iface, cfg, pod, (*network, *prefix), *ipv6),
                     forward: forward(ports.as_deref()),
                 }),
                 Binding::Sriov => {
@@ -240,6 +266,7 @@ fn nat_config(
     cfg: &VmConfig,
     pod: &PodSettings,
     (network, prefix): (std::net::Ipv4Addr, u8),
+    (network6, prefix6): (std::net::Ipv6Addr, u8),
 ) -> NatConfig {
     NatConfig {
         network,
@@ -251,6 +278,11 @@ fn nat_config(
         hostname: cfg.name.clone(),
         limits: pod.limits,
         egress: pod.egress.clone(),
+        ipv6: pod.ipv6.then(|| Ipv6Config {
+            network: network6,
+            prefix: prefix6,
+            dns: pod.resolver.dns6.clone(),
+        }),
     }
 }
 

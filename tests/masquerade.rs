@@ -2,7 +2,9 @@
 //!
 //! Each test makes a "pod" namespace (where vmm runs) joined by a veth pair to a "peer"
 //! namespace, as the bridge tests do; the pod keeps its own address, and the guest reaches
-//! the peer only through vmm's sockets. Traffic goes only between them.
+//! the peer only through vmm's sockets. Traffic goes only between them. The pod is
+//! dual-stack, as in a dual-stack cluster, so every test runs with the guest's IPv6 on;
+//! the IPv6 tests also run in an IPv6-only pod.
 
 // An integration test crate is a test module of its own: its tests need no `#[cfg(test)]`.
 #![allow(clippy::tests_outside_test_module)]
@@ -15,19 +17,30 @@ use vmm_tests::testhost_test;
 
 const EXIT: Duration = Duration::from_secs(60);
 
-/// Pod 10.10.0.2/24 (default via the peer), peer 10.10.0.1/24. The pod keeps a new
-/// namespace's defaults, as a Kubernetes pod has them: `ping_group_range` is `1 0`
-/// (unprivileged ICMP sockets forbidden), so the guest's pings leave on a raw socket.
+/// Pod 10.10.0.2/24 and fd00:10::2/64 (default via the peer), peer 10.10.0.1/24 and
+/// fd00:10::1/64. The pod keeps a new namespace's defaults, as a Kubernetes pod has them:
+/// `ping_group_range` is `1 0` (unprivileged ICMP sockets forbidden), so the guest's pings
+/// leave on raw sockets.
 fn pod_and_peer() {
+    pod_and_peer_with(true);
+    sh("ip -n pod addr add 10.10.0.2/24 dev eth0
+        ip -n peer addr add 10.10.0.1/24 dev veth-peer
+        ip -n pod route add default via 10.10.0.1");
+}
+
+/// The pod and peer namespaces joined by a veth pair, with their IPv6 addresses if `ipv6`.
+fn pod_and_peer_with(ipv6: bool) {
     sh("ip netns add pod; ip netns add peer
         ip link add veth-pod type veth peer name veth-peer
         ip link set veth-pod netns pod; ip link set veth-peer netns peer
         ip -n pod link set veth-pod name eth0
         ip -n pod link set lo up; ip -n peer link set lo up
-        ip -n pod addr add 10.10.0.2/24 dev eth0
-        ip -n peer addr add 10.10.0.1/24 dev veth-peer
-        ip -n pod link set eth0 up; ip -n peer link set veth-peer up
-        ip -n pod route add default via 10.10.0.1");
+        ip -n pod link set eth0 up; ip -n peer link set veth-peer up");
+    if ipv6 {
+        sh("ip -n pod addr add fd00:10::2/64 dev eth0 nodad
+            ip -n peer addr add fd00:10::1/64 dev veth-peer nodad
+            ip -n pod -6 route add default via fd00:10::1");
+    }
 }
 
 fn masquerade_manifest(name: &str, masquerade: &str) -> Manifest {
@@ -37,15 +50,25 @@ fn masquerade_manifest(name: &str, masquerade: &str) -> Manifest {
     )
 }
 
-/// A web server in the peer on 10.10.0.1:8000 serving `name` with `size` random bytes; the
+/// A web server in the peer on 10.10.0.1:8000 serving `blob`, `size` random bytes; the
 /// md5 of the file.
 fn peer_web_server(size: usize) -> String {
+    peer_web_server_on("10.10.0.1", size)
+}
+
+/// As [`peer_web_server`], on `addr` (`fd00:10::1` serves IPv6).
+fn peer_web_server_on(addr: &str, size: usize) -> String {
+    let listening = if addr.contains(':') {
+        format!("[{addr}]:8000")
+    } else {
+        format!("{addr}:8000")
+    };
     sh(&format!(
         "mkdir -p /tmp/peer-www && head -c {size} /dev/urandom > /tmp/peer-www/blob
         cd /tmp/peer-www
-        ip netns exec peer python3 -m http.server 8000 --bind 10.10.0.1 >/dev/null 2>&1 &
+        ip netns exec peer python3 -m http.server 8000 --bind {addr} >/dev/null 2>&1 &
         for i in $(seq 100); do
-          ip netns exec peer ss -ltn | grep -q 10.10.0.1:8000 && exit 0; sleep 0.2
+          ip netns exec peer ss -ltn | grep -qF '{listening}' && exit 0; sleep 0.2
         done; echo the peer web server did not start; exit 1"
     ));
     sh("md5sum < /tmp/peer-www/blob")
@@ -406,4 +429,128 @@ PY
         sh("ip netns del pod; ip netns del peer");
     },
     timeout = 400
+);
+
+/// Starts dhcpcd (Debian's, in the iperf guest) for IPv6 only and waits for the address it
+/// gets by DHCPv6 and the default route the gateway's router advertisement gives; what
+/// dhcpcd told its hook.
+fn ipv6_by_dhcpv6(guest: &mut Guest) -> String {
+    // Its hook records what DHCPv6 told it, as a distribution's hooks would read it (only
+    // that: the serial console is slow).
+    guest.check(
+        "printf '#!/bin/sh\\nenv | grep -E \"^new_dhcp6_\" >> /tmp/dhcpcd.env\\n' > /tmp/hook && chmod +x /tmp/hook && \
+         mkdir -p /run/dhcpcd /var/lib/dhcpcd && \
+         dhcpcd -6 -b -c /tmp/hook -f /dev/null eth0 >/tmp/dhcpcd.log 2>&1",
+    );
+    guest.check(
+        "for i in $(seq 100); do \
+           ip -6 addr show dev eth0 | grep -q 'inet6 fd10:0:2::2/' && \
+           ip -6 route | grep -q 'default via fe80::56:4dff:fe4d:1' && \
+           ! ip -6 addr show dev eth0 | grep -q tentative && exit 0; sleep 0.2; \
+         done; cat /tmp/dhcpcd.log; ip -6 addr; ip -6 route; exit 1",
+    );
+    guest.check("cat /tmp/dhcpcd.env")
+}
+
+/// What the guest does over IPv6 in a pod with IPv6 (dual-stack or IPv6-only): its address
+/// and routes, DNS servers, ping, DNS over UDP, a TCP download, a refused port, the pod's
+/// `::1` out of reach, and a peer's connection in.
+fn ipv6_through_the_nat(guest: &mut Guest, md5: &str) {
+    let lease = ipv6_by_dhcpv6(guest);
+    assert!(lease.contains("fd10:0:2::2"), "{lease}");
+    assert!(
+        lease.contains("fd00:10::1"),
+        "the pod's DNS server: {lease}"
+    );
+    let routes = guest.check("ip -6 route");
+    assert!(
+        routes.contains("fd10:0:2::/120 dev eth0"),
+        "on-link prefix: {routes}"
+    );
+    guest.check("ping -6 -c 3 -W 5 fd00:10::1");
+    guest.check("ping -6 -c 1 -W 5 fd10:0:2::1");
+    let looked_up = guest.check("nslookup peer.pod.example fd00:10::1");
+    assert!(looked_up.contains("10.10.0.1"), "{looked_up}");
+    // A DNS query to a port nobody listens on: port unreachable, at once.
+    sh("ip -n peer addr add fd00:10::3/64 dev veth-peer nodad");
+    let (rc, refused) = guest.exec("nslookup anything.example fd00:10::3 2>&1");
+    assert_ne!(rc, 0, "{refused}");
+    assert!(refused.contains("Connection refused"), "{refused}");
+    let got = guest.check("wget -q -O - 'http://[fd00:10::1]:8000/blob' | md5sum");
+    assert_eq!(got.split_whitespace().next(), Some(md5));
+    let seen = sh("ip netns exec peer ss -tan");
+    assert!(
+        seen.contains("[fd00:10::2]:"),
+        "left with the pod's address: {seen}"
+    );
+    assert!(
+        !seen.contains("fd10:0:2"),
+        "the guest's address leaked: {seen}"
+    );
+    let (rc, out) = guest.exec("nc -w 10 fd00:10::1 1 </dev/null");
+    assert_ne!(rc, 0);
+    assert!(out.contains("refused"), "{out}");
+    // The pod's ::1 service is out of reach by any address the guest can use.
+    for host in ["fd10:0:2::1", "fd00:10::2"] {
+        let (rc, out) = guest.exec(&format!("nc -w 5 {host} 8081 </dev/null"));
+        assert_ne!(rc, 0, "{host} 8081 reached: {out}");
+    }
+    // A peer connects to the pod's IPv6 address; the guest sees the peer's.
+    guest.check("nc -l -p 9000 >/tmp/got & sleep 0.5");
+    sh("ip netns exec peer python3 -c \"import socket, time; \
+        s = socket.create_connection(('fd00:10::2', 9000), timeout=20, \
+            source_address=('fd00:10::1', 0)); \
+        s.sendall(b'from-peer-6'); time.sleep(4)\" &
+        sleep 2");
+    let conns = guest.check("netstat -tn");
+    assert!(conns.contains("fd00:10::1"), "{conns}");
+    assert_eq!(guest.check("cat /tmp/got").trim(), "from-peer-6");
+}
+
+/// Boots the iperf guest (it has dhcpcd) with masquerade in the pod, after a service on
+/// the pod's `[::1]:8081` and a DNS server on the peer's IPv6 address; the web server's
+/// md5.
+fn boot_for_ipv6(name: &str) -> (Guest, String) {
+    sh("printf 'nameserver fd00:10::1\\nsearch pod.example\\n' > /etc/resolv.conf");
+    dns_server("peer", "fd00:10::1", "10.10.0.1");
+    let md5 = peer_web_server_on("fd00:10::1", 200_000);
+    sh(
+        "ip netns exec pod python3 -m http.server 8081 --bind ::1 >/dev/null 2>&1 &
+        for i in $(seq 100); do
+          ip netns exec pod ss -ltn | grep -qF '[::1]:8081' && exit 0; sleep 0.1
+        done; exit 1",
+    );
+    let manifest = masquerade_manifest(name, "{}")
+        .kernel_image(&vmm_tests::iperf_guest_image())
+        .memory("512Mi");
+    let guest = Guest::boot_in_netns("pod", &manifest, &[]);
+    guest.wait_ready(1);
+    (guest, md5)
+}
+
+testhost_test!(
+    fn a_dual_stack_pod_gives_the_guest_ipv6_and_ipv4_still_works() {
+        pod_and_peer();
+        let (mut guest, md5) = boot_for_ipv6("dual");
+        ipv6_through_the_nat(&mut guest, &md5);
+        // IPv4 beside it.
+        guest.check("udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 5 -T 2");
+        guest.check("ping -c 2 -W 5 10.10.0.1");
+        guest.send("poweroff -f");
+        assert_eq!(guest.wait_exit(EXIT), 0, "{}", guest.stderr());
+        sh("ip netns del pod; ip netns del peer");
+    },
+    timeout = 300
+);
+
+testhost_test!(
+    fn an_ipv6_only_pod_gives_the_guest_ipv6() {
+        pod_and_peer_with(true);
+        let (mut guest, md5) = boot_for_ipv6("v6only");
+        ipv6_through_the_nat(&mut guest, &md5);
+        guest.send("poweroff -f");
+        assert_eq!(guest.wait_exit(EXIT), 0, "{}", guest.stderr());
+        sh("ip netns del pod; ip netns del peer");
+    },
+    timeout = 300
 );

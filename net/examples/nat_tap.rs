@@ -29,7 +29,7 @@ fn main() -> io::Result<()> {
     tap.set_offloads(Offloads {
         csum: true,
         tso4: true,
-        tso6: false,
+        tso6: true,
         tso_ecn: false,
     })?;
     let cfg = NatConfig {

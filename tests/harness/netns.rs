@@ -17,8 +17,9 @@ pub fn sh(script: &str) -> String {
     text
 }
 
-/// A minimal DNS server (Python) answering every A query with `answer`, on UDP `bind`:53,
-/// started in namespace `netns` (or this one when empty) in the background.
+/// A minimal DNS server (Python) answering every query with an A record of `answer`, on UDP
+/// `bind`:53 (an IPv4 or IPv6 address), started in namespace `netns` (or this one when
+/// empty) in the background.
 pub fn dns_server(netns: &str, bind: &str, answer: &str) {
     let prefix = if netns.is_empty() {
         String::new()
@@ -26,10 +27,15 @@ pub fn dns_server(netns: &str, bind: &str, answer: &str) {
         format!("ip netns exec {netns} ")
     };
     let octets = answer.replace('.', ",");
+    let (family, listening) = if bind.contains(':') {
+        ("AF_INET6", format!("[{bind}]:53 "))
+    } else {
+        ("AF_INET", format!("{bind}:53 "))
+    };
     sh(&format!(
         "cat > /tmp/dns-{bind}.py <<'PY'
 import socket
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.{family}, socket.SOCK_DGRAM)
 s.bind(('{bind}', 53))
 while True:
     q, peer = s.recvfrom(512)
@@ -40,7 +46,7 @@ while True:
 PY
         {prefix}python3 /tmp/dns-{bind}.py >/dev/null 2>&1 &
         for i in $(seq 100); do
-          {prefix}ss -lun | grep -q '{bind}:53 ' && exit 0; sleep 0.1
+          {prefix}ss -lun | grep -qF '{listening}' && exit 0; sleep 0.1
         done; echo the DNS server did not start; exit 1"
     ));
 }

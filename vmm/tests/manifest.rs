@@ -334,6 +334,28 @@ fn each_rule_reports_its_message() {
             ],
         ),
         case(
+            "masquerade CIDRs are unicast ranges",
+            vec![(
+                iface0,
+                json!({"name": "pod", "masquerade": {"cidr": "224.0.0.0/24", "ipv6Cidr": "ff02::/120"}}),
+            )],
+            vec![
+                "spec.instance.interfaces[0].masquerade.cidr: Invalid value: \"224.0.0.0/24\": must be a unicast range: the gateway and the guest take addresses in it",
+                "spec.instance.interfaces[0].masquerade.ipv6Cidr: Invalid value: \"ff02::/120\": must be a global or unique local unicast range, such as fd10:0:2::/120",
+            ],
+        ),
+        case(
+            "masquerade IPv6 CIDR holds no loopback",
+            vec![(
+                iface0,
+                json!({"name": "pod", "masquerade": {"cidr": "127.0.0.0/30", "ipv6Cidr": "::/120"}}),
+            )],
+            vec![
+                "spec.instance.interfaces[0].masquerade.cidr: Invalid value: \"127.0.0.0/30\": must be a unicast range: the gateway and the guest take addresses in it",
+                "spec.instance.interfaces[0].masquerade.ipv6Cidr: Invalid value: \"::/120\": must be a global or unique local unicast range, such as fd10:0:2::/120",
+            ],
+        ),
+        case(
             "masquerade IPv6 CIDR is not IPv4",
             vec![(
                 iface0,

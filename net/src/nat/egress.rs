@@ -150,13 +150,32 @@ impl Default for Egress {
 impl Egress {
     /// Whether the guest may reach `dst`; `resolvers` (the pod's) are always reachable on
     /// port 53.
+    ///
+    /// An address of the NAT64 well-known prefix (64:ff9b::/96) must also be allowed as the
+    /// IPv4 address a NAT64 on the way would reach: IPv4's rules hold through it. (Other
+    /// NAT64 prefixes embed IPv4 where only their network knows; deny them by range.)
     pub fn allows(&self, dst: SocketAddr, resolvers: &[IpAddr]) -> bool {
         let ip = dst.ip();
         if dst.port() == 53 && resolvers.contains(&ip) {
             return true;
         }
-        !self.deny.iter().any(|c| c.contains(ip)) || self.allow.iter().any(|c| c.contains(ip))
+        let denied = |ip: IpAddr| {
+            self.deny.iter().any(|c| c.contains(ip)) && !self.allow.iter().any(|c| c.contains(ip))
+        };
+        let nat64 = match ip {
+            IpAddr::V6(a) => nat64_target(a).map(IpAddr::V4),
+            IpAddr::V4(_) => None,
+        };
+        !denied(ip) && !nat64.is_some_and(denied)
     }
+}
+
+/// The IPv4 address that IPv6 address `a` stands for at a NAT64 with the well-known prefix
+/// 64:ff9b::/96 (RFC 6052), if it has that prefix.
+pub fn nat64_target(a: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = a.segments();
+    (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0])
+        .then(|| Ipv4Addr::from((u32::from(s[6]) << 16) | u32::from(s[7])))
 }
 
 impl fmt::Display for Egress {
@@ -237,6 +256,18 @@ mod tests {
         assert!(!egress.allows(at6("fd00:ec2::254", 80), &resolvers));
         assert!(!egress.allows(at6("fd20:ce::254", 80), &resolvers));
         assert!(egress.allows(at6("2001:db8::1", 443), &resolvers));
+        // Through a NAT64, IPv4's rules hold.
+        assert!(!egress.allows(at6("64:ff9b::a9fe:a9fe", 80), &resolvers));
+        assert!(egress.allows(at6("64:ff9b::5db8:d822", 443), &resolvers));
+        let tens = Egress {
+            deny: vec!["10.0.0.0/8".parse().unwrap()],
+            allow: vec![],
+        };
+        assert!(!tens.allows(at6("64:ff9b::a00:5", 22), &[]));
+        assert!(
+            tens.allows(at6("64:ff9b:1::a00:5", 22), &[]),
+            "another prefix: by range"
+        );
     }
 
     #[test]

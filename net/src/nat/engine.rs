@@ -212,7 +212,7 @@ impl std::fmt::Debug for Nat {
     }
 }
 
-fn is_routable(dst: Ipv4Addr) -> bool {
+pub(super) fn is_routable(dst: Ipv4Addr) -> bool {
     !(dst.is_loopback()
         || dst.is_unspecified()
         || dst.octets()[0] == 0
@@ -261,13 +261,20 @@ impl Nat {
         config.random_seed = crate::random::u64();
         let mut iface = Interface::new(config, &mut dev, smoltcp::time::Instant::ZERO);
         let v6 = cfg.ipv6.as_ref().map(|c| V6::new(c, &cfg, start));
-        iface.update_ip_addrs(|addrs| {
-            let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(gateway), cfg.prefix));
-            if let Some(v6) = &v6 {
-                let _ = addrs.push(IpCidr::new(IpAddress::Ipv6(v6.gateway), v6.prefix));
-                let _ = addrs.push(IpCidr::new(IpAddress::Ipv6(v6.link_local), 64));
+        let mut addrs = vec![IpCidr::new(IpAddress::Ipv4(gateway), cfg.prefix)];
+        if let Some(v6) = &v6 {
+            addrs.push(IpCidr::new(IpAddress::Ipv6(v6.gateway), v6.prefix));
+            addrs.push(IpCidr::new(IpAddress::Ipv6(v6.link_local), 64));
+        }
+        let mut room = true;
+        iface.update_ip_addrs(|list| {
+            for a in addrs {
+                room &= list.push(a).is_ok();
             }
         });
+        if !room {
+            return Err(io::Error::other("smoltcp address table full"));
+        }
         iface.set_any_ip(true);
         let full = |_| io::Error::other("smoltcp route table full");
         iface

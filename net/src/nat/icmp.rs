@@ -102,7 +102,6 @@ pub(super) struct RawFlows {
     table: FlowTable<FlowKey, RawFlow>,
     /// (identifier on the wire, destination) → flow.
     by_wire: HashMap<(u16, IpAddr), FlowId>,
-    next_ident: u16,
     /// Edge-triggered: set by an event, cleared when a read would block.
     pub(super) readable: bool,
     /// The TTL (hop limit) the raw sockets send with, when not the kernel's default.
@@ -115,8 +114,6 @@ impl RawFlows {
         Self {
             table: FlowTable::new(limit),
             by_wire: HashMap::new(),
-            // Not guessable from outside, and not where the last boot's flows were.
-            next_ident: u16::try_from(crate::random::u64() & 0xffff).unwrap_or(0),
             readable: false,
             // The socket outlives boots: what the last one left it at is not known.
             ttl: Some(0),
@@ -135,13 +132,15 @@ impl RawFlows {
         if let Some(id) = table.id(&key) {
             return table.touch(id, now).map(|f| f.wire_ident);
         }
-        // Unique among the flows to this destination. A limit of 65536 flows or more could
-        // take every identifier for one destination: then the request is dropped.
+        // Random, so that a destination that sees one flow's identifier cannot tell
+        // another's (and forge its replies or errors), and unique among the flows to this
+        // destination. A limit of 65536 flows or more could take every identifier for one
+        // destination: then the request is dropped.
         let dst = key.1.ip();
+        let start = u16::try_from(crate::random::u64() & 0xffff).unwrap_or(0);
         let ident = (0..=u16::MAX)
-            .map(|i| self.next_ident.wrapping_add(i))
+            .map(|i| start.wrapping_add(i))
             .find(|i| !self.by_wire.contains_key(&(*i, dst)))?;
-        self.next_ident = ident.wrapping_add(1);
         let (id, evicted) = table.insert(key, RawFlow { wire_ident: ident }, now);
         if let Some((old_key, old)) = evicted {
             self.by_wire.remove(&(old.wire_ident, old_key.1.ip()));
@@ -267,12 +266,16 @@ impl Nat {
     /// Sends the guest's echo request on the raw socket of its family under its flow's wire
     /// identifier.
     fn raw_echo(&mut self, key: FlowKey, ttl: u8, message: &[u8]) {
-        let Some(ident) = self.raw.wire_ident(key, Instant::now()) else {
-            return self.drop_frame();
-        };
         let listeners = self.listeners.clone();
         let Echo::Raw(raw) = &listeners.echo else {
             return;
+        };
+        if key.1.is_ipv6() && raw.v6.is_none() {
+            // No socket for it: no flow either (one would evict a working one).
+            return self.drop_frame();
+        }
+        let Some(ident) = self.raw.wire_ident(key, Instant::now()) else {
+            return self.drop_frame();
         };
         let mut out = message.to_vec();
         out[4..6].copy_from_slice(&ident.to_be_bytes());

@@ -101,6 +101,19 @@ fn raise_nofile(want: u64) -> u64 {
     lim.rlim_cur
 }
 
+/// Binds `port` for both families if `dual`; where something of the pod holds the port for
+/// IPv6 only (an IPv6-only socket on [::]), for IPv4 alone, as without IPv6.
+fn bind_either<S>(
+    port: u16,
+    dual: bool,
+    bind: impl Fn(u16, bool) -> std::io::Result<S>,
+) -> std::io::Result<S> {
+    match bind(port, dual) {
+        Err(e) if dual && e.raw_os_error() == Some(libc::EADDRINUSE) => bind(port, false),
+        other => other,
+    }
+}
+
 impl Listeners {
     /// Binds what `forward` asks for, for IPv4 peers, and for IPv6 ones too if `ipv6` (one
     /// dual-stack socket a port). A port in use is skipped and listed; running out of
@@ -128,8 +141,12 @@ impl Listeners {
                 break;
             }
             let bound = match protocol {
-                Protocol::Tcp => sock::tcp_listener(port, ipv6).map(|l| out.tcp.push((port, l))),
-                Protocol::Udp => sock::udp_bound(port, ipv6).map(|s| out.udp.push((port, s))),
+                Protocol::Tcp => {
+                    bind_either(port, ipv6, sock::tcp_listener).map(|l| out.tcp.push((port, l)))
+                }
+                Protocol::Udp => {
+                    bind_either(port, ipv6, sock::udp_bound).map(|s| out.udp.push((port, s)))
+                }
             };
             match bound {
                 Ok(()) => {}

@@ -103,7 +103,11 @@ pub(super) fn is_routable(dst: Ipv6Addr) -> bool {
     let s = dst.segments();
     let v4_mapped = s[..5] == [0; 5] && s[5] == 0xffff;
     let v4_compatible = s[..6] == [0; 6];
-    !(dst.is_loopback()
+    // Through a NAT64, the IPv4 address it stands for must be routable itself.
+    let nat64_unroutable =
+        super::egress::nat64_target(dst).is_some_and(|a| !super::engine::is_routable(a));
+    !(nat64_unroutable
+        || dst.is_loopback()
         || dst.is_unspecified()
         || dst.is_multicast()
         || is_link_local(dst)
@@ -196,6 +200,9 @@ impl Nat {
         let Ok(ip) = Ipv6Packet::new_checked(payload) else {
             return self.drop_frame();
         };
+        if ip.version() != 6 {
+            return self.drop_frame();
+        }
         let (src, dst, hop) = (ip.src_addr(), ip.dst_addr(), ip.hop_limit());
         let routable = is_routable(dst) || (self.loopback_ok && dst.is_loopback());
         match ip.next_header() {
@@ -424,6 +431,8 @@ mod tests {
             ("2001:db8::1", true),
             ("fd00::10", true),
             ("64:ff9b::a00:1", true),
+            ("64:ff9b::7f00:1", false),
+            ("64:ff9b::e000:1", false),
             ("::1", false),
             ("::", false),
             ("fe80::1", false),

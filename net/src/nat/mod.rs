@@ -2,7 +2,7 @@
 //!
 //! # Theory of operation
 //!
-//! **Goal.** Give the guest outbound IPv4 connectivity that leaves with the pod's address,
+//! **Goal.** Give the guest outbound connectivity that leaves with the pod's address,
 //! with no TAP, bridge, iptables, sysctl or capability: everything the guest sends ends in
 //! an ordinary socket of the `vmm` process, and everything it receives is built here.
 //!
@@ -76,7 +76,7 @@
 //!
 //! **Where the code is**, one file a concern as passt keeps them: `engine` (the [`Nat`] type,
 //! classifying the guest's frames, the event dispatch), `tcp`, `udp` (and what ICMP echo
-//! shares with it), `icmp`, `arp`, `flow` (the one flow table: key to flow, a count limit,
+//! shares with it), `icmp`, `arp`, `ipv6`, `flow` (the one flow table: key to flow, a count limit,
 //! least recently used first), `device` (smoltcp's side: the frame queues), `sock` (the
 //! socket calls std does not make), [`limits`], [`inbound`] (forwarded ports' sockets),
 //! [`egress`] (what the guest may reach) and [`backend`] (the engine as a virtual NIC's
@@ -89,7 +89,11 @@
 //! UDP datagram or echo request with TTL 1 gets time exceeded from it, a TTL below 64 goes
 //! on less one.
 //!
-//! **Deliberately not done.** IPv6; IP fragments from the guest (dropped: Linux guests do
+//! **IPv6**, when the pod has it: the same, with the guest at `masquerade.ipv6Cidr` base+2
+//! (told by router advertisements and DHCPv6), neighbour discovery where IPv4 has ARP, and
+//! the pod's IPv6 sockets; see `ipv6`.
+//!
+//! **Deliberately not done.** IP fragments and IPv6 extension headers from the guest (dropped: Linux guests do
 //! path MTU discovery); UDP datagrams larger than fit one guest frame from the host
 //! (dropped); ICMP errors about TCP connects (a refused or unreachable connect is an RST);
 //! TCP urgent data; UDP or ICMP to ports of the pod nobody forwards

@@ -461,12 +461,22 @@ fn validate_cidr(cidr: &str, capacity: u32, path: &FieldPath, errs: &mut Errors)
                     &format!("must contain at least {capacity} IPs"),
                 ));
             }
-            if !addr.is_ipv4() {
-                errs.push(FieldError::invalid(
+            match addr {
+                IpAddr::V4(a) => {
+                    let first = a.octets()[0];
+                    if a.is_loopback() || a.is_multicast() || first == 0 || first >= 240 {
+                        errs.push(FieldError::invalid(
+                            path.clone(),
+                            cidr,
+                            "must be a unicast range: the gateway and the guest take addresses in it",
+                        ));
+                    }
+                }
+                IpAddr::V6(_) => errs.push(FieldError::invalid(
                     path.clone(),
                     cidr,
                     "must be an IPv4 CIDR: the masquerade network is IPv4",
-                ));
+                )),
             }
         }
     }
@@ -476,7 +486,20 @@ fn validate_cidr(cidr: &str, capacity: u32, path: &FieldPath, errs: &mut Errors)
 /// than a /64.
 fn validate_ipv6_cidr(cidr: &str, path: &FieldPath, errs: &mut Errors) {
     match parse_cidr(cidr) {
-        Some((IpAddr::V6(_), 64..=126)) => {}
+        Some((IpAddr::V6(a), 64..=126)) => {
+            let s = a.segments();
+            let special = a.is_multicast()
+                || s[..6] == [0; 6] // ::/96: ::1 and IPv4-compatible
+                || (s[..5] == [0; 5] && s[5] == 0xffff) // IPv4-mapped
+                || s[0] & 0xffc0 == 0xfe80; // link-local
+            if special {
+                errs.push(FieldError::invalid(
+                    path.clone(),
+                    cidr,
+                    "must be a global or unique local unicast range, such as fd10:0:2::/120",
+                ));
+            }
+        }
         Some((IpAddr::V6(_), _)) => errs.push(FieldError::invalid(
             path.clone(),
             cidr,

@@ -51,7 +51,9 @@ fn calico_pod_and_peer() {
 fn pod_state() -> String {
     sh("ip -n pod -o link show | sed 's/^[0-9]*: //; s/ qdisc.*link\\/ether / /; s/ brd.*//' | sort
         ip -n pod -4 -o addr show | awk '{print $2, $4}' | sort
-        ip -n pod route show | sort")
+        ip -n pod route show | sort
+        ip -n pod -6 -o addr show scope global | awk '{print $2, $4}' | sort
+        ip -n pod -6 route show | sort")
 }
 
 fn bridge_manifest(name: &str) -> Manifest {
@@ -66,11 +68,21 @@ testhost_test!(
         pod_and_peer(
             "ip -n pod addr add 10.10.0.2/24 dev eth0
              ip -n pod route add default via 10.10.0.1
-             ip -n pod route add 192.168.50.0/24 via 10.10.0.1",
+             ip -n pod route add 192.168.50.0/24 via 10.10.0.1
+             ip -n pod addr add fd00:10::2/64 dev eth0 nodad
+             ip -n pod -6 route add default via fd00:10::1",
             "ip -n peer addr add 10.10.0.1/24 dev veth-peer
-             ip -n peer addr add 192.168.50.1/24 dev lo",
+             ip -n peer addr add 192.168.50.1/24 dev lo
+             ip -n peer addr add fd00:10::1/64 dev veth-peer nodad",
         );
+        // A dual-stack pod: taking eth0 down flushes its IPv6 address and routes, which
+        // must come back too.
         let before = pod_state();
+        assert!(before.contains("eth0 fd00:10::2/64"), "{before}");
+        assert!(
+            before.contains("default via fd00:10::1 dev eth0"),
+            "{before}"
+        );
         let mut guest = Guest::boot_in_netns("pod", &bridge_manifest("bridged"), &[]);
         guest.wait_ready(1);
         // The main thread keeps CAP_NET_ADMIN to give the pod its link back at exit; the
@@ -91,11 +103,12 @@ testhost_test!(
         assert_eq!(guest.check("hostname").trim(), "bridged");
 
         // While vmm runs, the pod keeps its IP on a dummy eth0; the NIC is on the bridge.
-        let during = sh("ip -n pod -o link show; ip -n pod -4 -o addr show");
+        let during = sh("ip -n pod -o link show; ip -n pod -o addr show dev eth0");
         assert!(during.contains("eth0-nic"), "{during}");
         assert!(during.contains("br-eth0"), "{during}");
         assert!(during.contains("tap-eth0"), "{during}");
         assert!(during.contains("10.10.0.2/24"), "{during}");
+        assert!(during.contains("fd00:10::2/64"), "{during}");
 
         // The peer speaks first: whoever answers its ARP for 10.10.0.2 must be the guest,
         // not the pod's own stack (the address is on the pod's dummy, and the bridge does

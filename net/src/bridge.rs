@@ -2,10 +2,12 @@
 //!
 //! For pod link `L` (`eth0`, or `net<i>` for a multus network):
 //!
-//! 1. record `L`'s MAC, MTU, IPv4 addresses and the routes through it;
+//! 1. record `L`'s MAC, MTU, IPv4 addresses, global IPv6 addresses and the routes through it
+//!    (taking `L` down flushes its IPv6 addresses and routes: they are put back from this);
 //! 2. remove its addresses, take it down, rename it `L-nic`, give it a new MAC with the same
 //!    OUI (the guest will use the original);
-//! 3. create a dummy `L` holding the pod addresses, so the pod IP stays visible in the pod;
+//! 3. create a dummy `L` holding the pod addresses (both families), so the pod IP stays
+//!    visible in the pod;
 //! 4. create bridge `br-L` with `L`'s MTU and no ARP of its own (the pod would otherwise answer
 //!    ARP for its address, now the guest's, on it), enslave `L-nic` with learning off, bring
 //!    all up;
@@ -17,20 +19,28 @@
 //! every exit path that runs destructors.
 //!
 //! For the one that does not (SIGKILL, the OOM killer), `L-nic` carries an alias recording
-//! what `L` was (name, MAC, MTU, state, routes; the addresses stay on the dummy), and
+//! what `L` was (name, MAC, MTU, state, IPv4 routes; the addresses stay on the dummy), and
 //! [`recover`] puts it back before the next take-over, so a restarted `vmm` in the same pod
-//! finds the namespace as the pod started.
+//! finds the namespace as the pod started, but for its IPv6 routes (the alias has no room
+//! for them).
+//!
+//! The guest is on the pod link's layer 2: whatever IPv6 the network behind it offers
+//! (router advertisements, DHCPv6) reaches the guest untouched, which is what a multus
+//! network with IPv6 needs. The pod's own IPv6 address is not delegated to the guest as its
+//! IPv4 one is by DHCP: it stays the pod's, on the dummy.
 
 use std::net::Ipv4Addr;
 
 use crate::dhcp::{Lease, StaticRoute};
 use crate::mac::MacAddr;
-use crate::netlink::{Ipv4Net, LinkChange, LinkKind, Netlink, Route4};
+use crate::netlink::{Ipv4Net, Ipv6Net, LinkChange, LinkKind, Netlink, Route4, Route6};
 use crate::resolv::Resolver;
 use crate::tap::{Tap, TapError};
 
 /// `RTPROT_KERNEL`: routes the kernel derives from addresses.
 const RTPROT_KERNEL: u8 = 2;
+/// `RTPROT_RA`: routes learnt from router advertisements.
+const RTPROT_RA: u8 = 9;
 
 /// `net` namespace inode of the initial network namespace on kernels that fix it.
 const PROC_NET_INIT_INO: u64 = 0xEFFF_FFF9;
@@ -96,6 +106,11 @@ pub struct PodLink {
     pub addresses: Vec<Ipv4Net>,
     /// The routes through it (without those the kernel derives from addresses).
     pub routes: Vec<Route4>,
+    /// Its global IPv6 addresses.
+    pub addresses6: Vec<Ipv6Net>,
+    /// The IPv6 routes through it (without the kernel's and those learnt from router
+    /// advertisements, which the network advertises again).
+    pub routes6: Vec<Route6>,
 }
 
 impl PodLink {
@@ -238,11 +253,14 @@ pub fn recover(nl: &mut Netlink, link: &str) -> Result<bool, BindError> {
         return Ok(false);
     }
     // The dummy holds the pod's addresses.
-    let mut addresses = Vec::new();
+    let (mut addresses, mut addresses6) = (Vec::new(), Vec::new());
     if let Some(dummy) = nl.link(link).map_err(nl_err("cannot list links"))? {
         addresses = nl
             .addresses(dummy.index)
             .map_err(nl_err(format!("cannot list the addresses of {link}")))?;
+        addresses6 = nl
+            .addresses6(dummy.index)
+            .map_err(nl_err(format!("cannot list the IPv6 addresses of {link}")))?;
         nl.del_link(dummy.index)
             .map_err(nl_err(format!("cannot delete dummy {link}")))?;
     }
@@ -283,6 +301,17 @@ pub fn recover(nl: &mut Netlink, link: &str) -> Result<bool, BindError> {
             _ => {}
         }
     }
+    for a in &addresses6 {
+        match nl.add_address6(nic.index, *a) {
+            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => {
+                return Err(nl_err(format!(
+                    "cannot put {}/{} back on {link}",
+                    a.addr, a.prefix
+                ))(e));
+            }
+            _ => {}
+        }
+    }
     let mut ordered = routes;
     ordered.sort_by_key(|r| (r.gateway.is_some(), std::cmp::Reverse(r.prefix)));
     for r in ordered {
@@ -310,6 +339,8 @@ enum Undo {
     SetLink(String, LinkChange),
     AddAddresses(String, Vec<Ipv4Net>),
     AddRoutes(Vec<Route4>, String),
+    AddAddresses6(String, Vec<Ipv6Net>),
+    AddRoutes6(Vec<Route6>, String),
 }
 
 /// A taken-over pod link; dropping it restores the namespace.
@@ -354,6 +385,8 @@ impl Binding {
                 mtu: 0,
                 addresses: vec![],
                 routes: vec![],
+                addresses6: vec![],
+                routes6: vec![],
             },
             bridge: format!("br-{link}"),
             undo: vec![],
@@ -378,17 +411,34 @@ impl Binding {
             .into_iter()
             .filter(|r| r.oif == Some(l.index) && r.protocol != RTPROT_KERNEL)
             .collect();
+        let addresses6 = nl
+            .addresses6(l.index)
+            .map_err(nl_err(format!("cannot list the IPv6 addresses of {link}")))?;
+        let routes6: Vec<Route6> = nl
+            .routes6()
+            .map_err(nl_err("cannot list IPv6 routes"))?
+            .into_iter()
+            .filter(|r| {
+                r.oif == Some(l.index) && r.protocol != RTPROT_KERNEL && r.protocol != RTPROT_RA
+            })
+            .collect();
         self.pod = PodLink {
             name: link.to_string(),
             mac,
             mtu: l.mtu,
             addresses: addresses.clone(),
             routes: routes.clone(),
+            addresses6: addresses6.clone(),
+            routes6: routes6.clone(),
         };
         let nic = format!("{link}-nic");
 
         // Routes come back after the addresses they depend on (undo runs in reverse).
+        self.undo.push(Undo::AddRoutes6(routes6, link.to_string()));
         self.undo.push(Undo::AddRoutes(routes, link.to_string()));
+        // Taking the link down flushes its IPv6 addresses (unless keep_addr_on_down).
+        self.undo
+            .push(Undo::AddAddresses6(link.to_string(), addresses6.clone()));
         for a in &addresses {
             nl.del_address(l.index, *a).map_err(nl_err(format!(
                 "cannot remove {}/{} from {link}",
@@ -439,6 +489,12 @@ impl Binding {
         let dummy = index_of(nl, link)?;
         for a in &addresses {
             nl.add_address(dummy, *a).map_err(nl_err(format!(
+                "cannot add {}/{} to dummy {link}",
+                a.addr, a.prefix
+            )))?;
+        }
+        for a in &addresses6 {
+            nl.add_address6(dummy, *a).map_err(nl_err(format!(
                 "cannot add {}/{} to dummy {link}",
                 a.addr, a.prefix
             )))?;
@@ -561,6 +617,43 @@ impl Drop for Binding {
                     }
                     other => other.map(|_| ()),
                 },
+                Undo::AddAddresses6(name, addrs) => match nl.link(name) {
+                    Ok(Some(l)) => {
+                        addrs
+                            .iter()
+                            .try_for_each(|a| match nl.add_address6(l.index, *a) {
+                                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+                                r => r,
+                            })
+                    }
+                    other => other.map(|_| ()),
+                },
+                Undo::AddRoutes6(routes, name) => match nl.link(name) {
+                    Ok(Some(l)) => {
+                        // On-link routes first, as for IPv4 (a link-local gateway needs
+                        // none).
+                        let mut ordered = routes.clone();
+                        ordered.sort_by_key(|r| (r.gateway.is_some(), std::cmp::Reverse(r.prefix)));
+                        let mut first_err = Ok(());
+                        for r in ordered {
+                            let r = Route6 {
+                                oif: Some(l.index),
+                                ..r
+                            };
+                            match nl.add_route6(&r) {
+                                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                                Err(e) => {
+                                    if first_err.is_ok() {
+                                        first_err = Err(e);
+                                    }
+                                }
+                                Ok(()) => {}
+                            }
+                        }
+                        first_err
+                    }
+                    other => other.map(|_| ()),
+                },
                 Undo::AddRoutes(routes, name) => match nl.link(name) {
                     Ok(Some(l)) => {
                         // On-link routes first: a gateway must be reachable when its route
@@ -620,6 +713,8 @@ mod tests {
             mac: MacAddr::new([2, 0, 0, 0, 0, 1]),
             mtu: 1450,
             addresses: vec![],
+            addresses6: vec![],
+            routes6: vec![],
             routes: vec![
                 route([0, 0, 0, 0], 0, Some([169, 254, 1, 1])),
                 route([169, 254, 1, 1], 32, None),
@@ -641,6 +736,8 @@ mod tests {
             mac: MacAddr::new([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x05]),
             mtu: 1450,
             addresses: vec![],
+            addresses6: vec![],
+            routes6: vec![],
             routes: vec![
                 route([0, 0, 0, 0], 0, Some([169, 254, 1, 1])),
                 route([169, 254, 1, 1], 32, None),

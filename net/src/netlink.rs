@@ -1,18 +1,19 @@
 //! Just enough rtnetlink for the bridge binding: links (find, create, change, delete,
-//! bridge-port learning), IPv4 addresses and IPv4 routes of the main table, over one
-//! synchronous netlink socket in the current network namespace.
+//! bridge-port learning), IPv4 addresses and IPv4 routes of the main table, and the global
+//! IPv6 addresses and IPv6 routes that a link loses when it goes down, over one synchronous
+//! netlink socket in the current network namespace.
 //!
 //! Messages are built and parsed by `netlink-packet-route`; this module only sends a
 //! request, collects the replies up to the ACK or the end of a dump, and turns a netlink
 //! error into an `io::Error`.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, AddressScope};
 use netlink_packet_route::link::{
     InfoBridgePort, InfoKind, InfoPortData, InfoPortKind, LinkAttribute, LinkFlags, LinkInfo,
     LinkMessage,
@@ -51,6 +52,32 @@ pub struct Ipv4Net {
     pub addr: Ipv4Addr,
     /// Prefix length.
     pub prefix: u8,
+}
+
+/// A global IPv6 address on a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Net {
+    /// The address.
+    pub addr: Ipv6Addr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+/// An IPv6 unicast route of the main table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route6 {
+    /// Destination network.
+    pub dst: Ipv6Addr,
+    /// Destination prefix length (0: default route).
+    pub prefix: u8,
+    /// Next hop, `None` for an on-link route.
+    pub gateway: Option<Ipv6Addr>,
+    /// Output interface.
+    pub oif: Option<u32>,
+    /// Who installed it (`RTPROT_*`; 2 = kernel, 9 = router advertisement).
+    pub protocol: u8,
+    /// Priority (metric).
+    pub metric: Option<u32>,
 }
 
 /// An IPv4 route of the main table.
@@ -330,6 +357,94 @@ impl Netlink {
         Ok(())
     }
 
+    /// The global IPv6 addresses of link `index` (not its link-local ones).
+    pub fn addresses6(&mut self, index: u32) -> io::Result<Vec<Ipv6Net>> {
+        let mut req = AddressMessage::default();
+        req.header.family = AddressFamily::Inet6;
+        let replies = self.request(RouteNetlinkMessage::GetAddress(req), NLM_F_DUMP)?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a)
+                    if a.header.index == index && a.header.scope == AddressScope::Universe =>
+                {
+                    let addr = a.attributes.iter().find_map(|attr| match attr {
+                        AddressAttribute::Address(IpAddr::V6(v6)) => Some(*v6),
+                        _ => None,
+                    })?;
+                    Some(Ipv6Net {
+                        addr,
+                        prefix: a.header.prefix_len,
+                    })
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Adds IPv6 address `net` to link `index`, without duplicate address detection (it was
+    /// the pod's already).
+    pub fn add_address6(&mut self, index: u32, net: Ipv6Net) -> io::Result<()> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet6;
+        msg.header.prefix_len = net.prefix;
+        msg.header.index = index;
+        msg.attributes
+            .push(AddressAttribute::Address(IpAddr::V6(net.addr)));
+        msg.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        self.request(
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        )?;
+        Ok(())
+    }
+
+    /// The IPv6 unicast routes of the main table (multicast and local ones are of other
+    /// types or tables).
+    pub fn routes6(&mut self) -> io::Result<Vec<Route6>> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = AddressFamily::Inet6;
+        let replies = self.request(RouteNetlinkMessage::GetRoute(req), NLM_F_DUMP)?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) => parse_route6(&r),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Adds an IPv6 route to the main table.
+    pub fn add_route6(&mut self, route: &Route6) -> io::Result<()> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet6;
+        msg.header.destination_prefix_length = route.prefix;
+        msg.header.table = RouteHeader::RT_TABLE_MAIN;
+        msg.header.protocol = RouteProtocol::from(route.protocol);
+        msg.header.scope = RouteScope::Universe;
+        msg.header.kind = RouteType::Unicast;
+        if route.prefix > 0 {
+            msg.attributes
+                .push(RouteAttribute::Destination(RouteAddress::Inet6(route.dst)));
+        }
+        if let Some(gw) = route.gateway {
+            msg.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::Inet6(gw)));
+        }
+        if let Some(oif) = route.oif {
+            msg.attributes.push(RouteAttribute::Oif(oif));
+        }
+        if let Some(metric) = route.metric {
+            msg.attributes.push(RouteAttribute::Priority(metric));
+        }
+        self.request(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        )?;
+        Ok(())
+    }
+
     /// The IPv4 unicast routes of the main table.
     pub fn routes(&mut self) -> io::Result<Vec<Route4>> {
         let mut req = RouteMessage::default();
@@ -427,6 +542,33 @@ fn parse_route(r: &RouteMessage) -> Option<Route4> {
             RouteAttribute::Destination(RouteAddress::Inet(a)) => route.dst = *a,
             RouteAttribute::Gateway(RouteAddress::Inet(a)) => route.gateway = Some(*a),
             RouteAttribute::PrefSource(RouteAddress::Inet(a)) => route.prefsrc = Some(*a),
+            RouteAttribute::Oif(i) => route.oif = Some(*i),
+            RouteAttribute::Priority(p) => route.metric = Some(*p),
+            RouteAttribute::Table(t) if *t != u32::from(RouteHeader::RT_TABLE_MAIN) => {
+                return None;
+            }
+            _ => {}
+        }
+    }
+    Some(route)
+}
+
+fn parse_route6(r: &RouteMessage) -> Option<Route6> {
+    if r.header.table != RouteHeader::RT_TABLE_MAIN || r.header.kind != RouteType::Unicast {
+        return None;
+    }
+    let mut route = Route6 {
+        dst: Ipv6Addr::UNSPECIFIED,
+        prefix: r.header.destination_prefix_length,
+        gateway: None,
+        oif: None,
+        protocol: u8::from(r.header.protocol),
+        metric: None,
+    };
+    for attr in &r.attributes {
+        match attr {
+            RouteAttribute::Destination(RouteAddress::Inet6(a)) => route.dst = *a,
+            RouteAttribute::Gateway(RouteAddress::Inet6(a)) => route.gateway = Some(*a),
             RouteAttribute::Oif(i) => route.oif = Some(*i),
             RouteAttribute::Priority(p) => route.metric = Some(*p),
             RouteAttribute::Table(t) if *t != u32::from(RouteHeader::RT_TABLE_MAIN) => {

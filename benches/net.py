@@ -23,8 +23,12 @@ one end of a veth pair, a "peer" namespace (10.10.0.1/24) at the other end runni
 The guest is the test guest with iperf3 (images/out/guest/iperf: Debian's cloud kernel,
 busybox initramfs, Debian's iperf3), 1 vCPU, 512 MiB. Measured in the guest (or the pod
 namespace): `iperf3 -c 10.10.0.1 -t N` (guest → peer) and with `-R` (peer → guest), the
-receiver's rate; `ping -c 20 -i 0.2`, the mean RTT. One run; the table shows the values and
-their ratio to vmm. Absolute numbers inside the test host are those of an emulated machine;
+receiver's rate; `ping -c 20 -i 0.2`, the mean RTT. The masquerade table measures IPv6
+too, in the same test host right after IPv4: pod fd00:10::2/64 and peer fd00:10::1/64 as
+well (dual-stack), the guest taking fd10:0:2::2 from vmm's NAT by DHCPv6 (Debian's dhcpcd in
+the iperf guest), an address of its own by SLAAC from QEMU's libslirp, and the pod's
+fd00:10::2 at layer 2 on the bridge; libslirp relays no ICMPv6 echo, so its IPv6 ping row
+fails. One run; the table shows the values and their ratio to vmm. Absolute numbers inside the test host are those of an emulated machine;
 the ratios, side by side in one run, are what to compare.
 """
 
@@ -51,6 +55,7 @@ MEMORY_MIB = 512
 CMDLINE = "console=ttyS0 loglevel=4"
 GUEST_MAC = "0a:58:0a:0a:00:02"
 PEER = "10.10.0.1"
+PEER6 = "fd00:10::1"
 
 
 def sh(script):
@@ -60,22 +65,35 @@ def sh(script):
 # --- inside the test host -------------------------------------------------------------------
 
 
-def network():
-    """Pod and peer namespaces joined by a veth pair; iperf3 server in the peer."""
+def network(ipv6):
+    """Pod and peer namespaces joined by a veth pair (dual-stack if `ipv6`); iperf3 server
+    in the peer."""
+    if ipv6:
+        sh("""
+            ip netns add pod; ip netns add peer
+            ip link add veth-pod type veth peer name veth-peer
+            ip link set veth-pod netns pod; ip link set veth-peer netns peer
+            ip -n pod link set veth-pod name eth0
+            ip -n pod addr add fd00:10::2/64 dev eth0 nodad
+            ip -n peer addr add fd00:10::1/64 dev veth-peer nodad
+        """)
+    else:
+        sh("""
+            ip netns add pod; ip netns add peer
+            ip link add veth-pod type veth peer name veth-peer
+            ip link set veth-pod netns pod; ip link set veth-peer netns peer
+            ip -n pod link set veth-pod name eth0
+        """)
     sh(f"""
-        ip netns add pod; ip netns add peer
-        ip link add veth-pod type veth peer name veth-peer
-        ip link set veth-pod netns pod; ip link set veth-peer netns peer
-        ip -n pod link set veth-pod name eth0
         ip -n pod link set eth0 address {GUEST_MAC}
         ip -n pod link set lo up; ip -n peer link set lo up
         ip -n pod addr add 10.10.0.2/24 dev eth0
         ip -n peer addr add {PEER}/24 dev veth-peer
         ip -n pod link set eth0 up; ip -n peer link set veth-peer up
         ip netns exec pod sysctl -qw net.ipv4.ping_group_range='0 2147483647'
-        ip netns exec peer iperf3 -s -D -B {PEER}
+        ip netns exec peer iperf3 -s -D
         for i in $(seq 100); do
-            ip netns exec peer ss -ltn | grep -q {PEER}:5201 && exit 0; sleep 0.1
+            ip netns exec peer ss -ltn | grep -q '\\*:5201' && exit 0; sleep 0.1
         done
         echo iperf3 server did not start >&2; exit 1
     """)
@@ -213,20 +231,38 @@ def ping_rtt(out):
     return float(m.group(1))
 
 
-def measurements(run, seconds):
-    """Runs the three measurements with `run(cmd)` (in the guest or the pod namespace)."""
-    client = f"iperf3 -c {PEER} -t {seconds} -f m"
-    # A short warm-up: ARP, TCP slow start, page cache.
-    run(f"iperf3 -c {PEER} -t 1 -f m")
-    return {
-        "tx": iperf_rate(run(client)),
-        "rx": iperf_rate(run(client + " -R")),
-        "rtt": ping_rtt(run(f"ping -c 20 -i 0.2 {PEER}")),
+def measurements(run, seconds, peer=PEER, suffix=""):
+    """Runs the three measurements with `run(cmd)` (in the guest or the pod namespace) to
+    `peer`, their keys ending in `suffix`; a ping that fails leaves its key out."""
+    client = f"iperf3 -c {peer} -t {seconds} -f m"
+    # A short warm-up: ARP or neighbour discovery, TCP slow start, page cache.
+    run(f"iperf3 -c {peer} -t 1 -f m")
+    result = {
+        "tx" + suffix: iperf_rate(run(client)),
+        "rx" + suffix: iperf_rate(run(client + " -R")),
     }
+    try:
+        result["rtt" + suffix] = ping_rtt(run(f"ping -c 20 -i 0.2 -W 2 {peer}"))
+    except RuntimeError as e:
+        print(f"ping {peer}: {e}", file=sys.stderr)
+    return result
+
+
+# How each contender's guest gets its IPv6 address and route, and the address it waits for.
+IPV6_SETUP = {
+    "vmm masquerade": "mkdir -p /run/dhcpcd /var/lib/dhcpcd && "
+                      "dhcpcd -6 -b -c /bin/true -f /dev/null eth0 >/dev/null 2>&1",
+    "vmm": "ip -6 addr add fd00:10::2/64 dev eth0 nodad",
+    "qemu user": "true",  # SLAAC from libslirp's router advertisement
+}
+IPV6_WAIT = ("for i in $(seq 150); do ip -6 addr show dev eth0 scope global | "
+             "grep -q inet6 && ! ip -6 addr show dev eth0 | grep -q tentative && "
+             "ping -6 -c 1 -W 1 fd00:10::1 >/dev/null 2>&1 && exit 0; sleep 0.2; done; "
+             "ip -6 addr; ip -6 route; exit 1")
 
 
 def measure(name, args):
-    network()
+    network(args.ipv6)
     if name == "veth":
         def run(cmd):
             return subprocess.run(["ip", "netns", "exec", "pod", "sh", "-c", cmd], check=True,
@@ -248,8 +284,15 @@ def measure(name, args):
                 agent.run("udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 5 -T 2")
             else:
                 agent.run("ip addr add 10.10.0.2/24 dev eth0 && ip link set eth0 up")
-            result = measurements(lambda cmd: agent.run(cmd, 60 + 3 * args.seconds),
-                                  args.seconds)
+            run = lambda cmd: agent.run(cmd, 60 + 3 * args.seconds)  # noqa: E731
+            result = measurements(run, args.seconds)
+            if args.ipv6:
+                agent.run(IPV6_SETUP[name])
+                # libslirp answers no ping: its route is waited for by address alone.
+                wait = IPV6_WAIT if name != "qemu user" else IPV6_WAIT.replace(
+                    "ping -6 -c 1 -W 1 fd00:10::1 >/dev/null 2>&1 && ", "")
+                agent.run(wait, 60)
+                result.update(measurements(run, args.seconds, PEER6, "6"))
         finally:
             agent.stop()
     print(json.dumps(result))
@@ -263,7 +306,7 @@ def in_testhost(name, args):
     cmd = [str(ROOT / "tests/testhost"), "run", "--timeout", "600", "--",
            "/usr/bin/python3", str(Path(__file__).resolve()), "--measure", name,
            "--seconds", str(args.seconds), "--vmm", args.vmm, "--image", args.image,
-           "--qemu", args.qemu]
+           "--qemu", args.qemu] + (["--ipv6"] if args.table == "masquerade" else [])
     out = subprocess.run(cmd, capture_output=True, text=True)
     for line in reversed(out.stdout.splitlines()):
         if line.startswith("{"):
@@ -285,14 +328,27 @@ def drive(args):
                       f"Mbit/s, RTT {r['rtt']:.3f} ms", file=sys.stderr, flush=True)
                 break
             failures[name] += 1
-    rows = [("TCP guest → peer", "tx", lambda v: f"{v:.0f} Mbit/s"),
-            ("TCP peer → guest", "rx", lambda v: f"{v:.0f} Mbit/s"),
-            ("ping RTT (mean of 20)", "rtt", lambda v: f"{v:.3f} ms")]
+    mbit = lambda v: f"{v:.0f} Mbit/s"  # noqa: E731
+    ms = lambda v: f"{v:.3f} ms"  # noqa: E731
+    rows = [("TCP guest → peer", "tx", mbit),
+            ("TCP peer → guest", "rx", mbit),
+            ("ping RTT (mean of 20)", "rtt", ms)]
+    extra = [("failed attempts", [failures[n] for n in contenders])]
+    if args.table == "masquerade":
+        rows += [("IPv6 TCP guest → peer", "tx6", mbit),
+                 ("IPv6 TCP peer → guest", "rx6", mbit),
+                 ("IPv6 ping RTT", "rtt6", ms)]
+
+        def v6_over_v4(name, key):
+            r = results.get(name, {})
+            return f"{r[key + '6'] / r[key]:.2f}" if r.get(key) and r.get(key + "6") else "-"
+
+        extra = [("IPv6/IPv4, guest→peer", [v6_over_v4(n, "tx") for n in contenders]),
+                 ("IPv6/IPv4, peer→guest", [v6_over_v4(n, "rx") for n in contenders])] + extra
     width = 24
     print(f"\nNetwork, inside the KVM test host (TCG, nested KVM): one run, iperf3 -t "
           f"{args.seconds}, one TCP stream; guest 1 vCPU, {MEMORY_MIB} MiB, pod link MTU 1500")
-    print_table(contenders, results, rows, width,
-                [("failed attempts", [failures[n] for n in contenders])])
+    print_table(contenders, results, rows, width, extra)
     return 0 if len(results) == len(contenders) else 1
 
 
@@ -303,6 +359,7 @@ def main():
                         help="bridge: vmm's TAP beside QEMU's TAP and veth; masquerade: "
                              "vmm's NAT beside its TAP and QEMU's user networking")
     parser.add_argument("--measure", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--ipv6", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--vmm", default=str(ROOT / "target/release/vmm"))
     parser.add_argument("--image", default=str(ROOT / "images/out/guest/iperf"))
     parser.add_argument("--qemu", default=str(ROOT / "images/out/qemu/usr"))

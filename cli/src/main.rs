@@ -90,9 +90,10 @@ struct RunArgs {
     #[arg(long = "nat-limit", value_name = "KEY=VALUE", value_parser = parse_nat_limit)]
     nat_limits: Vec<(String, String)>,
 
-    /// A range the masquerade guest may not reach (e.g. 10.0.0.0/8 or one address),
-    /// repeatable, added to the default: link-local 169.254.0.0/16, where clouds serve
-    /// instance metadata. The pod's own resolvers stay reachable on port 53.
+    /// A range the masquerade guest may not reach (e.g. 10.0.0.0/8, fd00::/8 or one
+    /// address), repeatable, added to the default: link-local 169.254.0.0/16 and fe80::/10,
+    /// and the clouds' IPv6 metadata addresses. The pod's own resolvers stay reachable on
+    /// port 53.
     #[arg(long = "nat-deny", value_name = "CIDR")]
     nat_deny: Vec<vmm::Cidr>,
 

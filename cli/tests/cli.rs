@@ -47,6 +47,19 @@ fn vmm(args: &[&str]) -> Output {
     Command::new(VMM).args(args).output().expect("run vmm")
 }
 
+/// What the masquerade plan says of IPv6 on this machine: the guest gets it where this
+/// namespace has a global IPv6 address.
+fn ipv6_plan() -> &'static str {
+    if net::nat::ipv6::pod_has_ipv6() {
+        "IPv6 fd10:0:2::/120, gateway fd10:0:2::1, guest fd10:0:2::2, "
+    } else {
+        "no IPv6 (the pod has none), "
+    }
+}
+
+/// The default egress policy as the plan prints it.
+const EGRESS: &str = "169.254.0.0/16, fe80::/10, fd00:ec2::254/128, fd20:ce::254/128";
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -231,6 +244,12 @@ fn dry_run_prints_the_plan() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("vmm run would fail"));
     let plan = text(&out.stdout);
+    let nat = format!(
+        "masquerade: in-process NAT on 10.0.2.0/30, gateway 10.0.2.1, guest 10.0.2.2, {}MTU \
+         65520, inbound: every free TCP and UDP port outside the ephemeral range; egress \
+         denies {EGRESS} (the pod's resolvers stay reachable on port 53)",
+        ipv6_plan()
+    );
     for want in [
         "vCPUs       6 (2 socket(s) × 3 core(s)), APIC IDs 0, 1, 2, 4, 5, 6",
         "memory      128 MiB",
@@ -238,8 +257,7 @@ fn dry_run_prints_the_plan() {
         "cmdline     \"console=ttyS0\"",
         "16550A COM1",
         "stdout and /tmp/x.log",
-        "masquerade: in-process NAT on 10.0.2.0/30, gateway 10.0.2.1, guest 10.0.2.2, MTU 65520, inbound: every free TCP and UDP port outside the ephemeral range; \
-         egress denies 169.254.0.0/16 (the pod's resolvers stay reachable on port 53)",
+        &nat,
         // No net1 here and no NAD in the file: the plan says why the run would fail.
         "bridge: would fail: spec.instance.interfaces[1] (data): host link net1 not found",
     ] {
@@ -332,14 +350,14 @@ fn the_egress_policy_takes_ranges_to_deny_and_to_allow() {
     ]);
     let plan = text(&out.stdout);
     assert!(
-        plan.contains(
-            "egress denies 169.254.0.0/16, 10.0.0.0/8 except 169.254.169.254/32 \
+        plan.contains(&format!(
+            "egress denies {EGRESS}, 10.0.0.0/8 except 169.254.169.254/32 \
              (the pod's resolvers stay reachable on port 53)"
-        ),
+        )),
         "{plan}{}",
         text(&out.stderr)
     );
-    for bad in ["10.0.0.0/33", "fe80::/10", "example.com"] {
+    for bad in ["10.0.0.0/33", "fe80::/129", "example.com"] {
         let out = vmm(&[
             "run",
             "--dry-run",

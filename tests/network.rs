@@ -32,13 +32,16 @@ fn pod_and_peer(pod_setup: &str, peer_setup: &str) {
     ));
 }
 
-/// A Calico-style pod: `eth0` holds 10.20.30.40/32, the gateway is the link-local
-/// 169.254.1.1, which the peer answers for by proxy ARP while routing 10.20.30.0/24.
+/// A Calico-style dual-stack pod: `eth0` holds 10.20.30.40/32, the gateway is the
+/// link-local 169.254.1.1, which the peer answers for by proxy ARP while routing
+/// 10.20.30.0/24; and fd00:30::40/128 with Calico's IPv6 gateway, a link-local address.
 fn calico_pod_and_peer() {
     pod_and_peer(
         "ip -n pod addr add 10.20.30.40/32 dev eth0
          ip -n pod route add 169.254.1.1 dev eth0 scope link
-         ip -n pod route add default via 169.254.1.1 dev eth0",
+         ip -n pod route add default via 169.254.1.1 dev eth0
+         ip -n pod addr add fd00:30::40/128 dev eth0 nodad
+         ip -n pod -6 route add default via fe80::ecee:eeff:feee:eeee dev eth0",
         "ip -n peer addr add 10.20.30.1/24 dev veth-peer
          ip -n peer route add 10.20.30.40/32 dev veth-peer
          ip -n peer link add uplink type dummy; ip -n peer link set uplink up
@@ -463,6 +466,11 @@ testhost_test!(
         );
         assert!(
             left.contains("vmm-bridge-binding eth0 0a:58:0a:0a:00:02"),
+            "{left}"
+        );
+        // The dummy records the IPv6 routes, which taking eth0 down flushed.
+        assert!(
+            left.contains("vmm-bridge-binding-ipv6 ::/0@fe80::ecee:eeff:feee:eeee"),
             "{left}"
         );
         let plan = sh(&format!(

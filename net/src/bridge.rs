@@ -19,10 +19,9 @@
 //! every exit path that runs destructors.
 //!
 //! For the one that does not (SIGKILL, the OOM killer), `L-nic` carries an alias recording
-//! what `L` was (name, MAC, MTU, state, IPv4 routes; the addresses stay on the dummy), and
-//! [`recover`] puts it back before the next take-over, so a restarted `vmm` in the same pod
-//! finds the namespace as the pod started, but for its IPv6 routes (the alias has no room
-//! for them).
+//! what `L` was (name, MAC, MTU, state, IPv4 routes; the addresses stay on the dummy, whose
+//! own alias records the IPv6 routes), and [`recover`] puts it back before the next
+//! take-over, so a restarted `vmm` in the same pod finds the namespace as the pod started.
 //!
 //! The guest is on the pod link's layer 2: whatever IPv6 the network behind it offers
 //! (router advertisements, DHCPv6) reaches the guest untouched, which is what a multus
@@ -197,6 +196,50 @@ fn record(pod: &PodLink, up: bool) -> String {
     s
 }
 
+/// The alias prefix of the dummy, which records the IPv6 routes.
+const RECORD6: &str = "vmm-bridge-binding-ipv6";
+
+/// The IPv6 routes through `L`, as the dummy's alias records them:
+/// `vmm-bridge-binding-ipv6 ROUTE...`, a route being `dst/prefix[@gateway]`.
+fn record6(link: &str, routes: &[Route6]) -> String {
+    let mut s = RECORD6.to_string();
+    for r in routes {
+        let gw = r.gateway.map(|g| format!("@{g}")).unwrap_or_default();
+        let route = format!(" {}/{}{gw}", r.dst, r.prefix);
+        if s.len() + route.len() > ALIAS_MAX {
+            log::warn!("{link}: too many IPv6 routes to record them all for recovery");
+            break;
+        }
+        s += &route;
+    }
+    s
+}
+
+/// A parsed [`record6`].
+fn parse_record6(alias: &str) -> Option<Vec<Route6>> {
+    let mut words = alias.split_whitespace();
+    if words.next()? != RECORD6 {
+        return None;
+    }
+    words
+        .map(|w| {
+            let (net, gateway) = match w.split_once('@') {
+                Some((n, g)) => (n, Some(g.parse().ok()?)),
+                None => (w, None),
+            };
+            let (dst, prefix) = net.split_once('/')?;
+            Some(Route6 {
+                dst: dst.parse().ok()?,
+                prefix: prefix.parse().ok()?,
+                gateway,
+                oif: None,
+                protocol: 3, // RTPROT_BOOT, as `ip route add` makes them
+                metric: None,
+            })
+        })
+        .collect()
+}
+
 /// A parsed [`record`]: (link, MAC, MTU, up, routes).
 fn parse_record(alias: &str) -> Option<(String, MacAddr, u32, bool, Vec<Route4>)> {
     let mut words = alias.split_whitespace();
@@ -253,8 +296,13 @@ pub fn recover(nl: &mut Netlink, link: &str) -> Result<bool, BindError> {
         return Ok(false);
     }
     // The dummy holds the pod's addresses.
-    let (mut addresses, mut addresses6) = (Vec::new(), Vec::new());
+    let (mut addresses, mut addresses6, mut routes6) = (Vec::new(), Vec::new(), Vec::new());
     if let Some(dummy) = nl.link(link).map_err(nl_err("cannot list links"))? {
+        routes6 = dummy
+            .alias
+            .as_deref()
+            .and_then(parse_record6)
+            .unwrap_or_default();
         addresses = nl
             .addresses(dummy.index)
             .map_err(nl_err(format!("cannot list the addresses of {link}")))?;
@@ -320,6 +368,21 @@ pub fn recover(nl: &mut Netlink, link: &str) -> Result<bool, BindError> {
             ..r
         };
         match nl.add_route(&r) {
+            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => {
+                return Err(nl_err(format!(
+                    "cannot put route {}/{} back",
+                    r.dst, r.prefix
+                ))(e));
+            }
+            _ => {}
+        }
+    }
+    for r in routes6 {
+        let r = Route6 {
+            oif: Some(nic.index),
+            ..r
+        };
+        match nl.add_route6(&r) {
             Err(e) if e.raw_os_error() != Some(libc::EEXIST) => {
                 return Err(nl_err(format!(
                     "cannot put route {}/{} back",
@@ -434,7 +497,8 @@ impl Binding {
         let nic = format!("{link}-nic");
 
         // Routes come back after the addresses they depend on (undo runs in reverse).
-        self.undo.push(Undo::AddRoutes6(routes6, link.to_string()));
+        self.undo
+            .push(Undo::AddRoutes6(routes6.clone(), link.to_string()));
         self.undo.push(Undo::AddRoutes(routes, link.to_string()));
         // Taking the link down flushes its IPv6 addresses (unless keep_addr_on_down).
         self.undo
@@ -501,6 +565,7 @@ impl Binding {
         }
         let up = LinkChange {
             up: Some(true),
+            alias: Some(record6(link, &routes6)),
             ..LinkChange::default()
         };
         nl.set_link(dummy, &up)
@@ -580,6 +645,24 @@ pub fn ensure_bridge(nl: &mut Netlink, name: &str) -> Result<(u32, u32, bool), B
     Ok((l.index, l.mtu, true))
 }
 
+/// Adds every one of `items` with `add`, an item that exists already counting as added;
+/// every item is tried, and the first error is returned.
+fn add_each<T>(items: &[T], mut add: impl FnMut(&T) -> std::io::Result<()>) -> std::io::Result<()> {
+    let mut first_err = Ok(());
+    for item in items {
+        match add(item) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => {
+                if first_err.is_ok() {
+                    first_err = Err(e);
+                }
+            }
+            Ok(()) => {}
+        }
+    }
+    first_err
+}
+
 impl Drop for Binding {
     fn drop(&mut self) {
         let Ok(mut nl) = Netlink::open() else {
@@ -607,76 +690,38 @@ impl Drop for Binding {
                     other => other.map(|_| ()),
                 },
                 Undo::AddAddresses(name, addrs) => match nl.link(name) {
-                    Ok(Some(l)) => {
-                        addrs
-                            .iter()
-                            .try_for_each(|a| match nl.add_address(l.index, *a) {
-                                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-                                r => r,
-                            })
-                    }
+                    Ok(Some(l)) => add_each(addrs, |a| nl.add_address(l.index, *a)),
                     other => other.map(|_| ()),
                 },
                 Undo::AddAddresses6(name, addrs) => match nl.link(name) {
+                    Ok(Some(l)) => add_each(addrs, |a| nl.add_address6(l.index, *a)),
+                    other => other.map(|_| ()),
+                },
+                // On-link routes first: a gateway must be reachable when its route is added
+                // (an IPv6 link-local gateway always is).
+                Undo::AddRoutes(routes, name) => match nl.link(name) {
                     Ok(Some(l)) => {
-                        addrs
-                            .iter()
-                            .try_for_each(|a| match nl.add_address6(l.index, *a) {
-                                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-                                r => r,
+                        let mut ordered = routes.clone();
+                        ordered.sort_by_key(|r| (r.gateway.is_some(), std::cmp::Reverse(r.prefix)));
+                        add_each(&ordered, |r| {
+                            nl.add_route(&Route4 {
+                                oif: Some(l.index),
+                                ..r.clone()
                             })
+                        })
                     }
                     other => other.map(|_| ()),
                 },
                 Undo::AddRoutes6(routes, name) => match nl.link(name) {
                     Ok(Some(l)) => {
-                        // On-link routes first, as for IPv4 (a link-local gateway needs
-                        // none).
                         let mut ordered = routes.clone();
                         ordered.sort_by_key(|r| (r.gateway.is_some(), std::cmp::Reverse(r.prefix)));
-                        let mut first_err = Ok(());
-                        for r in ordered {
-                            let r = Route6 {
+                        add_each(&ordered, |r| {
+                            nl.add_route6(&Route6 {
                                 oif: Some(l.index),
-                                ..r
-                            };
-                            match nl.add_route6(&r) {
-                                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                                Err(e) => {
-                                    if first_err.is_ok() {
-                                        first_err = Err(e);
-                                    }
-                                }
-                                Ok(()) => {}
-                            }
-                        }
-                        first_err
-                    }
-                    other => other.map(|_| ()),
-                },
-                Undo::AddRoutes(routes, name) => match nl.link(name) {
-                    Ok(Some(l)) => {
-                        // On-link routes first: a gateway must be reachable when its route
-                        // is added. Every route is tried; the first error is reported.
-                        let mut ordered = routes.clone();
-                        ordered.sort_by_key(|r| (r.gateway.is_some(), std::cmp::Reverse(r.prefix)));
-                        let mut first_err = Ok(());
-                        for r in ordered {
-                            let r = Route4 {
-                                oif: Some(l.index),
-                                ..r
-                            };
-                            match nl.add_route(&r) {
-                                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                                Err(e) => {
-                                    if first_err.is_ok() {
-                                        first_err = Err(e);
-                                    }
-                                }
-                                Ok(()) => {}
-                            }
-                        }
-                        first_err
+                                ..r.clone()
+                            })
+                        })
                     }
                     other => other.map(|_| ()),
                 },
@@ -691,6 +736,8 @@ impl Drop for Binding {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv6Addr;
+
     use super::*;
 
     fn route(dst: [u8; 4], prefix: u8, gw: Option<[u8; 4]>) -> Route4 {
@@ -765,6 +812,48 @@ mod tests {
         let alias = record(&many, false);
         assert!(alias.len() <= ALIAS_MAX, "{}", alias.len());
         assert!(parse_record(&alias).is_some());
+    }
+
+    #[test]
+    fn the_ipv6_recovery_record_round_trips() {
+        let routes = vec![
+            Route6 {
+                dst: Ipv6Addr::UNSPECIFIED,
+                prefix: 0,
+                gateway: Some("fe80::ecee:eeff:feee:eeee".parse().unwrap()),
+                oif: None,
+                protocol: 3,
+                metric: None,
+            },
+            Route6 {
+                dst: "fd00:30::".parse().unwrap(),
+                prefix: 64,
+                gateway: None,
+                oif: None,
+                protocol: 3,
+                metric: None,
+            },
+        ];
+        let alias = record6("eth0", &routes);
+        assert_eq!(
+            alias,
+            "vmm-bridge-binding-ipv6 ::/0@fe80::ecee:eeff:feee:eeee fd00:30::/64"
+        );
+        assert_eq!(parse_record6(&alias), Some(routes));
+        assert_eq!(parse_record6("vmm-bridge-binding-ipv6"), Some(vec![]));
+        assert_eq!(parse_record6("vmm-bridge-binding-ipv6 x/1"), None);
+        assert_eq!(parse_record6("something else"), None);
+        let many: Vec<Route6> = (0..40u16)
+            .map(|i| Route6 {
+                dst: Ipv6Addr::new(0xfd00, i, 0, 0, 0, 0, 0, 0),
+                prefix: 48,
+                gateway: Some(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, i)),
+                oif: None,
+                protocol: 3,
+                metric: None,
+            })
+            .collect();
+        assert!(record6("eth0", &many).len() <= ALIAS_MAX);
     }
 
     #[test]

@@ -30,6 +30,14 @@ pub enum ReadError {
     /// ext4-view's account.
     #[error("ext4")]
     Ext4(#[source] ext4_view::Ext4Error),
+    /// An ext superblock that claims more than its partition holds.
+    #[error("ext4: the superblock claims {claimed} bytes in a partition of {len}")]
+    ExtTooLarge {
+        /// The file system's size by its superblock.
+        claimed: u128,
+        /// The partition's.
+        len: u64,
+    },
     /// fatfs's account.
     #[error("FAT")]
     Fat(#[source] std::io::Error),
@@ -68,13 +76,39 @@ impl ext4_view::Ext4Read for ExtReader {
     }
 }
 
+/// Refuses an ext superblock whose size (blocks × block size) exceeds its partition: ext4-view
+/// reserves room for every block group descriptor it implies before reading one, and a
+/// hostile image (the guest writes its own boot disk) could make that any size. Within the
+/// partition there are at most one group per block, and the partition bounds the blocks.
+fn check_ext_size(region: &Region) -> Result<(), ReadError> {
+    let mut sb = [0u8; 0x154];
+    if region.read_at(1024, &mut sb).is_err() {
+        return Ok(()); // too short for a superblock: ext4-view says so
+    }
+    let le32 = |at: usize| u32::from_le_bytes([sb[at], sb[at + 1], sb[at + 2], sb[at + 3]]);
+    // As ext4-view reads them: the high half of the block count unconditionally.
+    let blocks = (u64::from(le32(0x150)) << 32) | u64::from(le32(0x4));
+    let block_size = 1024u128 << le32(0x18).min(16);
+    let claimed = u128::from(blocks) * block_size;
+    if claimed > u128::from(region.len) {
+        return Err(ReadError::ExtTooLarge {
+            claimed,
+            len: region.len,
+        });
+    }
+    Ok(())
+}
+
 impl BootFs {
     /// Opens the file system in `region`, if it is one this module reads.
     pub fn open(region: &Region, content: Content) -> Result<Self, ReadError> {
         match content {
-            Content::Ext => ext4_view::Ext4::load(Box::new(ExtReader(region.clone())))
-                .map(|fs| BootFs::Ext(Box::new(fs)))
-                .map_err(ReadError::Ext4),
+            Content::Ext => {
+                check_ext_size(region)?;
+                ext4_view::Ext4::load(Box::new(ExtReader(region.clone())))
+                    .map(|fs| BootFs::Ext(Box::new(fs)))
+                    .map_err(ReadError::Ext4)
+            }
             Content::Fat => {
                 let options = fatfs::FsOptions::new().update_accessed_date(false);
                 fatfs::FileSystem::new(region.cursor(), options)

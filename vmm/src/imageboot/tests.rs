@@ -461,6 +461,42 @@ fn images_vmm_cannot_read_are_refused_with_the_reason() {
 }
 
 #[test]
+fn the_fuzzers_ext_superblock_with_a_huge_group_count_is_refused() {
+    // The input fuzz/ (image_boot) found, as it found it: with it, ext4-view ran out of
+    // memory reserving group descriptors.
+    let image = include_bytes!("testdata/ext4-huge-group-count");
+    let disk = Arc::new(crate::disk::MemoryDisk::new(image, true));
+    assert!(find(disk).is_err());
+}
+
+#[test]
+fn an_ext_superblock_claiming_more_than_its_disk_is_refused_before_it_is_loaded() {
+    // Found by fuzz/ (image_boot): a superblock with a huge block count and one block per
+    // group made ext4-view reserve room for billions of group descriptors (out of memory).
+    let mut image = vec![0u8; 64 << 10];
+    let sb = 1024;
+    image[sb + 0x4..sb + 0x8].copy_from_slice(&u32::MAX.to_le_bytes()); // blocks
+    image[sb + 0x18..sb + 0x1c].copy_from_slice(&0u32.to_le_bytes()); // 1 KiB blocks
+    image[sb + 0x20..sb + 0x24].copy_from_slice(&1u32.to_le_bytes()); // blocks per group
+    image[sb + 0x28..sb + 0x2c].copy_from_slice(&16u32.to_le_bytes()); // inodes per group
+    image[sb + 0x38..sb + 0x3a].copy_from_slice(&0xef53u16.to_le_bytes()); // magic
+    let disk = Arc::new(crate::disk::MemoryDisk::new(&image, true));
+    // Refused as unreadable, not loaded: loading it would abort vmm (no memory for 2^32
+    // descriptors).
+    let e = find(disk).unwrap_err().to_string();
+    assert!(
+        e.contains("the whole disk is ext4, which vmm does not read"),
+        "{e}"
+    );
+    let region = super::disk::Region::whole(Arc::new(crate::disk::MemoryDisk::new(&image, true)));
+    let e = super::fs::BootFs::open(&region, super::disk::Content::Ext).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "ext4: the superblock claims 4398046510080 bytes in a partition of 65536"
+    );
+}
+
+#[test]
 fn an_mbr_whose_entries_all_start_at_sector_0_is_no_partition_table() {
     // Found by fuzz/ (image_boot): mbrman panicked on it (`find_alignment` unwraps None).
     let mut image = vec![0u8; 4096];

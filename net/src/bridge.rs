@@ -339,26 +339,14 @@ pub fn recover(nl: &mut Netlink, link: &str) -> Result<bool, BindError> {
     )
     .map_err(nl_err(format!("cannot rename {nic_name} back to {link}")))?;
     for a in &addresses {
-        match nl.add_address(nic.index, *a) {
-            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => {
-                return Err(nl_err(format!(
-                    "cannot put {}/{} back on {link}",
-                    a.addr, a.prefix
-                ))(e));
-            }
-            _ => {}
-        }
+        exists_ok(nl.add_address(nic.index, *a), || {
+            format!("cannot put {}/{} back on {link}", a.addr, a.prefix)
+        })?;
     }
     for a in &addresses6 {
-        match nl.add_address6(nic.index, *a) {
-            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => {
-                return Err(nl_err(format!(
-                    "cannot put {}/{} back on {link}",
-                    a.addr, a.prefix
-                ))(e));
-            }
-            _ => {}
-        }
+        exists_ok(nl.add_address6(nic.index, *a), || {
+            format!("cannot put {}/{} back on {link}", a.addr, a.prefix)
+        })?;
     }
     let mut ordered = routes;
     ordered.sort_by_key(|r| (r.gateway.is_some(), std::cmp::Reverse(r.prefix)));
@@ -367,33 +355,30 @@ pub fn recover(nl: &mut Netlink, link: &str) -> Result<bool, BindError> {
             oif: Some(nic.index),
             ..r
         };
-        match nl.add_route(&r) {
-            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => {
-                return Err(nl_err(format!(
-                    "cannot put route {}/{} back",
-                    r.dst, r.prefix
-                ))(e));
-            }
-            _ => {}
-        }
+        exists_ok(nl.add_route(&r), || {
+            format!("cannot put route {}/{} back", r.dst, r.prefix)
+        })?;
     }
     for r in routes6 {
         let r = Route6 {
             oif: Some(nic.index),
             ..r
         };
-        match nl.add_route6(&r) {
-            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => {
-                return Err(nl_err(format!(
-                    "cannot put route {}/{} back",
-                    r.dst, r.prefix
-                ))(e));
-            }
-            _ => {}
-        }
+        exists_ok(nl.add_route6(&r), || {
+            format!("cannot put route {}/{} back", r.dst, r.prefix)
+        })?;
     }
     log::warn!("{link}: put back as it was, from what a vmm that did not exit cleanly left");
     Ok(true)
+}
+
+/// `result` of adding something, where its being there already is no error; otherwise the
+/// error says `what` failed.
+fn exists_ok(result: std::io::Result<()>, what: impl FnOnce() -> String) -> Result<(), BindError> {
+    match result {
+        Err(e) if e.raw_os_error() != Some(libc::EEXIST) => Err(nl_err(what())(e)),
+        _ => Ok(()),
+    }
 }
 
 #[derive(Debug)]

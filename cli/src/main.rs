@@ -43,6 +43,7 @@ enum Command {
         "  vmm run --dry-run examples/busybox.yaml\n",
         "  vmm run --api-socket /run/vm.sock --serial-log vm.log vm.yaml\n",
         "  curl --unix-socket /run/vm.sock -X PUT http://localhost/v1/vm/power/Shutdown\n",
+        "  VM_DATA=$(base64 -w0 vm.json) vmm run   # as in Virtink's VM pod\n",
     ))]
     Run(RunArgs),
 
@@ -50,10 +51,48 @@ enum Command {
     /// and exit 1.
     #[command(after_help = "Example:\n  vmm validate examples/busybox.yaml\n")]
     Validate {
-        /// The manifest: a YAML file with one VirtualMachine document, and optionally
-        /// NetworkAttachmentDefinition and Secret documents.
-        file: PathBuf,
+        #[command(flatten)]
+        source: SourceArgs,
     },
+}
+
+/// Where the VirtualMachine comes from.
+#[derive(Debug, clap::Args)]
+struct SourceArgs {
+    /// The VirtualMachine as Virtink's controller hands it to its VM pod: base64 of the
+    /// object's JSON. Without FILE or this, `vmm` reads the VM_DATA environment variable.
+    #[arg(long, value_name = "BASE64", conflicts_with = "file")]
+    vm_data: Option<String>,
+
+    /// The manifest: a YAML (or JSON) file with one VirtualMachine document, and optionally
+    /// NetworkAttachmentDefinition and Secret documents.
+    file: Option<PathBuf>,
+}
+
+impl SourceArgs {
+    fn source(self) -> Result<vmm::ManifestSource, String> {
+        use vmm::ManifestSource;
+        if let Some(file) = self.file {
+            return Ok(ManifestSource::File(file));
+        }
+        if let Some(data) = self.vm_data {
+            return Ok(ManifestSource::VmData {
+                data,
+                origin: "--vm-data",
+            });
+        }
+        match std::env::var(vmm::pod::VM_DATA) {
+            Ok(data) if !data.is_empty() => Ok(ManifestSource::VmData {
+                data,
+                origin: vmm::pod::VM_DATA,
+            }),
+            _ => Err(
+                "no VirtualMachine: give a manifest FILE, --vm-data, or VM_DATA in the \
+                      environment"
+                    .into(),
+            ),
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -67,6 +106,13 @@ struct RunArgs {
     /// Serve the control API on this Unix socket: power actions and `info`.
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
+
+    /// Serve the part of Cloud Hypervisor's API that Virtink's virt-daemon uses on this Unix
+    /// socket, write vm-config.json beside it, and boot when vm.create and vm.boot say so, as
+    /// Cloud Hypervisor does in Virtink's VM pod. The default is /var/run/virtink/ch.sock
+    /// when the VM comes from VM_DATA or --vm-data, else none; `none` turns it off.
+    #[arg(long, value_name = "PATH|none")]
+    ch_api_socket: Option<PathBuf>,
 
     /// Also write the guest's serial console output to this file.
     #[arg(long, value_name = "FILE")]
@@ -108,8 +154,8 @@ struct RunArgs {
     #[arg(long, value_name = "true|false|log", default_value = "true", value_parser = parse_seccomp)]
     seccomp: vmm::SeccompMode,
 
-    /// The manifest.
-    file: PathBuf,
+    #[command(flatten)]
+    source: SourceArgs,
 }
 
 fn parse_seccomp(s: &str) -> Result<vmm::SeccompMode, String> {
@@ -150,8 +196,35 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     vmm::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
+/// The init containers' commands of Virtink's VM pod, which run in the pre-runner image
+/// (`vmm`'s container image links these names to `vmm`): by the name `vmm` was started as.
+fn init_container_command() -> Option<u8> {
+    let mut args = std::env::args();
+    let argv0 = args.next()?;
+    let name = std::path::Path::new(&argv0)
+        .file_name()?
+        .to_str()?
+        .to_string();
+    let run: fn(&[String]) -> Result<(), String> = match name.as_str() {
+        "virt-init-volume" => vmm::pod::init_volume,
+        "sysctl" => vmm::pod::sysctl,
+        _ => return None,
+    };
+    let rest: Vec<String> = args.collect();
+    Some(match run(&rest) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            1
+        }
+    })
+}
+
 fn main() -> ExitCode {
     let start = Instant::now();
+    if let Some(code) = init_container_command() {
+        return ExitCode::from(code);
+    }
     let cli = Cli::parse();
     logger::init(cli.log_level, start);
     std::panic::set_hook(Box::new(|info| {
@@ -159,17 +232,30 @@ fn main() -> ExitCode {
         eprintln!("vmm: internal error: {info}");
     }));
     let code = match cli.command {
-        Command::Validate { file } => validate(&file),
+        Command::Validate { source } => validate(source),
         Command::Run(args) => run(args, start),
     };
     ExitCode::from(code)
 }
 
-fn validate(file: &std::path::Path) -> u8 {
-    match config::load(file) {
+/// A usage error, as clap reports its own (exit 2).
+fn usage(message: &str) -> u8 {
+    eprintln!("error: {message}\n\nFor more information, try '--help'.");
+    2
+}
+
+fn validate(source: SourceArgs) -> u8 {
+    let source = match source.source() {
+        Ok(s) => s,
+        Err(e) => return usage(&e),
+    };
+    match source.load() {
         Ok(manifest) => {
             for field in &manifest.ignored_fields {
                 eprintln!("warning: {field} is ignored outside Kubernetes");
+            }
+            for document in &manifest.ignored_documents {
+                eprintln!("warning: {document} is ignored");
             }
             match config::to_yaml(&manifest) {
                 Ok(yaml) => {
@@ -190,9 +276,20 @@ fn validate(file: &std::path::Path) -> u8 {
 }
 
 fn run(args: RunArgs, start: Instant) -> u8 {
+    let manifest = match args.source.source() {
+        Ok(s) => s,
+        Err(e) => return usage(&e),
+    };
+    let ch_socket = match args.ch_api_socket {
+        Some(path) if path.as_os_str() == "none" => None,
+        Some(path) => Some(path),
+        None if manifest.in_pod() => Some(PathBuf::from(vmm::pod::CH_SOCKET)),
+        None => None,
+    };
     let opts = RunOptions {
-        manifest: args.file,
+        manifest,
         api_socket: args.api_socket,
+        ch_socket,
         serial_log: args.serial_log,
         volumes: args.volumes,
         shutdown_timeout: args.shutdown_timeout,

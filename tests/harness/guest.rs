@@ -301,12 +301,18 @@ impl std::fmt::Debug for Guest {
 impl Guest {
     /// Starts `vmm run` on `manifest` with `extra` arguments before the file.
     pub fn start(manifest: &Path, extra: &[&str]) -> Self {
-        Self::start_in(&[], manifest, extra, &[])
+        Self::start_in(&[], Some(manifest), extra, &[])
     }
 
     /// Like [`Guest::start`], with `env` added to vmm's environment.
     pub fn start_with_env(manifest: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        Self::start_in(&[], manifest, extra, env)
+        Self::start_in(&[], Some(manifest), extra, env)
+    }
+
+    /// Starts `vmm run` with no manifest file, as Virtink's VM pod does (the VM in `env`'s
+    /// `VM_DATA`), through the command `wrapper`, which must exec it.
+    pub fn start_pod(wrapper: &[&str], extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_in(wrapper, None, extra, env)
     }
 
     /// Like [`Guest::boot`], with vmm in network namespace `netns`.
@@ -319,12 +325,17 @@ impl Guest {
     pub fn boot_wrapped(wrapper: &[&str], manifest: &Manifest, extra: &[&str]) -> Self {
         let dir = TempDir::new("guest");
         let path = manifest.write(dir.path());
-        let mut guest = Self::start_in(wrapper, &path, extra, &[]);
+        let mut guest = Self::start_in(wrapper, Some(&path), extra, &[]);
         guest._dir = Some(dir);
         guest
     }
 
-    fn start_in(wrapper: &[&str], manifest: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+    fn start_in(
+        wrapper: &[&str],
+        manifest: Option<&Path>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         // A debugging aid: VMM_TEST_STRACE=1 with VMM_TESTHOST_KEEP=1 leaves an strace of
         // each vmm, one file per thread, in the kept job directory of the test host.
         let trace = std::env::var_os("VMM_TEST_STRACE")
@@ -357,7 +368,7 @@ impl Guest {
         }
         let mut child = cmd
             .args(extra)
-            .arg(manifest)
+            .args(manifest)
             .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -18,6 +18,7 @@ pub mod interrupts;
 pub mod memory;
 pub mod network;
 pub mod plan;
+pub mod pod;
 pub mod runner;
 pub mod signals;
 pub mod sriov;
@@ -25,6 +26,7 @@ pub mod vcpu;
 pub mod vfio;
 pub mod vm;
 
+pub use pod::ManifestSource;
 pub use runner::{ExitCode, RunError, RunOptions};
 
 pub use devices::seccomp::Mode as SeccompMode;

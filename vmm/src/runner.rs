@@ -5,9 +5,13 @@
 //!                                                              │
 //!            ┌─────────────────────────────────────────────────┘
 //!            ▼
-//!      ┌─▶ build Vm ──▶ start vCPUs ──▶ event loop ──▶ Stop ──┐
-//!      │                                                      │
-//!      └──── Reset, or runPolicy says boot again ◀────────────┤
+//!   ┌──▶ standby: runPolicy Manual waits for PowerOn; in Virtink's pod, for vm.create
+//!   │       │     and vm.boot (Cloud Hypervisor's API, [`crate::api::ch`])
+//!   │       ▼
+//!   │  ┌─▶ build Vm ──▶ start vCPUs ──▶ event loop ──▶ Stop ──┐
+//!   │  │                                                      │
+//!   │  └──── Reset, or runPolicy says boot again ◀────────────┤
+//!   └─────── vm.shutdown, vm.delete (in the pod) ◀────────────┤
 //!                                                             ▼
 //!                                          exit 0 / 3 / 4 (see [`ExitCode`])
 //! ```
@@ -24,11 +28,13 @@ use devices::boot_marker::Markers;
 use kvm_ioctls::Kvm;
 use net::poll::{Poller, Token};
 
+use crate::api::ch::{self, ChVm, Effect};
 use crate::api::{ApiAnswer, ApiCommand, ApiError, ApiServer, PowerAction};
 use crate::boot::{self, BootError, KernelFiles};
 use crate::config::{self, ManifestError, RunPolicy, VmConfig};
 use crate::console::{self, ConsoleError, ConsoleOutput};
 use crate::host::{self, HostError};
+use crate::pod::{self, ManifestSource};
 use crate::signals::{self, SignalFd};
 use crate::vcpu::VcpuEvent;
 use crate::vm::{BootContext, Vm, VmError};
@@ -52,10 +58,13 @@ pub enum ExitCode {
 /// What `vmm run` was asked to do.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// The manifest file.
-    pub manifest: PathBuf,
+    /// Where the VirtualMachine comes from.
+    pub manifest: ManifestSource,
     /// `--api-socket`.
     pub api_socket: Option<PathBuf>,
+    /// `--ch-api-socket`: serve Cloud Hypervisor's API there, write `vm-config.json` beside
+    /// it and boot when told to, as in Virtink's pod.
+    pub ch_socket: Option<PathBuf>,
     /// `--serial-log`.
     pub serial_log: Option<PathBuf>,
     /// `--volume NAME=PATH` bindings.
@@ -81,6 +90,21 @@ pub enum RunError {
     /// A `--volume` is wrong (exit 1).
     #[error("--volume {0}")]
     Volume(String),
+    /// runPolicy Manual with no API to power the VM on (exit 1).
+    #[error(
+        "spec.runPolicy: Manual waits for a PowerOn through the API: give --api-socket \
+         (or --ch-api-socket)"
+    )]
+    ManualWithoutApi,
+    /// `vm-config.json` cannot be written (exit 2).
+    #[error("cannot write {}", .path.display())]
+    VmConfigFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The manifest asks for something this build cannot do yet (exit 2).
     #[error("{0}")]
     Unsupported(String),
@@ -126,7 +150,9 @@ impl RunError {
     /// The exit code for this error.
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            RunError::Manifest(_) | RunError::Volume(_) => ExitCode::InvalidManifest,
+            RunError::Manifest(_) | RunError::Volume(_) | RunError::ManualWithoutApi => {
+                ExitCode::InvalidManifest
+            }
             _ => ExitCode::HostCannotRun,
         }
     }
@@ -154,18 +180,19 @@ struct Prepared {
 /// Loads and checks everything that does not need KVM: the manifest, `--volume`s, the
 /// features this build supports, and the kernel files.
 fn prepare(opts: &RunOptions) -> Result<Prepared, RunError> {
-    let manifest = config::load(&opts.manifest)?;
-    for field in &manifest.ignored_fields {
-        log::warn!("{field} is ignored outside Kubernetes");
-    }
+    let manifest = opts.manifest.load()?;
+    report_ignored(&manifest, opts.manifest.in_pod());
     let config = VmConfig::from_manifest(&manifest);
     check_volumes(&manifest, &opts.volumes)?;
     let disks = crate::disk::plan(&manifest, &opts.volumes, Path::new(crate::disk::POD_MNT))
         .into_iter()
         .collect::<Result<Vec<_>, _>>()?;
+    if let Ok(list) = std::env::var(pod::BLOCK_VOLUMES) {
+        pod::check_block_volumes(&list, &disks).map_err(RunError::Unsupported)?;
+    }
     let kernel = match &config.kernel {
         Some(k) => {
-            let files = boot::resolve(&k.image)?;
+            let files = pod::kernel_files(&k.image)?;
             boot::check(&files)?;
             Some(files)
         }
@@ -187,6 +214,24 @@ fn prepare(opts: &RunOptions) -> Result<Prepared, RunError> {
         kernel,
         disks,
     })
+}
+
+/// Warns of what the manifest holds that `vmm` ignores (in Virtink's pod, the
+/// Kubernetes-only fields are Kubernetes' business and go unmentioned).
+fn report_ignored(manifest: &config::Manifest, in_pod: bool) {
+    for field in &manifest.ignored_fields {
+        if in_pod {
+            log::debug!("{field} is Kubernetes' business");
+        } else {
+            log::warn!("{field} is ignored outside Kubernetes");
+        }
+    }
+    for document in &manifest.ignored_documents {
+        log::warn!(
+            "{document} is ignored: vmm uses only VirtualMachine, NetworkAttachmentDefinition \
+             and Secret documents"
+        );
+    }
 }
 
 /// What the first disk's image boots, read without changing it (for `prepare` and
@@ -225,12 +270,12 @@ fn check_volumes(
 /// per disk and interface what would fail, and [`RunError::WouldFail`] (exit 2) if anything
 /// would. (`/dev/kvm` is not opened.)
 pub fn dry_run(opts: &RunOptions) -> Result<String, RunError> {
-    let manifest = config::load(&opts.manifest)?;
+    let manifest = opts.manifest.load()?;
     check_volumes(&manifest, &opts.volumes)?;
     let cfg = VmConfig::from_manifest(&manifest);
     let kernel = match &cfg.kernel {
         Some(k) => {
-            let files = boot::resolve(&k.image)?;
+            let files = pod::kernel_files(&k.image)?;
             let format = boot::check(&files)?;
             Some((files, format))
         }
@@ -277,12 +322,17 @@ pub fn run(opts: &RunOptions) -> Result<ExitCode, RunError> {
     }
     devices::seccomp::set_mode(opts.seccomp).map_err(os_err("cannot handle SIGSYS"))?;
     let prepared = prepare(opts)?;
-    if prepared.config.run_policy == RunPolicy::Halted {
+    // In Virtink's pod the controller applies the runPolicy (it made this pod to run the VM).
+    let policy = prepared.config.run_policy;
+    if policy == RunPolicy::Halted && opts.ch_socket.is_none() {
         log::warn!(
             "VirtualMachine {:?} has runPolicy Halted: not starting it",
             prepared.manifest.vm.metadata.name
         );
         return Ok(ExitCode::PoweredOff);
+    }
+    if policy == RunPolicy::Manual && opts.api_socket.is_none() && opts.ch_socket.is_none() {
+        return Err(RunError::ManualWithoutApi);
     }
     let kvm = host::open_kvm(prepared.config.topology.vcpus())?;
     // Before the network: a disk that cannot be opened leaves nothing to undo.
@@ -301,6 +351,29 @@ pub fn run(opts: &RunOptions) -> Result<ExitCode, RunError> {
         .as_deref()
         .map(ApiServer::start)
         .transpose()?;
+    let ch_api = opts
+        .ch_socket
+        .as_deref()
+        .map(ApiServer::start)
+        .transpose()?;
+    let (ch, _vm_config_file) = match &opts.ch_socket {
+        Some(socket) => {
+            let want = pod::vm_config(&prepared.config, prepared.kernel.as_ref(), &network, &disks);
+            let dir = socket.parent().unwrap_or(Path::new("."));
+            let path =
+                pod::write_vm_config(dir, &want).map_err(|source| RunError::VmConfigFile {
+                    path: dir.join(pod::VM_CONFIG_FILE),
+                    source,
+                })?;
+            log::info!(
+                "waiting for vm.create and vm.boot on {} (the config is in {})",
+                socket.display(),
+                path.display()
+            );
+            (Some(ChVm::new(want)), Some(RemoveOnDrop(path)))
+        }
+        None => (None, None),
+    };
     let raw = console::enter_raw_mode();
     // Set-up is done. The threads that handle the guest's and peers' input dropped every
     // capability as they started; this one keeps only what the end of the run needs.
@@ -322,6 +395,8 @@ pub fn run(opts: &RunOptions) -> Result<ExitCode, RunError> {
         console,
         signals,
         api,
+        ch_api,
+        ch,
         markers: Markers::default(),
         stdin: console::StdinInput::default(),
         network: &network,
@@ -334,6 +409,15 @@ pub fn run(opts: &RunOptions) -> Result<ExitCode, RunError> {
     result
 }
 
+/// A file removed when the run ends.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// How one boot ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Stop {
@@ -343,8 +427,12 @@ enum Stop {
     Reset,
     /// The guest failed.
     Failed(String),
-    /// Stopped from outside (API PowerOff).
+    /// Stopped from outside (API PowerOff, `vm.shutdown`).
     Stopped,
+    /// Stopped by `vm.delete`: the VM is no longer created.
+    Deleted,
+    /// Stopped by `vmm.shutdown`: exit.
+    Quit,
     /// A signal's grace period ran out.
     SignalTimeout,
 }
@@ -356,6 +444,8 @@ enum Next {
     Boot,
     /// Boot again after [`RERUN_BACKOFF`].
     BootAfterFailure,
+    /// Wait to be told to boot (Cloud Hypervisor's API).
+    Standby,
     /// Exit with this code.
     Exit(ExitCode),
 }
@@ -366,10 +456,17 @@ enum Next {
 /// boots again for `Always`, or to finish an API `Reboot`. A failure boots again for
 /// `Always` and `RerunOnFailure`. A stop someone asked for (signal, API `Shutdown`,
 /// `PowerOff`) is final.
-fn after(stop: &Stop, shutdown: Option<Shutdown>, policy: RunPolicy) -> Next {
+///
+/// Driven through Cloud Hypervisor's API (`ch`), `vmm` does what Cloud Hypervisor does in
+/// Virtink's pod: `vm.shutdown` and `vm.delete` leave it waiting for the next `vm.boot`; a
+/// power-off or failure ends the process, and Virtink's controller applies the runPolicy.
+fn after(stop: &Stop, shutdown: Option<Shutdown>, policy: RunPolicy, ch: bool) -> Next {
     let user_stop = matches!(shutdown, Some(Shutdown::Signal | Shutdown::Api));
+    let policy = if ch { RunPolicy::Once } else { policy };
     match stop {
         Stop::Reset => Next::Boot,
+        Stop::Stopped | Stop::Deleted if ch => Next::Standby,
+        Stop::Quit | Stop::Deleted => Next::Exit(ExitCode::PoweredOff),
         Stop::PoweredOff if shutdown == Some(Shutdown::Reboot) => Next::Boot,
         Stop::PoweredOff if policy == RunPolicy::Always && !user_stop => Next::Boot,
         Stop::PoweredOff | Stop::Stopped => Next::Exit(ExitCode::PoweredOff),
@@ -403,6 +500,9 @@ struct Runner<'a> {
     console: ConsoleOutput,
     signals: SignalFd,
     api: Option<ApiServer>,
+    /// Cloud Hypervisor's API and the VM as it sees it.
+    ch_api: Option<ApiServer>,
+    ch: Option<ChVm>,
     markers: Markers,
     stdin: console::StdinInput,
     network: &'a crate::network::HostNetwork,
@@ -425,8 +525,10 @@ enum Wake {
     SerialReady,
     /// SIGTERM or SIGINT.
     Signal,
-    /// An API request.
+    /// A request on `--api-socket`.
     Api,
+    /// A request on `--ch-api-socket`.
+    ChApi,
     /// The guest asked for a reset.
     Reset,
     /// The guest powered off through ACPI.
@@ -435,11 +537,12 @@ enum Wake {
     Vcpu,
 }
 
-const WAKES: [Wake; 7] = [
+const WAKES: [Wake; 8] = [
     Wake::Stdin,
     Wake::SerialReady,
     Wake::Signal,
     Wake::Api,
+    Wake::ChApi,
     Wake::Reset,
     Wake::PowerOff,
     Wake::Vcpu,
@@ -461,7 +564,14 @@ impl Runner<'_> {
     fn lifecycle(&mut self) -> Result<ExitCode, RunError> {
         let policy = self.prepared.config.run_policy;
         let mut boots = 0u64;
+        let mut standby = self.ch.is_some() || policy == RunPolicy::Manual;
         loop {
+            if standby {
+                if let Some(code) = self.standby()? {
+                    return Ok(code);
+                }
+                standby = false;
+            }
             boots += 1;
             log::info!("booting the guest (boot {boots})");
             let (stop, shutdown) = self.boot_once(boots)?;
@@ -472,12 +582,94 @@ impl Runner<'_> {
                     "the guest did not power off within {:?}; stopped it",
                     self.opts.shutdown_timeout
                 ),
-                Stop::Reset | Stop::Stopped => {}
+                Stop::Reset | Stop::Stopped | Stop::Deleted | Stop::Quit => {}
             }
-            match after(&stop, shutdown, policy) {
+            match after(&stop, shutdown, policy, self.ch.is_some()) {
                 Next::Boot => {}
                 Next::BootAfterFailure => std::thread::sleep(RERUN_BACKOFF),
+                Next::Standby => standby = true,
                 Next::Exit(code) => return Ok(code),
+            }
+        }
+    }
+
+    /// The API server that woke the loop.
+    fn server(&self, wake: Wake) -> Option<&ApiServer> {
+        match wake {
+            Wake::Api => self.api.as_ref(),
+            Wake::ChApi => self.ch_api.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Waits, with no guest running, until an API call boots it (`Ok(None)`) or `vmm` is to
+    /// exit (`Ok(Some(code))`): a signal, `vmm.shutdown`.
+    fn standby(&mut self) -> Result<Option<ExitCode>, RunError> {
+        let poller = Poller::new().map_err(os_err("epoll"))?;
+        let add = |fd: RawFd, wake: Wake| poller.add_readable(fd, wake).map_err(os_err("epoll"));
+        add(self.signals.as_raw_fd(), Wake::Signal)?;
+        for wake in [Wake::Api, Wake::ChApi] {
+            if let Some(server) = self.server(wake) {
+                add(server.wakeup.as_raw_fd(), wake)?;
+            }
+        }
+        loop {
+            let fired = poller.wait(None).map_err(os_err("epoll_wait"))?;
+            for (wake, _) in fired.iter() {
+                if wake == Wake::Signal {
+                    let signo = self.signals.read();
+                    log::info!("received {} with no guest running", signals::name(signo));
+                    return Ok(Some(ExitCode::PoweredOff));
+                }
+                let Some(server) = self.server(wake) else {
+                    continue;
+                };
+                let _ = server.wakeup.read();
+                let requests: Vec<_> = server.requests.try_iter().collect();
+                let mut outcome = None;
+                for req in requests {
+                    let (answer, next) = if outcome.is_some() {
+                        (
+                            ApiAnswer::text(503, "vmm is busy with an earlier call"),
+                            None,
+                        )
+                    } else {
+                        self.standby_command(&req.command)
+                    };
+                    let _ = req.answer.send(answer);
+                    outcome = outcome.or(next);
+                }
+                if let Some(code) = outcome {
+                    return Ok(code);
+                }
+            }
+        }
+    }
+
+    /// Answers a call with no guest running; `Some(None)` boots, `Some(Some(code))` exits.
+    fn standby_command(&mut self, command: &ApiCommand) -> (ApiAnswer, Option<Option<ExitCode>>) {
+        match command {
+            ApiCommand::Info => (ApiAnswer::json(self.info(None)), None),
+            ApiCommand::Power(PowerAction::PowerOn) => match &mut self.ch {
+                // In the pod, PowerOn is vm.boot: the VM must have been created.
+                Some(_) => self.standby_command(&ApiCommand::Ch(ch::Call::Boot)),
+                None => {
+                    log::info!("API: PowerOn");
+                    (ApiAnswer::done(), Some(None))
+                }
+            },
+            ApiCommand::Power(_) => (ApiAnswer::conflict("the VM is not running"), None),
+            ApiCommand::Ch(call) => {
+                let Some(ch) = &mut self.ch else {
+                    return (no_ch_api(), None);
+                };
+                let (answer, effect) = ch.answer(call, ch::Running::No);
+                log::info!("API: {call:?}: {}", answer.status);
+                match effect {
+                    Effect::Boot => (answer, Some(None)),
+                    Effect::Exit => (answer, Some(Some(ExitCode::PoweredOff))),
+                    _ => (answer, None),
+                }
             }
         }
     }
@@ -525,8 +717,10 @@ impl Runner<'_> {
         add(vm.events().reset.as_raw_fd(), Wake::Reset)?;
         add(vm.events().power_off.as_raw_fd(), Wake::PowerOff)?;
         add(vm.events().vcpu.as_raw_fd(), Wake::Vcpu)?;
-        if let Some(api) = &self.api {
-            add(api.wakeup.as_raw_fd(), Wake::Api)?;
+        for wake in [Wake::Api, Wake::ChApi] {
+            if let Some(server) = self.server(wake) {
+                add(server.wakeup.as_raw_fd(), wake)?;
+            }
         }
         let mut state = BootState {
             shutdown: None,
@@ -610,14 +804,23 @@ impl Runner<'_> {
                 );
                 self.begin_shutdown(vm, state, Shutdown::Signal);
             }
-            Wake::Api => {
-                drain(&self.api.as_ref()?.wakeup);
-                while let Ok(req) = self.api.as_ref()?.requests.try_recv() {
-                    let (answer, stop) = self.api_command(req.command, vm, state);
+            Wake::Api | Wake::ChApi => {
+                let server = self.server(wake)?;
+                drain(&server.wakeup);
+                let requests: Vec<_> = server.requests.try_iter().collect();
+                let mut stop = None;
+                for req in requests {
+                    let answer = if stop.is_some() {
+                        ApiAnswer::text(503, "vmm is busy with an earlier call")
+                    } else {
+                        let (answer, s) = self.api_command(req.command, vm, state);
+                        stop = s;
+                        answer
+                    };
                     let _ = req.answer.send(answer);
-                    if stop.is_some() {
-                        return stop;
-                    }
+                }
+                if stop.is_some() {
+                    return stop;
                 }
             }
             Wake::Reset => {
@@ -662,55 +865,99 @@ impl Runner<'_> {
     }
 
     fn api_command(
-        &self,
+        &mut self,
         command: ApiCommand,
         vm: &Vm,
         state: &mut BootState,
     ) -> (ApiAnswer, Option<Stop>) {
         let action = match command {
-            ApiCommand::Info => return (ApiAnswer::Json(self.info(vm, state)), None),
+            ApiCommand::Info => return (ApiAnswer::json(self.info(Some((vm, state)))), None),
             ApiCommand::Power(action) => action,
+            ApiCommand::Ch(call) => return self.ch_call(&call, vm, state),
         };
         log::info!("API: {action:?}");
         match action {
-            PowerAction::PowerOff => (ApiAnswer::Done, Some(Stop::Stopped)),
-            PowerAction::Reset => (ApiAnswer::Done, Some(Stop::Reset)),
+            PowerAction::PowerOff => (ApiAnswer::done(), Some(Stop::Stopped)),
+            PowerAction::Reset => (ApiAnswer::done(), Some(Stop::Reset)),
             PowerAction::Shutdown => {
                 self.begin_shutdown(vm, state, Shutdown::Api);
-                (ApiAnswer::Done, None)
+                (ApiAnswer::done(), None)
             }
             PowerAction::Reboot => {
                 self.begin_shutdown(vm, state, Shutdown::Reboot);
-                (ApiAnswer::Done, None)
+                (ApiAnswer::done(), None)
             }
             PowerAction::Pause if state.paused => {
-                (ApiAnswer::Conflict("the VM is already paused".into()), None)
+                (ApiAnswer::conflict("the VM is already paused"), None)
             }
             PowerAction::Pause => {
-                if !vm.pause() {
-                    log::warn!("not every vCPU parked within a second");
-                }
-                state.paused = true;
-                (ApiAnswer::Done, None)
+                pause(vm, state);
+                (ApiAnswer::done(), None)
             }
             PowerAction::Resume if !state.paused => {
-                (ApiAnswer::Conflict("the VM is not paused".into()), None)
+                (ApiAnswer::conflict("the VM is not paused"), None)
             }
             PowerAction::Resume => {
                 vm.resume();
                 state.paused = false;
-                (ApiAnswer::Done, None)
+                (ApiAnswer::done(), None)
             }
+            PowerAction::PowerOn => (ApiAnswer::conflict("the VM is already running"), None),
         }
     }
 
-    fn info(&self, vm: &Vm, state: &BootState) -> String {
+    /// A Cloud Hypervisor call while the guest runs.
+    fn ch_call(
+        &mut self,
+        call: &ch::Call,
+        vm: &Vm,
+        state: &mut BootState,
+    ) -> (ApiAnswer, Option<Stop>) {
+        let Some(ch) = &mut self.ch else {
+            return (no_ch_api(), None);
+        };
+        let running = if state.paused {
+            ch::Running::Paused
+        } else {
+            ch::Running::Yes
+        };
+        let (answer, effect) = ch.answer(call, running);
+        if !matches!(call, ch::Call::Info | ch::Call::Ping) {
+            log::info!("API: {call:?}: {}", answer.status);
+        }
+        let stop = match effect {
+            Effect::None | Effect::Boot => None,
+            Effect::Stop => Some(Stop::Stopped),
+            Effect::Delete => Some(Stop::Deleted),
+            Effect::Exit => Some(Stop::Quit),
+            Effect::Reset => Some(Stop::Reset),
+            Effect::PowerButton => {
+                self.begin_shutdown(vm, state, Shutdown::Api);
+                None
+            }
+            Effect::Pause => {
+                pause(vm, state);
+                None
+            }
+            Effect::Resume => {
+                vm.resume();
+                state.paused = false;
+                None
+            }
+        };
+        (answer, stop)
+    }
+
+    /// `vmm`'s own `info`: of the running guest, or with `None`, of a VM not running.
+    fn info(&self, running: Option<(&Vm, &BootState)>) -> String {
         let cfg = &self.prepared.config;
-        let run_state = match (state.paused, state.shutdown) {
-            (true, _) => "Paused",
-            (false, Some(Shutdown::Reboot)) => "Rebooting",
-            (false, Some(_)) => "ShuttingDown",
-            (false, None) => "Running",
+        let run_state = match running.map(|(_, s)| (s.paused, s.shutdown)) {
+            None if self.ch.as_ref().is_some_and(|c| !c.created()) => "NotCreated",
+            None => "Stopped",
+            Some((true, _)) => "Paused",
+            Some((false, Some(Shutdown::Reboot))) => "Rebooting",
+            Some((false, Some(_))) => "ShuttingDown",
+            Some((false, None)) => "Running",
         };
         let boot_markers = self
             .markers
@@ -726,7 +973,9 @@ impl Runner<'_> {
         let info = crate::api::VmInfo {
             name: cfg.name.clone(),
             state: run_state,
-            uptime_ms: u64::try_from(vm.uptime().as_millis()).unwrap_or(u64::MAX),
+            uptime_ms: running.map_or(0, |(vm, _)| {
+                u64::try_from(vm.uptime().as_millis()).unwrap_or(u64::MAX)
+            }),
             vcpus: cfg.topology.vcpus(),
             sockets: cfg.topology.sockets,
             cores_per_socket: cfg.topology.cores_per_socket,
@@ -737,6 +986,22 @@ impl Runner<'_> {
         };
         serde_json::to_string(&info).unwrap_or_default()
     }
+}
+
+/// Stops the vCPUs.
+fn pause(vm: &Vm, state: &mut BootState) {
+    if !vm.pause() {
+        log::warn!("not every vCPU parked within a second");
+    }
+    state.paused = true;
+}
+
+/// The answer to a Cloud Hypervisor call when `vmm` does not serve that API.
+fn no_ch_api() -> ApiAnswer {
+    ApiAnswer::text(
+        404,
+        "vmm serves Cloud Hypervisor's API only with --ch-api-socket (in Virtink's pod)",
+    )
 }
 
 #[cfg(test)]
@@ -792,7 +1057,48 @@ mod tests {
         ];
         for (stop, shutdown, policy, want) in cases {
             assert_eq!(
-                after(stop, *shutdown, *policy),
+                after(stop, *shutdown, *policy, false),
+                *want,
+                "{stop:?} {shutdown:?} {policy:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn in_virtinks_pod_the_controller_applies_the_run_policy() {
+        use RunPolicy::{Always, RerunOnFailure};
+        let cases: &[(Stop, Option<Shutdown>, RunPolicy, Next)] = &[
+            // A power-off ends the pod (Succeeded), whatever the policy: the controller
+            // makes a new pod for Always.
+            (
+                Stop::PoweredOff,
+                None,
+                Always,
+                Next::Exit(ExitCode::PoweredOff),
+            ),
+            (
+                Stop::PoweredOff,
+                Some(Shutdown::Api),
+                Always,
+                Next::Exit(ExitCode::PoweredOff),
+            ),
+            // A failure ends it (Failed), and the controller reruns it.
+            (
+                Stop::Failed("triple fault".into()),
+                None,
+                RerunOnFailure,
+                Next::Exit(ExitCode::GuestFailed),
+            ),
+            // vm.shutdown and vm.delete wait for the next vm.boot; vmm.shutdown exits.
+            (Stop::Stopped, None, Always, Next::Standby),
+            (Stop::Deleted, None, Always, Next::Standby),
+            (Stop::Quit, None, Always, Next::Exit(ExitCode::PoweredOff)),
+            // vm.reboot and a guest reset stay in the process.
+            (Stop::Reset, None, Always, Next::Boot),
+        ];
+        for (stop, shutdown, policy, want) in cases {
+            assert_eq!(
+                after(stop, *shutdown, *policy, true),
                 *want,
                 "{stop:?} {shutdown:?} {policy:?}"
             );

@@ -798,9 +798,11 @@ fn wrong_types_name_the_field() {
 #[test]
 fn document_kinds_and_counts() {
     assert_eq!(
-        problems("apiVersion: v1\nkind: ConfigMap\n"),
+        problems("apiVersion: v1\nkind: Pod\n"),
         vec![
-            "document 1: kind \"ConfigMap\" is not supported (want VirtualMachine, NetworkAttachmentDefinition or Secret)",
+            "document 1: kind \"Pod\" is not supported (want VirtualMachine, \
+             NetworkAttachmentDefinition or Secret; ConfigMap, PersistentVolumeClaim, Service, \
+             Namespace, DataVolume are accepted and ignored)",
             "want exactly one VirtualMachine document (virt.virtink.smartx.com/v1alpha1), found 0",
         ]
     );
@@ -935,4 +937,142 @@ spec:
 "#;
     let m = load_text(sample).unwrap();
     assert_eq!(VmConfig::from_manifest(&m).disks.len(), 2);
+}
+
+#[test]
+fn other_cluster_objects_are_accepted_and_reported_as_ignored() {
+    let text = format!(
+        "{BASE}---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  a: b\n\
+         ---\napiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata:\n  name: root\n\
+         spec:\n  source:\n    http:\n      url: http://example.invalid/disk.img\n"
+    );
+    let m = load_text(&text).unwrap();
+    assert_eq!(
+        m.ignored_documents,
+        vec![
+            "ConfigMap \"settings\" (document 2)",
+            "DataVolume \"root\" (document 3)"
+        ]
+    );
+    // The kind must still come with its own API group.
+    let wrong = format!("{BASE}---\napiVersion: apps/v1\nkind: ConfigMap\n");
+    assert!(problems(&wrong)[0].contains("kind \"ConfigMap\" is not supported"));
+}
+
+#[test]
+fn a_json_manifest_loads_as_yaml_does() {
+    let json = serde_json::to_string_pretty(&base()).unwrap();
+    let m = load_text(&json).unwrap();
+    assert_eq!(m.vm, load_text(BASE).unwrap().vm);
+}
+
+/// The VirtualMachine as Virtink's controller marshals it into `VM_DATA`: the whole object,
+/// Go's empty structs and Kubernetes' bookkeeping included, with no `kind` when the object
+/// came from a client's cache.
+fn virtink_vm_json() -> Value {
+    json!({
+        "metadata": {
+            "name": "ubuntu-container-disk",
+            "namespace": "default",
+            "uid": "0b6e1c36-5c5e-4a8b-9a5e-3c0c4d5d1f00",
+            "resourceVersion": "12345",
+            "generation": 1,
+            "creationTimestamp": "2026-12-05T10:00:00Z",
+            "labels": {"virtink.io/vm.name": "ubuntu-container-disk"},
+            "annotations": {
+                "kubectl.kubernetes.io/last-applied-configuration": "{\"apiVersion\":\"v1\"}"
+            },
+            "finalizers": ["virtink.smartx.com/vm"],
+            "managedFields": [{"manager": "kubectl", "operation": "Update"}]
+        },
+        "spec": {
+            "resources": {
+                "limits": {"devices.virtink.io/kvm": "1", "devices.virtink.io/tun": "1"},
+                "requests": {"devices.virtink.io/kvm": "1", "devices.virtink.io/tun": "1"}
+            },
+            "runPolicy": "Once",
+            "instance": {
+                "cpu": {"sockets": 1, "coresPerSocket": 2},
+                "memory": {"size": "1Gi"},
+                "kernel": {
+                    "image": "smartxworks/virtink-kernel-5.15.12",
+                    "imagePullPolicy": "IfNotPresent",
+                    "cmdline": "console=ttyS0 root=/dev/vda rw"
+                },
+                "disks": [{"name": "ubuntu"}, {"name": "cloud-init"}],
+                "interfaces": [{"name": "pod", "mac": "52:54:00:6b:1e:0c", "bridge": {}}]
+            },
+            "volumes": [
+                {"name": "ubuntu", "containerDisk": {
+                    "image": "smartxworks/virtink-container-disk-ubuntu",
+                    "imagePullPolicy": "IfNotPresent"}},
+                {"name": "cloud-init", "cloudInit": {"userData": "#cloud-config\npassword: x\n"}}
+            ],
+            "networks": [{"name": "pod", "pod": {}}]
+        },
+        "status": {"phase": "Scheduling", "vmPodName": "vm-ubuntu-container-disk-x7k2p"}
+    })
+}
+
+fn vm_data(value: &Value) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(value).unwrap())
+}
+
+#[test]
+fn vm_data_is_the_whole_object_as_virtinks_controller_sends_it() {
+    let m = config::documents::from_vm_data(
+        &vm_data(&virtink_vm_json()),
+        "VM_DATA",
+        PathBuf::from("/"),
+    )
+    .unwrap();
+    assert_eq!(m.vm.kind, "VirtualMachine");
+    assert_eq!(m.vm.api_version, "virt.virtink.smartx.com/v1alpha1");
+    let cfg = VmConfig::from_manifest(&m);
+    assert_eq!(cfg.name, "ubuntu-container-disk");
+    assert_eq!(cfg.topology.vcpus(), 2);
+    assert_eq!(cfg.memory_bytes, 1 << 30);
+    assert_eq!(cfg.disks.len(), 2);
+    assert_eq!(cfg.interfaces[0].mac.to_string(), "52:54:00:6b:1e:0c");
+    assert_eq!(m.ignored_fields, vec!["spec.resources", "status"]);
+    // With kind and apiVersion, the same.
+    let mut typed = virtink_vm_json();
+    typed["kind"] = json!("VirtualMachine");
+    typed["apiVersion"] = json!("virt.virtink.smartx.com/v1alpha1");
+    let again =
+        config::documents::from_vm_data(&vm_data(&typed), "VM_DATA", PathBuf::from("/")).unwrap();
+    assert_eq!(again.vm, m.vm);
+}
+
+#[test]
+fn bad_vm_data_names_where_it_came_from_and_why() {
+    let err = |data: &str| {
+        config::documents::from_vm_data(data, "--vm-data", PathBuf::from("/"))
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(
+        err("not base64!").contains("--vm-data is not a VirtualMachine as Virtink hands it over")
+    );
+    assert!(err("not base64!").contains("not base64"));
+    assert!(
+        err("bm90IGpzb24=").contains("not JSON"),
+        "{}",
+        err("bm90IGpzb24=")
+    );
+    assert!(err(&vm_data(&json!([1, 2]))).contains("not a JSON object"));
+    // A VM the webhook would refuse is refused with the webhook's message.
+    let mut invalid = virtink_vm_json();
+    invalid["spec"]["instance"]["interfaces"][0]["mac"] = json!("01:00:00:00:00:01");
+    let message = err(&vm_data(&invalid));
+    assert!(
+        message.contains("spec.instance.interfaces[0].mac"),
+        "{message}"
+    );
+    // An unknown field is still an error, with its path.
+    let mut unknown = virtink_vm_json();
+    unknown["spec"]["instance"]["disks"][0]["bus"] = json!("virtio");
+    let message = err(&vm_data(&unknown));
+    assert!(message.contains("spec.instance.disks[0].bus"), "{message}");
 }

@@ -28,6 +28,9 @@ pub struct Manifest {
     pub secrets: Vec<Secret>,
     /// Kubernetes-only fields the user set, which `vmm` accepts and ignores.
     pub ignored_fields: Vec<String>,
+    /// Other cluster objects in the file (ConfigMap, DataVolume, ...), which `vmm` accepts
+    /// and ignores: `ConfigMap "name" (document 2)`.
+    pub ignored_documents: Vec<String>,
     /// The directory relative paths in the manifest are resolved against.
     pub base_dir: PathBuf,
 }
@@ -60,6 +63,16 @@ pub enum ManifestError {
     TooLarge {
         /// The manifest path.
         path: PathBuf,
+    },
+    /// `VM_DATA` (or `--vm-data`) is not base64 of a JSON object.
+    #[error(
+        "{origin} is not a VirtualMachine as Virtink hands it over (base64 of its JSON): {message}"
+    )]
+    VmData {
+        /// `VM_DATA` or `--vm-data`.
+        origin: &'static str,
+        /// What is wrong.
+        message: String,
     },
     /// The file is not YAML.
     #[error("manifest {path} is not valid YAML: {message}")]
@@ -120,14 +133,68 @@ fn read_limited(path: &Path) -> Result<String, ManifestError> {
     Ok(text)
 }
 
-/// Parses manifest `text` (read from `path`, for messages).
+/// Cluster objects a Virtink user keeps beside a VirtualMachine, accepted in a manifest and
+/// ignored: kind and the API group of its `apiVersion` (empty for the core group).
+const IGNORED_KINDS: &[(&str, &str)] = &[
+    ("ConfigMap", ""),
+    ("PersistentVolumeClaim", ""),
+    ("Service", ""),
+    ("Namespace", ""),
+    ("DataVolume", "cdi.kubevirt.io"),
+];
+
+/// Parses manifest `text` (read from `path`, for messages): YAML, or JSON (which is YAML).
 pub fn parse(text: &str, path: &Path, base_dir: PathBuf) -> Result<Manifest, ManifestError> {
     let documents: Vec<Value> =
         serde_saphyr::from_multiple(text).map_err(|e| ManifestError::Yaml {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
+    from_documents(documents, path, base_dir)
+}
+
+/// Decodes a VirtualMachine as Virtink's controller hands it to the VM pod: `data` is the
+/// base64 of the whole object's JSON (metadata and status included; `kind` and `apiVersion`
+/// may be missing, as in an object read from a client's cache). `origin` names where it came
+/// from, for messages.
+pub fn from_vm_data(
+    data: &str,
+    origin: &'static str,
+    base_dir: PathBuf,
+) -> Result<Manifest, ManifestError> {
+    use base64::Engine as _;
+    let bad = |message: String| ManifestError::VmData { origin, message };
+    let data = data.trim();
+    if data.len() as u64 > MAX_MANIFEST_BYTES / 3 * 4 + 4 {
+        return Err(bad(format!("larger than {MAX_MANIFEST_BYTES} bytes")));
+    }
+    let json = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|e| bad(format!("not base64: {e}")))?;
+    let mut value: Value =
+        serde_json::from_slice(&json).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let Value::Object(map) = &mut value else {
+        return Err(bad("not a JSON object".into()));
+    };
+    for (key, default) in [("kind", "VirtualMachine"), ("apiVersion", VM_API_VERSION)] {
+        if map
+            .get(key)
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            map.insert(key.into(), Value::String(default.into()));
+        }
+    }
+    from_documents(vec![value], Path::new(origin), base_dir)
+}
+
+fn from_documents(
+    documents: Vec<Value>,
+    path: &Path,
+    base_dir: PathBuf,
+) -> Result<Manifest, ManifestError> {
     let mut problems = Vec::new();
+    let mut ignored_documents = Vec::new();
     let mut vms = Vec::new();
     let mut network_attachments = Vec::new();
     let mut secrets = Vec::new();
@@ -178,9 +245,25 @@ pub fn parse(text: &str, path: &Path, base_dir: PathBuf) -> Result<Manifest, Man
                 ));
             }
             ("", _) => problems.push(format!("{where_}: kind is missing")),
+            (other, api_version)
+                if IGNORED_KINDS.iter().any(|(kind, group)| {
+                    *kind == other && api_group(api_version) == Some(*group)
+                }) =>
+            {
+                let name = doc
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                ignored_documents.push(format!("{other} {name:?} ({where_})"));
+            }
             (other, _) => problems.push(format!(
                 "{where_}: kind {other:?} is not supported (want VirtualMachine, \
-                 NetworkAttachmentDefinition or Secret)"
+                 NetworkAttachmentDefinition or Secret; {} are accepted and ignored)",
+                IGNORED_KINDS
+                    .iter()
+                    .map(|(kind, _)| *kind)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )),
         }
     }
@@ -213,8 +296,19 @@ pub fn parse(text: &str, path: &Path, base_dir: PathBuf) -> Result<Manifest, Man
         network_attachments,
         secrets,
         ignored_fields,
+        ignored_documents,
         base_dir,
     })
+}
+
+/// The API group of an `apiVersion` (`""` for the core group's `v1`), or `None` when it has
+/// no version.
+fn api_group(api_version: &str) -> Option<&str> {
+    match api_version.split_once('/') {
+        Some((group, version)) if !version.is_empty() => Some(group),
+        None if !api_version.is_empty() => Some(""),
+        _ => None,
+    }
 }
 
 /// Decodes one document strictly: every unknown field is a problem, reported as kubectl does

@@ -394,6 +394,11 @@ fn source_backing(
             image_backing(&kind.to_string(), &path)
         }
         VolumeKind::CloudInit => {
+            // In Virtink's pod, the init container made the seed (it could read the Secrets).
+            let pod = pod_dir.join("cloud-init.iso");
+            if pod.is_file() {
+                return image_backing("cloudInit", &pod);
+            }
             let ci = volume.cloud_init.clone().unwrap_or_default();
             let vm = &manifest.vm.metadata;
             let instance_id = vm

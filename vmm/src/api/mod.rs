@@ -1,4 +1,6 @@
-//! The control socket (`--api-socket`): a small HTTP/1.1 API on a Unix socket.
+//! The control sockets: a small HTTP/1.1 server on Unix sockets, speaking two dialects.
+//!
+//! `vmm`'s own (`--api-socket`):
 //!
 //! ```text
 //! GET  /v1/vm/info                 → 200 JSON: state, uptime, vCPUs, memory, interfaces, markers
@@ -6,7 +8,11 @@
 //!      PowerOff  stop at once        Shutdown  press the ACPI power button
 //!      Reset     hard reset          Reboot    power button, then boot again
 //!      Pause     stop the vCPUs      Resume    run them again
+//!      PowerOn   boot (runPolicy Manual, or after a stop in a Virtink pod)
 //! ```
+//!
+//! and the subset of Cloud Hypervisor's (`/api/v1/...`) that Virtink's virt-daemon drives a
+//! VM pod with ([`ch`]). Every socket serves both: the paths do not overlap.
 //!
 //! e.g. `curl --unix-socket /run/vm.sock -X PUT http://localhost/v1/vm/power/Shutdown`.
 //! One thread accepts connections and hands each to a thread of its own (at most
@@ -23,6 +29,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
+
+pub mod ch;
 
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -50,6 +58,8 @@ pub enum PowerAction {
     Pause,
     /// Run the vCPUs again.
     Resume,
+    /// Boot a VM that is not running.
+    PowerOn,
 }
 
 impl PowerAction {
@@ -62,29 +72,70 @@ impl PowerAction {
             "Reboot" => Self::Reboot,
             "Pause" => Self::Pause,
             "Resume" => Self::Resume,
+            "PowerOn" => Self::PowerOn,
             _ => return None,
         })
     }
 }
 
 /// What a client asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiCommand {
     /// `GET /v1/vm/info`.
     Info,
     /// `PUT /v1/vm/power/<action>`.
     Power(PowerAction),
+    /// A Cloud Hypervisor call.
+    Ch(ch::Call),
 }
 
-/// The event loop's answer.
+/// The event loop's answer: a status and a body.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ApiAnswer {
+pub struct ApiAnswer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The body; empty for none.
+    pub body: String,
+    /// Whether the body is JSON (else plain text).
+    pub json: bool,
+}
+
+impl ApiAnswer {
     /// 200 with a JSON body.
-    Json(String),
-    /// 204.
-    Done,
-    /// 409 with a reason: the action does not apply in the current state.
-    Conflict(String),
+    pub fn json(body: String) -> Self {
+        Self {
+            status: 200,
+            body,
+            json: true,
+        }
+    }
+
+    /// 204, no body.
+    pub fn done() -> Self {
+        Self {
+            status: 204,
+            body: String::new(),
+            json: false,
+        }
+    }
+
+    /// 409 with a reason as `{"error": ...}`: the action does not apply in the current state.
+    pub fn conflict(why: &str) -> Self {
+        Self {
+            status: 409,
+            body: error_body(why),
+            json: true,
+        }
+    }
+
+    /// `status` with a plain-text reason, as Cloud Hypervisor answers errors.
+    pub fn text(status: u16, why: &str) -> Self {
+        Self {
+            status,
+            body: why.to_string(),
+            json: false,
+        }
+    }
 }
 
 /// A request waiting for the event loop.
@@ -198,12 +249,7 @@ fn serve(
             clients.fetch_sub(1, Ordering::SeqCst);
             // Told at once, without waiting for its request: the others are being served.
             let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-            let _ = respond(
-                &mut stream,
-                503,
-                "Service Unavailable",
-                &error_body("too many API clients at once"),
-            );
+            let _ = send(&mut stream, &error(503, "too many API clients at once"));
             continue;
         }
         let (requests, wakeup, done) = (requests.clone(), wakeup.try_clone(), clients.clone());
@@ -232,18 +278,19 @@ fn handle(
 ) -> std::io::Result<()> {
     let until = Instant::now() + deadline;
     stream.set_write_timeout(Some(deadline))?;
-    let (method, target) = match read_request(Deadline {
+    let request = match read_request(Deadline {
         stream: &stream,
         until,
     }) {
-        Ok(request_line) => request_line,
-        Err(e) => return respond(&mut stream, 400, "Bad Request", &error_body(&e.to_string())),
+        Ok(request) => request,
+        // A client that connects and closes without a word (virt-daemon does, to learn
+        // vmm's pid from the socket) gets no answer.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+        Err(e) => return send(&mut stream, &error(400, &e.to_string())),
     };
-    let command = match route(&method, &target) {
+    let command = match route(&request) {
         Ok(c) => c,
-        Err((status, reason, message)) => {
-            return respond(&mut stream, status, reason, &error_body(&message));
-        }
+        Err(answer) => return send(&mut stream, &answer),
     };
     let (tx, rx) = channel();
     let sent = requests.send(ApiRequest {
@@ -251,23 +298,20 @@ fn handle(
         answer: tx,
     });
     if sent.is_err() || wakeup.write(1).is_err() {
-        return respond(
-            &mut stream,
-            503,
-            "Service Unavailable",
-            &error_body("vmm is stopping"),
-        );
+        return send(&mut stream, &error(503, "vmm is stopping"));
     }
     match rx.recv_timeout(ANSWER_TIMEOUT) {
-        Ok(ApiAnswer::Json(body)) => respond(&mut stream, 200, "OK", &body),
-        Ok(ApiAnswer::Done) => respond(&mut stream, 204, "No Content", ""),
-        Ok(ApiAnswer::Conflict(why)) => respond(&mut stream, 409, "Conflict", &error_body(&why)),
-        Err(_) => respond(
-            &mut stream,
-            503,
-            "Service Unavailable",
-            &error_body("vmm did not answer"),
-        ),
+        Ok(answer) => send(&mut stream, &answer),
+        Err(_) => send(&mut stream, &error(503, "vmm did not answer")),
+    }
+}
+
+/// An error answer in `vmm`'s own form: `{"error": why}`.
+fn error(status: u16, why: &str) -> ApiAnswer {
+    ApiAnswer {
+        status,
+        body: error_body(why),
+        json: true,
     }
 }
 
@@ -301,12 +345,23 @@ impl Read for Deadline<'_> {
     }
 }
 
-/// Reads the request line and headers, and drains any body (bounded).
-fn read_request(stream: impl Read) -> std::io::Result<(String, String)> {
+/// A request as read: method, target and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Request {
+    method: String,
+    target: String,
+    /// The body, when `Content-Length` announced one (at most [`MAX_REQUEST`] bytes).
+    body: Option<Vec<u8>>,
+}
+
+/// Reads the request line, the headers and the body (bounded).
+fn read_request(stream: impl Read) -> std::io::Result<Request> {
     let invalid = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
     let mut reader = BufReader::new(stream.take(MAX_REQUEST as u64));
     let mut line = String::new();
-    reader.read_line(&mut line)?;
+    if reader.read_line(&mut line)? == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
     let mut parts = line.split_whitespace();
     let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
     else {
@@ -339,22 +394,25 @@ fn read_request(stream: impl Read) -> std::io::Result<(String, String)> {
         return Err(invalid("request body too large"));
     }
     let mut body = vec![0u8; content_length];
-    reader.read_exact(&mut body)?;
-    Ok((method, target))
+    reader.read_exact(&mut body).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => invalid("request ended inside its body"),
+        _ => e,
+    })?;
+    Ok(Request {
+        method,
+        target,
+        body: (content_length > 0).then_some(body),
+    })
 }
 
-type RouteError = (u16, &'static str, String);
-
-/// Maps a request to a command.
-fn route(method: &str, target: &str) -> Result<ApiCommand, RouteError> {
+/// Maps a request to a command, or to the error answer.
+fn route(request: &Request) -> Result<ApiCommand, ApiAnswer> {
+    let (method, target) = (request.method.as_str(), request.target.as_str());
     let path = target.split('?').next().unwrap_or(target);
-    let not_allowed = || {
-        (
-            405,
-            "Method Not Allowed",
-            format!("{method} {path} is not allowed"),
-        )
-    };
+    if let Some(call) = path.strip_prefix(ch::PATH_PREFIX) {
+        return ch::route(method, call, request.body.as_deref()).map(ApiCommand::Ch);
+    }
+    let not_allowed = || error(405, &format!("{method} {path} is not allowed"));
     if path == "/v1/vm/info" {
         return if method == "GET" {
             Ok(ApiCommand::Info)
@@ -369,17 +427,16 @@ fn route(method: &str, target: &str) -> Result<ApiCommand, RouteError> {
         return PowerAction::parse(action)
             .map(ApiCommand::Power)
             .ok_or_else(|| {
-                (
+                error(
                     400,
-                    "Bad Request",
-                    format!(
+                    &format!(
                         "unknown power action {action:?}: want PowerOff, Shutdown, Reset, Reboot, \
-                     Pause or Resume"
+                         Pause, Resume or PowerOn"
                     ),
                 )
             });
     }
-    Err((404, "Not Found", format!("no such endpoint {path}")))
+    Err(error(404, &format!("no such endpoint {path}")))
 }
 
 /// An error answer's body.
@@ -393,24 +450,43 @@ fn error_body(message: &str) -> String {
 }
 
 /// What [`handle`] makes of the bytes a client sent, before it asks the event loop: the
-/// command, or the status and JSON body of the error answer. For the fuzz target.
+/// command, or the error answer. For the fuzz target.
 #[cfg(fuzzing)]
 #[doc(hidden)]
-pub fn fuzz_request(bytes: &[u8]) -> Result<ApiCommand, (u16, String)> {
-    let (method, target) = read_request(bytes).map_err(|e| (400, error_body(&e.to_string())))?;
-    route(&method, &target).map_err(|(status, _, message)| (status, error_body(&message)))
+pub fn fuzz_request(bytes: &[u8]) -> Result<ApiCommand, ApiAnswer> {
+    let request = read_request(bytes).map_err(|e| error(400, &e.to_string()))?;
+    route(&request)
 }
 
-fn respond(stream: &mut UnixStream, status: u16, reason: &str, body: &str) -> std::io::Result<()> {
-    let content_type = if body.is_empty() {
-        ""
-    } else {
-        "Content-Type: application/json\r\n"
+/// The reason phrase of the statuses this server sends.
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        204 => "No Content",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+fn send(stream: &mut UnixStream, answer: &ApiAnswer) -> std::io::Result<()> {
+    let content_type = match (answer.body.is_empty(), answer.json) {
+        (true, _) => "",
+        (false, true) => "Content-Type: application/json\r\n",
+        (false, false) => "Content-Type: text/plain; charset=utf-8\r\n",
     };
     write!(
         stream,
-        "HTTP/1.1 {status} {reason}\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+        "HTTP/1.1 {} {}\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{}",
+        answer.status,
+        reason(answer.status),
+        answer.body.len(),
+        answer.body
     )?;
     stream.flush()
 }
@@ -504,21 +580,38 @@ pub struct MarkerInfo {
 mod tests {
     use super::*;
 
+    fn at(method: &str, target: &str) -> Result<ApiCommand, ApiAnswer> {
+        route(&Request {
+            method: method.into(),
+            target: target.into(),
+            body: None,
+        })
+    }
+
     #[test]
     fn routes() {
-        assert_eq!(route("GET", "/v1/vm/info"), Ok(ApiCommand::Info));
+        assert_eq!(at("GET", "/v1/vm/info"), Ok(ApiCommand::Info));
         assert_eq!(
-            route("PUT", "/v1/vm/power/Shutdown"),
+            at("PUT", "/v1/vm/power/Shutdown"),
             Ok(ApiCommand::Power(PowerAction::Shutdown))
         );
         assert_eq!(
-            route("POST", "/v1/vm/power/Pause?x=1"),
+            at("POST", "/v1/vm/power/Pause?x=1"),
             Ok(ApiCommand::Power(PowerAction::Pause))
         );
-        assert_eq!(route("PUT", "/v1/vm/info").unwrap_err().0, 405);
-        assert_eq!(route("GET", "/v1/vm/power/Reset").unwrap_err().0, 405);
-        assert_eq!(route("PUT", "/v1/vm/power/Explode").unwrap_err().0, 400);
-        assert_eq!(route("GET", "/").unwrap_err().0, 404);
+        assert_eq!(
+            at("PUT", "/v1/vm/power/PowerOn"),
+            Ok(ApiCommand::Power(PowerAction::PowerOn))
+        );
+        assert_eq!(at("PUT", "/v1/vm/info").unwrap_err().status, 405);
+        assert_eq!(at("GET", "/v1/vm/power/Reset").unwrap_err().status, 405);
+        assert_eq!(at("PUT", "/v1/vm/power/Explode").unwrap_err().status, 400);
+        assert_eq!(at("GET", "/").unwrap_err().status, 404);
+        assert_eq!(
+            at("PUT", "/api/v1/vm.boot"),
+            Ok(ApiCommand::Ch(ch::Call::Boot))
+        );
+        assert_eq!(at("GET", "/api/v1/vm.nope").unwrap_err().status, 404);
     }
 
     fn request(path: &Path, raw: &str) -> String {
@@ -534,11 +627,12 @@ mod tests {
         let path = std::env::temp_dir().join(format!("vmm-api-{}.sock", std::process::id()));
         let server = ApiServer::start(&path).unwrap();
         let loop_side = std::thread::spawn(move || {
-            for _ in 0..2 {
+            for _ in 0..3 {
                 let req = server.requests.recv().unwrap();
                 let answer = match req.command {
-                    ApiCommand::Info => ApiAnswer::Json("{\"state\":\"Running\"}".into()),
-                    ApiCommand::Power(_) => ApiAnswer::Done,
+                    ApiCommand::Info => ApiAnswer::json("{\"state\":\"Running\"}".into()),
+                    ApiCommand::Power(_) => ApiAnswer::done(),
+                    ApiCommand::Ch(call) => ApiAnswer::text(500, &format!("{call:?}")),
                 };
                 req.answer.send(answer).unwrap();
             }
@@ -552,6 +646,23 @@ mod tests {
             "PUT /v1/vm/power/Reset HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
         );
         assert!(power.starts_with("HTTP/1.1 204"), "{power}");
+        // Cloud Hypervisor's calls reach the loop with their body, as Go's client sends them.
+        let create = request(
+            &path,
+            "PUT /api/v1/vm.create HTTP/1.1\r\nHost: localhost\r\nContent-Length: 13\r\n\r\n\
+             {\"cpus\":null}",
+        );
+        assert!(create.starts_with("HTTP/1.1 500"), "{create}");
+        assert!(create.contains("text/plain"), "{create}");
+        assert!(create.ends_with(r#"Create("{\"cpus\":null}")"#), "{create}");
+        // virt-daemon connects and closes without a word to learn the pid: no answer, and the
+        // server goes on.
+        drop(UnixStream::connect(&path).unwrap());
+        let mut silent = UnixStream::connect(&path).unwrap();
+        silent.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut out = String::new();
+        silent.read_to_string(&mut out).unwrap();
+        assert_eq!(out, "");
         let bad = request(&path, "garbage\r\n\r\n");
         assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
         let huge = request(
@@ -577,7 +688,7 @@ mod tests {
             for req in rx {
                 let _ = req
                     .answer
-                    .send(ApiAnswer::Json("{\"state\":\"Running\"}".into()));
+                    .send(ApiAnswer::json("{\"state\":\"Running\"}".into()));
             }
         });
         path

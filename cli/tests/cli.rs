@@ -589,3 +589,122 @@ fn an_image_without_a_readable_boot_configuration_exits_2_saying_what_to_do() {
         "{plan}"
     );
 }
+
+#[test]
+fn run_policy_manual_needs_an_api_to_be_powered_on() {
+    let dir = Dir::new("manual");
+    let kernel = dir.fake_bzimage("vmlinuz");
+    let file = dir.write("vm.yaml", &manifest(&kernel, "  runPolicy: Manual\n"));
+    let out = vmm(&["run", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("Manual waits for a PowerOn through the API"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Base64, as `base64 -w0` writes it.
+fn base64(text: &str) -> String {
+    let out = Command::new("sh")
+        .args(["-c", "printf '%s' \"$1\" | base64 -w0", "sh", text])
+        .output()
+        .unwrap();
+    text(&out.stdout)
+}
+
+#[test]
+fn the_vm_comes_from_vm_data_as_in_virtinks_pod() {
+    let dir = Dir::new("vmdata");
+    let kernel = dir.fake_bzimage("vmlinuz");
+    let json = format!(
+        r#"{{"metadata":{{"name":"from-env","uid":"u-1"}},"spec":{{"instance":{{"memory":{{"size":"128Mi"}},"kernel":{{"image":"{}","cmdline":"console=ttyS0"}}}}}},"status":{{"phase":"Scheduling"}}}}"#,
+        kernel.display()
+    );
+    let data = base64(&json);
+    // From the environment: the plan serves Cloud Hypervisor's API on Virtink's socket.
+    let out = Command::new(VMM)
+        .args(["run", "--dry-run"])
+        .env("VM_DATA", &data)
+        .output()
+        .unwrap();
+    let plan = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(plan.contains("VirtualMachine from-env"), "{plan}");
+    assert!(
+        plan.contains("ch-api      /var/run/virtink/ch.sock"),
+        "{plan}"
+    );
+    // From the flag, with the API turned off; a file wins over VM_DATA.
+    let out = vmm(&[
+        "run",
+        "--dry-run",
+        "--vm-data",
+        &data,
+        "--ch-api-socket",
+        "none",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("ch-api"));
+    let file = dir.write("vm.yaml", &manifest(&kernel, ""));
+    let out = Command::new(VMM)
+        .args(["validate", file.to_str().unwrap()])
+        .env("VM_DATA", &data)
+        .output()
+        .unwrap();
+    assert!(
+        text(&out.stdout).contains("name: demo"),
+        "{}",
+        text(&out.stdout)
+    );
+    // validate reads VM_DATA too.
+    let out = Command::new(VMM)
+        .arg("validate")
+        .env("VM_DATA", &data)
+        .output()
+        .unwrap();
+    assert!(text(&out.stdout).contains("name: from-env"));
+    // Bad data: exit 1 naming where it came from.
+    let out = vmm(&["validate", "--vm-data", "%%%"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--vm-data is not a VirtualMachine"));
+    // Nothing at all: a usage error.
+    let out = Command::new(VMM)
+        .arg("run")
+        .env_remove("VM_DATA")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("give a manifest FILE, --vm-data, or VM_DATA"));
+}
+
+#[test]
+fn virt_init_volume_and_sysctl_are_vmm_by_another_name() {
+    let dir = Dir::new("personality");
+    let link = dir.0.join("virt-init-volume");
+    std::os::unix::fs::symlink(VMM, &link).unwrap();
+    let out_iso = dir.0.join("cloud-init.iso");
+    let out = Command::new(&link)
+        .args([
+            "cloud-init",
+            &base64("instance-id: x\nlocal-hostname: y"),
+            &base64("#cloud-config\n"),
+            "",
+            out_iso.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read(&out_iso).unwrap().len() % 2048, 0);
+    let out = Command::new(&link).arg("bogus").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).starts_with("virt-init-volume: "));
+    let sysctl = dir.0.join("sysctl");
+    std::os::unix::fs::symlink(VMM, &sysctl).unwrap();
+    let out = Command::new(&sysctl)
+        .args(["-w", "../x=1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("not a sysctl name"));
+}

@@ -73,6 +73,13 @@ pub fn render(
     if let Some(api) = &opts.api_socket {
         let _ = writeln!(out, "  api         {}", api.display());
     }
+    if let Some(ch) = &opts.ch_socket {
+        let _ = writeln!(
+            out,
+            "  ch-api      {} (Cloud Hypervisor's API; boots on vm.create and vm.boot)",
+            ch.display()
+        );
+    }
     for field in &manifest.ignored_fields {
         let _ = writeln!(out, "  ignored     {field} (Kubernetes only)");
     }

@@ -605,9 +605,9 @@ fn run_policy_manual_needs_an_api_to_be_powered_on() {
 }
 
 /// Base64, as `base64 -w0` writes it.
-fn base64(text: &str) -> String {
+fn base64(plain: &str) -> String {
     let out = Command::new("sh")
-        .args(["-c", "printf '%s' \"$1\" | base64 -w0", "sh", text])
+        .args(["-c", "printf '%s' \"$1\" | base64 -w0", "sh", plain])
         .output()
         .unwrap();
     text(&out.stdout)

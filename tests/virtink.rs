@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use vmm_tests::guest::Guest;
 use vmm_tests::netns::sh;
-use vmm_tests::{guest_image, testhost_test};
+use vmm_tests::{guest_image, testhost_test, virt_daemon_client};
 
 const EXIT: Duration = Duration::from_secs(60);
 const SOCKET: &str = "/var/run/virtink/ch.sock";
@@ -281,4 +281,59 @@ testhost_test!(
         assert_eq!(before, after, "the pod's link is back as it was");
     },
     timeout = 360
+);
+
+/// virt-daemon-client, run against the pod's `/var/run/virtink`: its one line of output.
+fn virt_daemon(args: &[&str]) -> String {
+    let out = std::process::Command::new(virt_daemon_client())
+        .arg("/var/run/virtink")
+        .args(args)
+        .output()
+        .expect("run virt-daemon-client");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(out.status.success(), "virt-daemon-client {args:?}: {text}");
+    text
+}
+
+testhost_test!(
+    fn virt_daemons_go_client_creates_boots_and_powers_the_vm() {
+        pod_and_peer();
+        init_containers();
+        let vm = virtual_machine(
+            "virtink-go",
+            json!({"name": "pod", "mac": "52:54:00:aa:bb:02", "masquerade": {}}),
+        );
+        let mut guest = start_pod(&vm);
+        wait_for(SOCKET, &guest);
+        wait_for(CONFIG, &guest);
+        // The Scheduled phase: not created, so create from vm-config.json (decoded into Go's
+        // types and encoded again) and boot.
+        assert_eq!(
+            virt_daemon(&["reconcile"]),
+            "created and booted: 2 disks, 1 nets"
+        );
+        guest.wait_ready(1);
+        // The next pass marks it Running; the disk ids are the volume names.
+        assert_eq!(
+            virt_daemon(&["reconcile"]),
+            "phase Running: state Running, disks root,cloud-init"
+        );
+        assert_eq!(virt_daemon(&["power", "Pause"]), "Pause: vm.pause");
+        assert_eq!(virt_daemon(&["state"]), "state Paused");
+        assert_eq!(virt_daemon(&["power", "Resume"]), "Resume: vm.resume");
+        assert_eq!(virt_daemon(&["power", "Reboot"]), "Reboot: vm.reboot");
+        guest.wait_ready(2);
+        assert_eq!(virt_daemon(&["power", "PowerOff"]), "PowerOff: vm.shutdown");
+        // Cloud Hypervisor's answer after vm.shutdown: Created, which virt-daemon's Running
+        // phase takes for Succeeded; its Scheduled phase would boot it again.
+        assert_eq!(virt_daemon(&["state"]), "state Created");
+        assert_eq!(virt_daemon(&["reconcile"]), "booted");
+        guest.wait_ready(3);
+        assert_eq!(
+            virt_daemon(&["power", "Shutdown"]),
+            "Shutdown: vm.power-button"
+        );
+        assert_eq!(guest.wait_exit(EXIT), 0, "{}", guest.stderr());
+    },
+    timeout = 420
 );

@@ -47,6 +47,22 @@ pub fn vmm_bin() -> PathBuf {
     bin
 }
 
+/// virt-daemon-client (tests/virt-daemon): Virtink's virt-daemon's calls, made by a Go
+/// client in the shape of Virtink's generated one; built into the cargo target directory by
+/// tests/virt-daemon/build (tests/run runs it).
+pub fn virt_daemon_client() -> PathBuf {
+    let bin = target_dir()
+        .parent()
+        .expect("target/<profile> has a parent")
+        .join("virt-daemon-client");
+    assert!(
+        bin.exists(),
+        "{} does not exist: run tests/virt-daemon/build (tests/run does)",
+        bin.display()
+    );
+    bin
+}
+
 /// The test guest image directory (`kernel.image` for the manifests).
 pub fn guest_image() -> PathBuf {
     let dir = std::env::var_os("VMM_IMAGES_OUT")

@@ -146,8 +146,8 @@ pub struct VmConfig {
     /// Guest RAM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<Memory>,
-    /// What boots.
-    #[serde(default)]
+    /// What boots (`null` reads as empty: Go's client sends a nil pointer so).
+    #[serde(default, deserialize_with = "null_as_default")]
     pub payload: Payload,
     /// Disks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -167,6 +167,14 @@ pub struct VmConfig {
     /// Everything else, unchecked.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
+}
+
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 /// `cpus`.
@@ -674,6 +682,12 @@ mod tests {
             Running::No,
         );
         assert_eq!(a.status, 204, "{a:?}");
+    }
+
+    #[test]
+    fn a_null_payload_is_an_empty_one() {
+        let config: VmConfig = serde_json::from_str(r#"{"payload":null}"#).unwrap();
+        assert_eq!(config.payload, Payload::default());
     }
 
     #[test]

@@ -330,3 +330,50 @@ testhost_test!(
         assert_eq!(guest.wait_exit(EXIT), 0, "{}", guest.stderr());
     }
 );
+
+testhost_test!(
+    fn run_policy_manual_waits_for_power_on() {
+        let dir = vmm_tests::TempDir::new("manual");
+        let socket = dir.path().join("api.sock");
+        let socket_arg = socket.to_str().unwrap().to_string();
+        let manifest = Manifest::new("manual").run_policy("Manual");
+        let mut guest = Guest::start(&manifest.write(dir.path()), &["--api-socket", &socket_arg]);
+        let api = |method: &str, path: &str| -> (u16, String) {
+            let out = std::process::Command::new("curl")
+                .args(["-s", "-S", "--unix-socket", &socket_arg, "-X", method])
+                .args(["-w", "\n%{http_code}", &format!("http://localhost{path}")])
+                .output()
+                .expect("run curl");
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+            (code.trim().parse().unwrap_or(0), body.to_string())
+        };
+        let start = std::time::Instant::now();
+        while !socket.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{}",
+                guest.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Not booted: the VM waits, and says so.
+        let (code, info) = api("GET", "/v1/vm/info");
+        assert_eq!(code, 200, "{info}");
+        let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+        assert_eq!(info["state"], "Stopped");
+        assert_eq!(api("PUT", "/v1/vm/power/Pause").0, 409);
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(
+            !guest.console().contains("VMMTEST-READY"),
+            "{}",
+            guest.console()
+        );
+        // PowerOn boots it; a second PowerOn is refused.
+        assert_eq!(api("PUT", "/v1/vm/power/PowerOn").0, 204);
+        guest.wait_ready(1);
+        assert_eq!(api("PUT", "/v1/vm/power/PowerOn").0, 409);
+        assert_eq!(api("PUT", "/v1/vm/power/Shutdown").0, 204);
+        assert_eq!(guest.wait_exit(EXIT), 0, "{}", guest.stderr());
+    }
+);

@@ -1076,3 +1076,23 @@ fn bad_vm_data_names_where_it_came_from_and_why() {
     let message = err(&vm_data(&unknown));
     assert!(message.contains("spec.instance.disks[0].bus"), "{message}");
 }
+
+#[test]
+fn generate_name_alone_names_the_vm_the_same_on_every_run() {
+    let mut doc = base();
+    set(&mut doc, "/metadata/name", Value::Null);
+    set(&mut doc, "/metadata/generateName", json!("web-"));
+    let m = load_value(&doc).unwrap();
+    let name = &m.vm.metadata.name;
+    assert!(name.starts_with("web-") && name.len() == 9, "{name}");
+    assert!(
+        name[4..]
+            .bytes()
+            .all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b))
+    );
+    assert_eq!(load_value(&doc).unwrap().vm.metadata.name, *name);
+    assert_eq!(VmConfig::from_manifest(&m).name, *name);
+    // A long prefix is cut as the API server cuts it, so the name stays valid.
+    set(&mut doc, "/metadata/generateName", json!("a".repeat(80)));
+    assert_eq!(load_value(&doc).unwrap().vm.metadata.name.len(), 63);
+}

@@ -23,6 +23,9 @@ pub const MEMORY_OVERHEAD: &str = "256Mi";
 
 /// Fills in every default of `vm` in place.
 pub fn apply(vm: &mut VirtualMachine) {
+    if vm.metadata.name.is_empty() && !vm.metadata.generate_name.is_empty() {
+        vm.metadata.name = generated_name(&vm.metadata.generate_name);
+    }
     let name = vm.metadata.name.clone();
     let Some(spec) = vm.spec.as_mut() else {
         return;
@@ -37,6 +40,33 @@ pub fn apply(vm: &mut VirtualMachine) {
             default_interface(&name, iface);
         }
     }
+}
+
+/// The name for `metadata.generateName` alone, as the API server makes one: the prefix (cut
+/// to 58 bytes) and five characters from its alphabet, here derived from the prefix rather
+/// than drawn at random, so that the name, and the MACs derived from it, are the same on
+/// every run.
+pub fn generated_name(prefix: &str) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    const MAX_PREFIX: usize = 58;
+    let mut cut = prefix.len().min(MAX_PREFIX);
+    while !prefix.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in prefix.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let mut name = prefix[..cut].to_string();
+    for _ in 0..5 {
+        let len = ALPHABET.len() as u64;
+        name.push(char::from(
+            ALPHABET[usize::try_from(hash % len).unwrap_or(0)],
+        ));
+        hash /= len;
+    }
+    name
 }
 
 fn default_instance(spec: &mut VirtualMachineSpec) {

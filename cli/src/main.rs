@@ -199,7 +199,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// The init containers' commands of Virtink's VM pod, which run in the pre-runner image
 /// (`vmm`'s container image links these names to `vmm`): by the name `vmm` was started as.
 fn init_container_command() -> Option<u8> {
-    let mut args = std::env::args();
+    let mut args = std::env::args_os();
     let argv0 = args.next()?;
     let name = std::path::Path::new(&argv0)
         .file_name()?
@@ -210,7 +210,11 @@ fn init_container_command() -> Option<u8> {
         "sysctl" => vmm::pod::sysctl,
         _ => return None,
     };
-    let rest: Vec<String> = args.collect();
+    let rest: Result<Vec<String>, _> = args.map(std::ffi::OsString::into_string).collect();
+    let Ok(rest) = rest else {
+        eprintln!("{name}: an argument is not UTF-8 text");
+        return Some(1);
+    };
     Some(match run(&rest) {
         Ok(()) => 0,
         Err(e) => {

@@ -72,13 +72,25 @@ impl std::fmt::Display for ManifestSource {
     }
 }
 
-/// `kernel.image` resolved: a local kernel file or directory, else (an image reference, as
-/// in a cluster) the kernel its init container left at [`POD_KERNEL`].
-pub fn kernel_files(image: &Path) -> Result<KernelFiles, BootError> {
-    kernel_files_in(image, Path::new(POD_KERNEL))
+/// `kernel.image` resolved. In Virtink's pod (`in_pod`) it is an image reference, and the
+/// kernel is where its init container left it, [`POD_KERNEL`], whenever that exists.
+/// Elsewhere it is a local kernel file or directory, with [`POD_KERNEL`] the fallback when
+/// it names nothing.
+pub fn kernel_files(image: &Path, in_pod: bool) -> Result<KernelFiles, BootError> {
+    kernel_files_in(image, Path::new(POD_KERNEL), in_pod)
 }
 
-fn kernel_files_in(image: &Path, pod_kernel: &Path) -> Result<KernelFiles, BootError> {
+fn kernel_files_in(
+    image: &Path,
+    pod_kernel: &Path,
+    in_pod: bool,
+) -> Result<KernelFiles, BootError> {
+    if in_pod && pod_kernel.is_file() {
+        return Ok(KernelFiles {
+            kernel: pod_kernel.to_path_buf(),
+            initrd: None,
+        });
+    }
     match boot::resolve(image) {
         Err(BootError::NotFound(_)) if pod_kernel.is_file() => {
             log::info!(
@@ -209,15 +221,40 @@ pub fn vm_config(
 
 /// Writes `config` to `vm-config.json` in `dir` whole: a reader never sees half of it.
 pub fn write_vm_config(dir: &Path, config: &ch::VmConfig) -> std::io::Result<PathBuf> {
-    let path = dir.join(VM_CONFIG_FILE);
-    let partial = dir.join(format!(".{VM_CONFIG_FILE}.{}", std::process::id()));
     let mut text = serde_json::to_string(config).map_err(std::io::Error::other)?;
     text.push('\n');
-    std::fs::write(&partial, text)?;
-    std::fs::rename(&partial, &path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&partial);
-    })?;
+    // What virt-daemon sends back must fit in one request, with room for its headers.
+    if text.len() > crate::api::MAX_REQUEST - 4096 {
+        return Err(std::io::Error::other(format!(
+            "the VM config is {} bytes, more than the API takes in one request",
+            text.len()
+        )));
+    }
+    let path = dir.join(VM_CONFIG_FILE);
+    write_whole(&path, text.as_bytes())?;
     Ok(path)
+}
+
+/// Writes `data` to `path` through a new file beside it, renamed over `path` when complete;
+/// the new file is created exclusively (so a planted link is never followed) and removed on
+/// failure.
+fn write_whole(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let name = path
+        .file_name()
+        .map_or_else(Default::default, |n| n.to_string_lossy());
+    let partial = path.with_file_name(format!(".{name}.partial"));
+    let _ = std::fs::remove_file(&partial);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&partial)
+        .and_then(|mut file| file.write_all(data))
+        .and_then(|()| std::fs::rename(&partial, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    written
 }
 
 /// What Virtink's controller runs in the pre-runner image besides the VM: its init
@@ -264,7 +301,7 @@ pub fn init_volume(args: &[String]) -> Result<(), String> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let image = crate::disk::seed::image(&files, now).map_err(|e| e.to_string())?;
-    std::fs::write(out, image).map_err(|e| format!("{out}: {e}"))
+    write_whole(Path::new(out), &image).map_err(|e| format!("{out}: {e}"))
 }
 
 /// `sysctl [-q] -w NAME=VALUE...`: the masquerade interface's `enable-ip-forward` init
@@ -388,16 +425,24 @@ mod tests {
         let image = Path::new("smartxworks/virtink-kernel-5.15.12");
         // No pod kernel: the reference is a missing file, as before.
         assert!(matches!(
-            kernel_files_in(image, &pod_kernel),
+            kernel_files_in(image, &pod_kernel, true),
             Err(BootError::NotFound(_))
         ));
         std::fs::write(&pod_kernel, b"k").unwrap();
         assert_eq!(
-            kernel_files_in(image, &pod_kernel).unwrap().kernel,
+            kernel_files_in(image, &pod_kernel, false).unwrap().kernel,
             pod_kernel
         );
-        // A local path wins over the pod's kernel.
-        assert_eq!(kernel_files_in(&local, &pod_kernel).unwrap().kernel, local);
+        // Outside the pod a local path wins over the pod's kernel; in the pod the pod's
+        // kernel wins, even when the reference happens to name a local file.
+        assert_eq!(
+            kernel_files_in(&local, &pod_kernel, false).unwrap().kernel,
+            local
+        );
+        assert_eq!(
+            kernel_files_in(&local, &pod_kernel, true).unwrap().kernel,
+            pod_kernel
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -412,7 +457,13 @@ mod tests {
             }),
             ..Default::default()
         };
+        // A link planted where the partial file goes is not followed.
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join(".vm-config.json.partial")).unwrap();
         let path = write_vm_config(&dir, &config).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        std::fs::remove_file(&victim).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.ends_with('\n'));
         let back: ch::VmConfig = serde_json::from_str(&text).unwrap();

@@ -192,7 +192,7 @@ fn prepare(opts: &RunOptions) -> Result<Prepared, RunError> {
     }
     let kernel = match &config.kernel {
         Some(k) => {
-            let files = pod::kernel_files(&k.image)?;
+            let files = pod::kernel_files(&k.image, opts.manifest.in_pod())?;
             boot::check(&files)?;
             Some(files)
         }
@@ -275,7 +275,7 @@ pub fn dry_run(opts: &RunOptions) -> Result<String, RunError> {
     let cfg = VmConfig::from_manifest(&manifest);
     let kernel = match &cfg.kernel {
         Some(k) => {
-            let files = pod::kernel_files(&k.image)?;
+            let files = pod::kernel_files(&k.image, opts.manifest.in_pod())?;
             let format = boot::check(&files)?;
             Some((files, format))
         }
@@ -283,6 +283,14 @@ pub fn dry_run(opts: &RunOptions) -> Result<String, RunError> {
     };
     let hosts = crate::network::plan(&cfg, &manifest, opts.nat_limits, &opts.nat_egress);
     let disks = crate::disk::plan(&manifest, &opts.volumes, Path::new(crate::disk::POD_MNT));
+    if let Ok(list) = std::env::var(pod::BLOCK_VOLUMES) {
+        let planned: Vec<_> = disks
+            .iter()
+            .filter_map(|d| d.as_ref().ok())
+            .cloned()
+            .collect();
+        pod::check_block_volumes(&list, &planned).map_err(RunError::Unsupported)?;
+    }
     let image_boot = match (&cfg.kernel, disks.first()) {
         (Some(_), _) => None,
         (None, Some(Ok(first))) => Some(
@@ -397,6 +405,7 @@ pub fn run(opts: &RunOptions) -> Result<ExitCode, RunError> {
         api,
         ch_api,
         ch,
+        pending_boot: None,
         markers: Markers::default(),
         stdin: console::StdinInput::default(),
         network: &network,
@@ -460,10 +469,17 @@ enum Next {
 /// Driven through Cloud Hypervisor's API (`ch`), `vmm` does what Cloud Hypervisor does in
 /// Virtink's pod: `vm.shutdown` and `vm.delete` leave it waiting for the next `vm.boot`; a
 /// power-off or failure ends the process, and Virtink's controller applies the runPolicy.
+///
+/// Once a signal has asked `vmm` to end, nothing boots again and nothing waits: a reset,
+/// `vm.shutdown` or `vm.delete` that stops the guest in the meantime ends the process too.
 fn after(stop: &Stop, shutdown: Option<Shutdown>, policy: RunPolicy, ch: bool) -> Next {
     let user_stop = matches!(shutdown, Some(Shutdown::Signal | Shutdown::Api));
     let policy = if ch { RunPolicy::Once } else { policy };
+    let signalled = shutdown == Some(Shutdown::Signal);
     match stop {
+        Stop::Reset | Stop::Stopped | Stop::Deleted | Stop::Quit if signalled => {
+            Next::Exit(ExitCode::PoweredOff)
+        }
         Stop::Reset => Next::Boot,
         Stop::Stopped | Stop::Deleted if ch => Next::Standby,
         Stop::Quit | Stop::Deleted => Next::Exit(ExitCode::PoweredOff),
@@ -503,6 +519,8 @@ struct Runner<'a> {
     /// Cloud Hypervisor's API and the VM as it sees it.
     ch_api: Option<ApiServer>,
     ch: Option<ChVm>,
+    /// Where the answer to the call that boots the VM goes once it has booted (or failed to).
+    pending_boot: Option<std::sync::mpsc::Sender<ApiAnswer>>,
     markers: Markers,
     stdin: console::StdinInput,
     network: &'a crate::network::HostNetwork,
@@ -574,7 +592,16 @@ impl Runner<'_> {
             }
             boots += 1;
             log::info!("booting the guest (boot {boots})");
-            let (stop, shutdown) = self.boot_once(boots)?;
+            let booted = self.boot_once(boots);
+            if let Some(answer) = self.pending_boot.take() {
+                // It did not boot (boot_once answers as soon as the vCPUs run).
+                let why = match &booted {
+                    Ok((stop, _)) => format!("the VM did not boot: {stop:?}"),
+                    Err(e) => error_chain(e),
+                };
+                let _ = answer.send(ApiAnswer::text(500, &why));
+            }
+            let (stop, shutdown) = booted?;
             match &stop {
                 Stop::PoweredOff => log::info!("the guest powered off"),
                 Stop::Failed(why) => log::error!("the guest failed: {why}"),
@@ -621,26 +648,25 @@ impl Runner<'_> {
                     log::info!("received {} with no guest running", signals::name(signo));
                     return Ok(Some(ExitCode::PoweredOff));
                 }
-                let Some(server) = self.server(wake) else {
-                    continue;
-                };
-                let _ = server.wakeup.read();
-                let requests: Vec<_> = server.requests.try_iter().collect();
-                let mut outcome = None;
-                for req in requests {
-                    let (answer, next) = if outcome.is_some() {
-                        (
-                            ApiAnswer::text(503, "vmm is busy with an earlier call"),
-                            None,
-                        )
-                    } else {
-                        self.standby_command(&req.command)
-                    };
-                    let _ = req.answer.send(answer);
-                    outcome = outcome.or(next);
+                if let Some(server) = self.server(wake) {
+                    let _ = server.wakeup.read();
                 }
-                if let Some(code) = outcome {
-                    return Ok(code);
+                while let Some(req) = self.server(wake).and_then(|s| s.requests.try_recv().ok()) {
+                    let (answer, next) = self.standby_command(&req.command);
+                    match next {
+                        // Answered once the vCPUs run, or with why they do not.
+                        Some(None) => self.pending_boot = Some(req.answer),
+                        _ => {
+                            let _ = req.answer.send(answer);
+                        }
+                    }
+                    if let Some(outcome) = next {
+                        // Calls behind this one are answered by the loop that follows.
+                        if let Some(server) = self.server(wake) {
+                            let _ = server.wakeup.write(1);
+                        }
+                        return Ok(outcome);
+                    }
                 }
             }
         }
@@ -664,7 +690,9 @@ impl Runner<'_> {
                     return (no_ch_api(), None);
                 };
                 let (answer, effect) = ch.answer(call, ch::Running::No);
-                log::info!("API: {call:?}: {}", answer.status);
+                if !matches!(call, ch::Call::Info | ch::Call::Ping) {
+                    log::info!("API: {call:?}: {}", answer.status);
+                }
                 match effect {
                     Effect::Boot => (answer, Some(None)),
                     Effect::Exit => (answer, Some(Some(ExitCode::PoweredOff))),
@@ -729,6 +757,9 @@ impl Runner<'_> {
         };
         self.stdin.start(&poller, Wake::Stdin);
         vm.start()?;
+        if let Some(answer) = self.pending_boot.take() {
+            let _ = answer.send(ApiAnswer::done());
+        }
         let stop = self.event_loop(&poller, &vm, &mut state);
         vm.stop();
         Ok((stop, state.shutdown))
@@ -805,22 +836,15 @@ impl Runner<'_> {
                 self.begin_shutdown(vm, state, Shutdown::Signal);
             }
             Wake::Api | Wake::ChApi => {
-                let server = self.server(wake)?;
-                drain(&server.wakeup);
-                let requests: Vec<_> = server.requests.try_iter().collect();
-                let mut stop = None;
-                for req in requests {
-                    let answer = if stop.is_some() {
-                        ApiAnswer::text(503, "vmm is busy with an earlier call")
-                    } else {
-                        let (answer, s) = self.api_command(req.command, vm, state);
-                        stop = s;
-                        answer
-                    };
+                drain(&self.server(wake)?.wakeup);
+                while let Some(req) = self.server(wake).and_then(|s| s.requests.try_recv().ok()) {
+                    let (answer, stop) = self.api_command(req.command, vm, state);
                     let _ = req.answer.send(answer);
-                }
-                if stop.is_some() {
-                    return stop;
+                    if stop.is_some() {
+                        // Calls behind this one are answered once the guest has stopped.
+                        let _ = self.server(wake)?.wakeup.write(1);
+                        return stop;
+                    }
                 }
             }
             Wake::Reset => {
@@ -1015,7 +1039,12 @@ mod tests {
         let exit = Next::Exit;
         let cases: &[(Stop, Option<Shutdown>, RunPolicy, Next)] = &[
             (Stop::Reset, None, Once, Next::Boot),
-            (Stop::Reset, Some(Shutdown::Signal), Once, Next::Boot),
+            (
+                Stop::Reset,
+                Some(Shutdown::Signal),
+                Once,
+                exit(ExitCode::PoweredOff),
+            ),
             (Stop::PoweredOff, None, Once, exit(ExitCode::PoweredOff)),
             (Stop::PoweredOff, None, Manual, exit(ExitCode::PoweredOff)),
             (
@@ -1095,6 +1124,26 @@ mod tests {
             (Stop::Quit, None, Always, Next::Exit(ExitCode::PoweredOff)),
             // vm.reboot and a guest reset stay in the process.
             (Stop::Reset, None, Always, Next::Boot),
+            // After SIGTERM (the pod deleted), a stop by the API or a reset ends vmm: the
+            // signal was read, nothing would end a standby.
+            (
+                Stop::Stopped,
+                Some(Shutdown::Signal),
+                Always,
+                Next::Exit(ExitCode::PoweredOff),
+            ),
+            (
+                Stop::Deleted,
+                Some(Shutdown::Signal),
+                Always,
+                Next::Exit(ExitCode::PoweredOff),
+            ),
+            (
+                Stop::Reset,
+                Some(Shutdown::Signal),
+                Always,
+                Next::Exit(ExitCode::PoweredOff),
+            ),
         ];
         for (stop, shutdown, policy, want) in cases {
             assert_eq!(

@@ -34,8 +34,8 @@ pub mod ch;
 
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-/// Requests larger than this are refused.
-const MAX_REQUEST: usize = 16 << 10;
+/// Requests larger than this (headers and body) are refused.
+pub const MAX_REQUEST: usize = 64 << 10;
 /// How long a client may take to send its whole request.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 /// How many clients are served at once; more are answered 503 and closed.
@@ -169,7 +169,13 @@ pub struct ApiServer {
     pub requests: Receiver<ApiRequest>,
     /// Readable when a request is waiting.
     pub wakeup: EventFd,
+    /// Clients whose request reached the event loop and who have not had their answer yet.
+    answering: Arc<AtomicUsize>,
 }
+
+/// How long dropping the server waits for answers already given to reach their clients
+/// (`vmmshutdown`'s, say, as `vmm` exits).
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl ApiServer {
     /// Binds `path` (replacing a stale socket there) and starts serving.
@@ -188,11 +194,18 @@ impl ApiServer {
         let wakeup = EventFd::new(EFD_NONBLOCK).map_err(bind_err)?;
         let thread_wakeup = wakeup.try_clone().map_err(bind_err)?;
         let (tx, rx) = channel();
+        let answering = Arc::new(AtomicUsize::new(0));
+        let thread_answering = answering.clone();
         std::thread::Builder::new()
             .name("api".into())
             .spawn(move || {
                 if devices::confine::confine_thread("api", Role::Api).is_ok() {
-                    serve(&listener, &tx, &thread_wakeup, REQUEST_DEADLINE);
+                    let to_loop = ToLoop {
+                        requests: tx,
+                        wakeup: thread_wakeup,
+                        answering: thread_answering,
+                    };
+                    serve(&listener, &to_loop, REQUEST_DEADLINE);
                 }
             })
             .map_err(bind_err)?;
@@ -200,6 +213,7 @@ impl ApiServer {
             path: path.to_path_buf(),
             requests: rx,
             wakeup,
+            answering,
         })
     }
 }
@@ -207,6 +221,43 @@ impl ApiServer {
 impl Drop for ApiServer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+        let until = Instant::now() + FLUSH_TIMEOUT;
+        while self.answering.load(Ordering::SeqCst) > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// The client threads' way to the event loop.
+struct ToLoop {
+    requests: Sender<ApiRequest>,
+    wakeup: EventFd,
+    answering: Arc<AtomicUsize>,
+}
+
+impl ToLoop {
+    fn try_clone(&self) -> std::io::Result<Self> {
+        Ok(Self {
+            requests: self.requests.clone(),
+            wakeup: self.wakeup.try_clone()?,
+            answering: self.answering.clone(),
+        })
+    }
+}
+
+/// Counts a client as waiting for its answer while it lives.
+struct Answering<'a>(&'a AtomicUsize);
+
+impl<'a> Answering<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -230,12 +281,7 @@ fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-fn serve(
-    listener: &UnixListener,
-    requests: &Sender<ApiRequest>,
-    wakeup: &EventFd,
-    deadline: Duration,
-) {
+fn serve(listener: &UnixListener, to_loop: &ToLoop, deadline: Duration) {
     let clients = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
         let mut stream = match stream {
@@ -252,12 +298,12 @@ fn serve(
             let _ = send(&mut stream, &error(503, "too many API clients at once"));
             continue;
         }
-        let (requests, wakeup, done) = (requests.clone(), wakeup.try_clone(), clients.clone());
-        let spawned = wakeup.map(|wakeup| {
+        let done = clients.clone();
+        let spawned = to_loop.try_clone().map(|to_loop| {
             std::thread::Builder::new()
                 .name("api-client".into())
                 .spawn(move || {
-                    if let Err(e) = handle(stream, &requests, &wakeup, deadline) {
+                    if let Err(e) = handle(stream, &to_loop, deadline) {
                         log::debug!("api: {e}");
                     }
                     done.fetch_sub(1, Ordering::SeqCst);
@@ -270,12 +316,7 @@ fn serve(
     }
 }
 
-fn handle(
-    mut stream: UnixStream,
-    requests: &Sender<ApiRequest>,
-    wakeup: &EventFd,
-    deadline: Duration,
-) -> std::io::Result<()> {
+fn handle(mut stream: UnixStream, to_loop: &ToLoop, deadline: Duration) -> std::io::Result<()> {
     let until = Instant::now() + deadline;
     stream.set_write_timeout(Some(deadline))?;
     let request = match read_request(Deadline {
@@ -293,11 +334,12 @@ fn handle(
         Err(answer) => return send(&mut stream, &answer),
     };
     let (tx, rx) = channel();
-    let sent = requests.send(ApiRequest {
+    let _answering = Answering::new(&to_loop.answering);
+    let sent = to_loop.requests.send(ApiRequest {
         command,
         answer: tx,
     });
-    if sent.is_err() || wakeup.write(1).is_err() {
+    if sent.is_err() || to_loop.wakeup.write(1).is_err() {
         return send(&mut stream, &error(503, "vmm is stopping"));
     }
     match rx.recv_timeout(ANSWER_TIMEOUT) {
@@ -681,9 +723,13 @@ mod tests {
         let path = std::env::temp_dir().join(format!("vmm-api-{}-{name}.sock", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let listener = bind_private(&path).unwrap();
-        let wakeup = EventFd::new(EFD_NONBLOCK).unwrap();
         let (tx, rx) = channel::<ApiRequest>();
-        std::thread::spawn(move || serve(&listener, &tx, &wakeup, deadline));
+        let to_loop = ToLoop {
+            requests: tx,
+            wakeup: EventFd::new(EFD_NONBLOCK).unwrap(),
+            answering: Arc::new(AtomicUsize::new(0)),
+        };
+        std::thread::spawn(move || serve(&listener, &to_loop, deadline));
         std::thread::spawn(move || {
             for req in rx {
                 let _ = req

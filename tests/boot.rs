@@ -279,16 +279,7 @@ testhost_test!(
             ],
         );
         let boot1 = guest.wait_ready(1);
-        let api = |method: &str, path: &str| -> (u16, String) {
-            let out = std::process::Command::new("curl")
-                .args(["-s", "-S", "--unix-socket", socket_arg, "-X", method])
-                .args(["-w", "\n%{http_code}", &format!("http://localhost{path}")])
-                .output()
-                .expect("run curl");
-            let text = String::from_utf8_lossy(&out.stdout).to_string();
-            let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-            (code.trim().parse().unwrap_or(0), body.to_string())
-        };
+        let api = |method: &str, path: &str| vmm_tests::http_unix(&socket, method, path, &[]);
         let (code, info) = api("GET", "/v1/vm/info");
         assert_eq!(code, 200, "{info}");
         let info: serde_json::Value = serde_json::from_str(&info).unwrap();
@@ -338,16 +329,7 @@ testhost_test!(
         let socket_arg = socket.to_str().unwrap().to_string();
         let manifest = Manifest::new("manual").run_policy("Manual");
         let mut guest = Guest::start(&manifest.write(dir.path()), &["--api-socket", &socket_arg]);
-        let api = |method: &str, path: &str| -> (u16, String) {
-            let out = std::process::Command::new("curl")
-                .args(["-s", "-S", "--unix-socket", &socket_arg, "-X", method])
-                .args(["-w", "\n%{http_code}", &format!("http://localhost{path}")])
-                .output()
-                .expect("run curl");
-            let text = String::from_utf8_lossy(&out.stdout).to_string();
-            let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-            (code.trim().parse().unwrap_or(0), body.to_string())
-        };
+        let api = |method: &str, path: &str| vmm_tests::http_unix(&socket, method, path, &[]);
         let start = std::time::Instant::now();
         while !socket.exists() {
             assert!(

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use vmm_tests::guest::Guest;
 use vmm_tests::netns::sh;
-use vmm_tests::{guest_image, testhost_test, virt_daemon_client};
+use vmm_tests::{guest_image, http_unix, testhost_test, virt_daemon_client};
 
 const EXIT: Duration = Duration::from_secs(60);
 const SOCKET: &str = "/var/run/virtink/ch.sock";
@@ -101,27 +101,23 @@ fn start_pod(vm: &Value) -> Guest {
 
 /// A call as virt-daemon's Go client makes it; the status and body.
 fn call(method: &str, name: &str, body: Option<&str>) -> (u16, String) {
-    let mut cmd = std::process::Command::new("curl");
-    cmd.args(["-s", "-S", "--unix-socket", SOCKET, "-X", method])
-        .args([
-            "-H",
-            "User-Agent: Go-http-client/1.1",
-            "-H",
-            "Content-Type:",
-        ]);
+    let mut extra = vec![
+        "-H",
+        "User-Agent: Go-http-client/1.1",
+        "-H",
+        "Content-Type:",
+    ];
     match body {
-        Some(body) => cmd.args(["--data-binary", body]),
-        None if method == "PUT" => cmd.args(["-H", "Content-Length: 0"]),
-        None => &mut cmd,
-    };
-    let out = cmd
-        .args(["-w", "\n%{http_code}"])
-        .arg(format!("http://localhost/api/v1/{name}"))
-        .output()
-        .expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
+        Some(body) => extra.extend(["--data-binary", body]),
+        None if method == "PUT" => extra.extend(["-H", "Content-Length: 0"]),
+        None => {}
+    }
+    http_unix(
+        Path::new(SOCKET),
+        method,
+        &format!("/api/v1/{name}"),
+        &extra,
+    )
 }
 
 fn info() -> Value {

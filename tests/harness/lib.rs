@@ -63,6 +63,22 @@ pub fn virt_daemon_client() -> PathBuf {
     bin
 }
 
+/// An HTTP request with curl over the Unix socket `socket` to `http://localhost{path}`, with
+/// curl's arguments `extra` (headers, a body); the status and the body.
+pub fn http_unix(socket: &Path, method: &str, path: &str, extra: &[&str]) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-S", "--unix-socket"])
+        .arg(socket)
+        .args(["-X", method])
+        .args(extra)
+        .args(["-w", "\n%{http_code}", &format!("http://localhost{path}")])
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
 /// The test guest image directory (`kernel.image` for the manifests).
 pub fn guest_image() -> PathBuf {
     let dir = std::env::var_os("VMM_IMAGES_OUT")

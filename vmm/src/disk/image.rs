@@ -147,6 +147,7 @@ pub fn probe(path: &Path) -> io::Result<ImageInfo> {
 /// Opens `path` as a qcow2 image (writable when `write`), its backing chain read-only.
 /// Returns it and the backing files it opened, nearest first.
 fn open_qcow2(path: &Path, write: bool) -> io::Result<(FormatAccess<ImagoFile>, Vec<PathBuf>)> {
+    check_qcow2_extensions(path)?;
     let gate = ChainGate::starting_at(path)?;
     let storage = ImagoFile::open(StorageOpenOptions::new().filename(path).write(write))?;
     let qcow2 = Qcow2::<ImagoFile>::builder(storage)
@@ -154,6 +155,55 @@ fn open_qcow2(path: &Path, write: bool) -> io::Result<(FormatAccess<ImagoFile>, 
         .open(gate.clone())?;
     let chain = gate.opened.borrow().clone();
     Ok((FormatAccess::new(qcow2), chain))
+}
+
+/// The qcow2 header extension that names the incompatible, compatible and autoclear
+/// feature bits: entries of 48 bytes.
+const FEATURE_NAME_TABLE: u32 = 0x6803_f857;
+const FEATURE_NAME_ENTRY: usize = 48;
+
+/// Refuses a qcow2 header whose extensions imago 0.2.6 would panic on: a feature name table
+/// that is not a whole number of 48-byte entries (it slices every entry as whole; found by
+/// the qcow2_open fuzz target). Walks the extensions in the first cluster as imago does;
+/// what imago refuses on its own (extensions past the cluster, a bad version) is left to it.
+fn check_qcow2_extensions(path: &Path) -> io::Result<()> {
+    const V3_HEADER_LENGTH: usize = 100;
+    const CLUSTER_BITS: usize = 20;
+    let be32 = |b: &[u8], at: usize| -> u32 {
+        b.get(at..at + 4)
+            .map_or(0, |w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]))
+    };
+    let mut head = Vec::new();
+    File::open(path)?.take(104).read_to_end(&mut head)?;
+    let (version, cluster_bits) = (be32(&head, 4), be32(&head, CLUSTER_BITS));
+    if version < 3 || !(9..=21).contains(&cluster_bits) {
+        return Ok(());
+    }
+    let cluster = 1usize << cluster_bits;
+    let mut first = Vec::with_capacity(cluster);
+    File::open(path)?
+        .take(cluster as u64)
+        .read_to_end(&mut first)?;
+    // Past the end of the file reads as zeros: an end-of-extensions marker.
+    let mut at = usize::try_from(be32(&first, V3_HEADER_LENGTH)).unwrap_or(usize::MAX);
+    while at.checked_add(8).is_some_and(|end| end <= cluster) {
+        let (kind, len) = (be32(&first, at), be32(&first, at + 4) as usize);
+        if kind == 0 || at + 8 + len > cluster {
+            break;
+        }
+        if kind == FEATURE_NAME_TABLE && len % FEATURE_NAME_ENTRY != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: the qcow2 feature name table is {len} bytes, not a whole number of \
+                     {FEATURE_NAME_ENTRY}-byte entries",
+                    path.display()
+                ),
+            ));
+        }
+        at += 8 + len.next_multiple_of(8);
+    }
+    Ok(())
 }
 
 fn loop_error(at: &Path) -> io::Error {
@@ -205,7 +255,10 @@ impl ImplicitOpenGate<ImagoFile> for ChainGate {
             ));
         }
         self.seen.push(canonical);
-        self.opened.borrow_mut().push(name);
+        self.opened.borrow_mut().push(name.clone());
+        if detect(&mut File::open(&name)?)? == Format::Qcow2 {
+            check_qcow2_extensions(&name)?;
+        }
         ImagoFile::open(opts.write(false))
     }
 }

@@ -289,6 +289,54 @@ fn corrupt_and_short_qcow2_files_are_refused() {
     probe(&q).unwrap_err();
 }
 
+/// A feature name table that is not whole 48-byte entries made imago panic (the qcow2_open
+/// fuzz target's input, then the same defect in an image qemu-img made); it is refused, as
+/// a backing file too.
+#[test]
+fn a_feature_name_table_of_partial_entries_is_refused() {
+    let d = Dir::new("features");
+    let fuzzed = d.path("fuzzed.qcow2");
+    std::fs::write(
+        &fuzzed,
+        include_bytes!("testdata/qcow2-feature-table-short"),
+    )
+    .unwrap();
+    let e = probe(&fuzzed).unwrap_err();
+    assert!(e.to_string().contains("feature name table"), "{e}");
+
+    let q = d.path("made.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", q.to_str().unwrap(), "1M"]);
+    probe(&q).unwrap();
+    let mut bytes = std::fs::read(&q).unwrap();
+    let table = bytes
+        .windows(4)
+        .position(|w| w == [0x68, 0x03, 0xf8, 0x57])
+        .expect("qemu-img writes a feature name table");
+    let len = u32::from_be_bytes(bytes[table + 4..table + 8].try_into().unwrap());
+    assert_eq!(len % 48, 0);
+    bytes[table + 4..table + 8].copy_from_slice(&(len - 47).to_be_bytes());
+    std::fs::write(&q, &bytes).unwrap();
+    let e = probe(&q).unwrap_err();
+    assert!(e.to_string().contains("not a whole number"), "{e}");
+    // As the backing file of a good image.
+    let top = d.path("top.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-u",
+        "-F",
+        "qcow2",
+        "-b",
+        q.to_str().unwrap(),
+        top.to_str().unwrap(),
+        "1M",
+    ]);
+    let e = probe(&top).unwrap_err();
+    assert!(e.to_string().contains("feature name table"), "{e}");
+}
+
 #[test]
 fn anonymous_files_leave_no_name_behind() {
     let d = Dir::new("anon");

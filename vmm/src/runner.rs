@@ -498,6 +498,15 @@ fn after(stop: &Stop, shutdown: Option<Shutdown>, policy: RunPolicy, ch: bool) -
     }
 }
 
+/// How standby ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leave {
+    /// Boot the guest.
+    Boot,
+    /// Exit with this code.
+    Exit(ExitCode),
+}
+
 /// Why a shutdown is under way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shutdown {
@@ -585,7 +594,7 @@ impl Runner<'_> {
         let mut standby = self.ch.is_some() || policy == RunPolicy::Manual;
         loop {
             if standby {
-                if let Some(code) = self.standby()? {
+                if let Leave::Exit(code) = self.standby()? {
                     return Ok(code);
                 }
                 standby = false;
@@ -629,9 +638,9 @@ impl Runner<'_> {
         }
     }
 
-    /// Waits, with no guest running, until an API call boots it (`Ok(None)`) or `vmm` is to
-    /// exit (`Ok(Some(code))`): a signal, `vmm.shutdown`.
-    fn standby(&mut self) -> Result<Option<ExitCode>, RunError> {
+    /// Waits, with no guest running, until an API call boots it or `vmm` is to exit (a
+    /// signal, `vmm.shutdown`).
+    fn standby(&mut self) -> Result<Leave, RunError> {
         let poller = Poller::new().map_err(os_err("epoll"))?;
         let add = |fd: RawFd, wake: Wake| poller.add_readable(fd, wake).map_err(os_err("epoll"));
         add(self.signals.as_raw_fd(), Wake::Signal)?;
@@ -646,44 +655,44 @@ impl Runner<'_> {
                 if wake == Wake::Signal {
                     let signo = self.signals.read();
                     log::info!("received {} with no guest running", signals::name(signo));
-                    return Ok(Some(ExitCode::PoweredOff));
+                    return Ok(Leave::Exit(ExitCode::PoweredOff));
                 }
                 if let Some(server) = self.server(wake) {
                     let _ = server.wakeup.read();
                 }
                 while let Some(req) = self.server(wake).and_then(|s| s.requests.try_recv().ok()) {
-                    let (answer, next) = self.standby_command(&req.command);
-                    match next {
+                    let (answer, leave) = self.standby_command(&req.command);
+                    match leave {
                         // Answered once the vCPUs run, or with why they do not.
-                        Some(None) => self.pending_boot = Some(req.answer),
+                        Some(Leave::Boot) => self.pending_boot = Some(req.answer),
                         _ => {
                             let _ = req.answer.send(answer);
                         }
                     }
-                    if let Some(outcome) = next {
+                    if let Some(leave) = leave {
                         // Calls behind this one are answered by the loop that follows.
                         if let Some(server) = self.server(wake) {
                             let _ = server.wakeup.write(1);
                         }
-                        return Ok(outcome);
+                        return Ok(leave);
                     }
                 }
             }
         }
     }
 
-    /// Answers a call with no guest running; `Some(None)` boots, `Some(Some(code))` exits.
-    fn standby_command(&mut self, command: &ApiCommand) -> (ApiAnswer, Option<Option<ExitCode>>) {
+    /// Answers a call with no guest running, and says whether standby ends.
+    fn standby_command(&mut self, command: &ApiCommand) -> (ApiAnswer, Option<Leave>) {
         match command {
             ApiCommand::Info => (ApiAnswer::json(self.info(None)), None),
-            ApiCommand::Power(PowerAction::PowerOn) => match &mut self.ch {
-                // In the pod, PowerOn is vm.boot: the VM must have been created.
-                Some(_) => self.standby_command(&ApiCommand::Ch(ch::Call::Boot)),
-                None => {
-                    log::info!("API: PowerOn");
-                    (ApiAnswer::done(), Some(None))
-                }
-            },
+            // In the pod, PowerOn is vm.boot: the VM must have been created.
+            ApiCommand::Power(PowerAction::PowerOn) if self.ch.is_some() => {
+                self.standby_command(&ApiCommand::Ch(ch::Call::Boot))
+            }
+            ApiCommand::Power(PowerAction::PowerOn) => {
+                log::info!("API: PowerOn");
+                (ApiAnswer::done(), Some(Leave::Boot))
+            }
             ApiCommand::Power(_) => (ApiAnswer::conflict("the VM is not running"), None),
             ApiCommand::Ch(call) => {
                 let Some(ch) = &mut self.ch else {
@@ -694,8 +703,8 @@ impl Runner<'_> {
                     log::info!("API: {call:?}: {}", answer.status);
                 }
                 match effect {
-                    Effect::Boot => (answer, Some(None)),
-                    Effect::Exit => (answer, Some(Some(ExitCode::PoweredOff))),
+                    Effect::Boot => (answer, Some(Leave::Boot)),
+                    Effect::Exit => (answer, Some(Leave::Exit(ExitCode::PoweredOff))),
                     _ => (answer, None),
                 }
             }

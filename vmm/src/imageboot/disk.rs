@@ -3,6 +3,7 @@
 //! recognised by the file system's own signature.
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use devices::virtio::block::BlockBackend;
@@ -52,6 +53,8 @@ pub struct Region {
     pub start: u64,
     /// Its length.
     pub len: u64,
+    /// Bytes this region (and its clones) may still read, when limited.
+    budget: Option<Arc<AtomicU64>>,
 }
 
 impl std::fmt::Debug for Region {
@@ -74,6 +77,7 @@ impl Region {
             }),
             start: 0,
             len,
+            budget: None,
         }
     }
 
@@ -84,6 +88,18 @@ impl Region {
             disk: self.disk.clone(),
             start: self.start + start,
             len: len.min(self.len - start),
+            budget: self.budget.clone(),
+        }
+    }
+
+    /// This region, able to read `bytes` in all (its clones sharing the count) before every
+    /// read fails. A file system crate whose structures a hostile image made circular (a FAT
+    /// directory whose cluster chain loops, which fatfs follows for ever) then fails instead
+    /// of spinning.
+    pub fn with_budget(&self, bytes: u64) -> Self {
+        Self {
+            budget: Some(Arc::new(AtomicU64::new(bytes))),
+            ..self.clone()
         }
     }
 
@@ -93,6 +109,19 @@ impl Region {
             .checked_add(buf.len() as u64)
             .filter(|e| *e <= self.len)
             .ok_or(io::ErrorKind::UnexpectedEof)?;
+        if let Some(budget) = &self.budget {
+            let want = buf.len() as u64;
+            budget
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                    left.checked_sub(want)
+                })
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the file system's structures lead in circles: it read far more than it holds",
+                    )
+                })?;
+        }
         let mut done = 0;
         while done < buf.len() {
             done += self

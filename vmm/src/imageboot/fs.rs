@@ -63,6 +63,13 @@ impl std::fmt::Debug for BootFs {
     }
 }
 
+/// A file system may read this many times its size in all: the boot files at most twice
+/// (a unified kernel image is read to choose it, then to boot it), configuration files and
+/// directories a few times while choosing what to boot.
+pub const READ_BUDGET_TIMES: u64 = 4;
+/// And this much more, for small file systems.
+const READ_BUDGET_EXTRA: u64 = 4 << 20;
+
 /// `Ext4Read` over a region.
 struct ExtReader(Region);
 
@@ -100,8 +107,16 @@ fn check_ext_size(region: &Region) -> Result<(), ReadError> {
 }
 
 impl BootFs {
-    /// Opens the file system in `region`, if it is one this module reads.
+    /// Opens the file system in `region`, if it is one this module reads. What it reads in
+    /// all is bounded by a multiple of its size ([`READ_BUDGET_TIMES`]): more means the
+    /// image's structures loop.
     pub fn open(region: &Region, content: Content) -> Result<Self, ReadError> {
+        let region = &region.with_budget(
+            region
+                .len
+                .saturating_mul(READ_BUDGET_TIMES)
+                .saturating_add(READ_BUDGET_EXTRA),
+        );
         match content {
             Content::Ext => {
                 check_ext_size(region)?;

@@ -511,3 +511,60 @@ fn an_mbr_whose_entries_all_start_at_sector_0_is_no_partition_table() {
         "{e}"
     );
 }
+
+#[test]
+fn the_fuzzers_fat_directory_that_loops_ends_in_an_error() {
+    // The input fuzz/ (image_boot) found: a FAT file system whose directory clusters lead
+    // in circles; fatfs followed them for ever.
+    let image = include_bytes!("testdata/fat-directory-loop");
+    let disk = Arc::new(crate::disk::MemoryDisk::new(image, true));
+    let e = find(disk).unwrap_err().to_string();
+    assert!(e.contains("no boot configuration vmm can read"), "{e}");
+}
+
+#[test]
+fn a_fat_directory_whose_cluster_chain_loops_is_not_followed_for_ever() {
+    let dir = Dir::new("fat-loop");
+    let img = dir.0.join("esp.fat");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let img_arg = img.to_str().unwrap();
+    run("mkfs.vfat", &["-F", "16", "-s", "1", img_arg], None);
+    run("mmd", &["-i", img_arg, "::/loader"], None);
+    let mut bytes = std::fs::read(&img).unwrap();
+    let le16 = |b: &[u8], at: usize| usize::from(u16::from_le_bytes([b[at], b[at + 1]]));
+    let (sector, reserved, fats, fat_sectors) = (
+        le16(&bytes, 0x0b),
+        le16(&bytes, 0x0e),
+        usize::from(bytes[0x10]),
+        le16(&bytes, 0x16),
+    );
+    let root = (reserved + fats * fat_sectors) * sector;
+    let entry = (root..root + 512 * 32)
+        .step_by(32)
+        .find(|at| &bytes[*at..*at + 11] == b"LOADER     ")
+        .expect("the loader directory's entry");
+    let cluster = le16(&bytes, entry + 26);
+    // Its cluster holds no end-of-directory mark (every entry after `.` and `..` deleted,
+    // not free), and its FAT entry names itself, in every copy of the FAT: a reader that
+    // follows the chain never reaches an end.
+    let root_entries = le16(&bytes, 0x11);
+    let cluster_bytes = usize::from(bytes[0x0d]) * sector;
+    let data = root + root_entries * 32 + (cluster - 2) * cluster_bytes;
+    for at in (data + 64..data + cluster_bytes).step_by(32) {
+        bytes[at] = 0xe5;
+    }
+    for copy in 0..fats {
+        let at = (reserved + copy * fat_sectors) * sector + cluster * 2;
+        bytes[at..at + 2].copy_from_slice(&u16::try_from(cluster).unwrap().to_le_bytes());
+    }
+    let disk: Arc<dyn BlockBackend> = Arc::new(crate::disk::MemoryDisk::new(&bytes, true));
+    let region = super::disk::Region::whole(disk.clone());
+    let fs = fs::BootFs::open(&region, super::disk::Content::Fat).unwrap();
+    let e = crate::runner::error_chain(&fs.read("/loader/entries/linux.conf").unwrap_err());
+    assert!(e.contains("lead in circles"), "{e}");
+    let e = find(disk).unwrap_err().to_string();
+    assert!(e.contains("no boot configuration vmm can read"), "{e}");
+}

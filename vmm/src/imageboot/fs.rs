@@ -67,8 +67,8 @@ impl std::fmt::Debug for BootFs {
 /// (a unified kernel image is read to choose it, then to boot it), configuration files and
 /// directories a few times while choosing what to boot.
 pub const READ_BUDGET_TIMES: u64 = 4;
-/// And this much more, for small file systems.
-const READ_BUDGET_EXTRA: u64 = 4 << 20;
+/// And this much more (a tiny file system is read in sector-sized pieces more than once).
+const READ_BUDGET_EXTRA: u64 = 256 << 10;
 
 /// `Ext4Read` over a region.
 struct ExtReader(Region);

@@ -529,14 +529,15 @@ pub fn differences(got: &VmConfig, want: &VmConfig) -> Vec<String> {
         show(&got.payload.cmdline),
         show(&want.payload.cmdline),
     );
-    let count = |name: &str, g: usize, w: usize, field: &mut dyn FnMut(String, String, String)| {
-        field(
-            format!("{name}: the number of entries;"),
-            g.to_string(),
-            w.to_string(),
-        );
+    let count = |items: usize| match items {
+        1 => "1 entry".to_string(),
+        n => format!("{n} entries"),
     };
-    count("disks", got.disks.len(), want.disks.len(), &mut field);
+    field(
+        "disks".into(),
+        count(got.disks.len()),
+        count(want.disks.len()),
+    );
     for (i, (g, w)) in got.disks.iter().zip(&want.disks).enumerate() {
         field(format!("disks[{i}].id"), show(&g.id), show(&w.id));
         field(format!("disks[{i}].path"), show(&g.path), show(&w.path));
@@ -546,13 +547,17 @@ pub fn differences(got: &VmConfig, want: &VmConfig) -> Vec<String> {
             w.readonly.to_string(),
         );
     }
-    count("net", got.net.len(), want.net.len(), &mut field);
+    field("net".into(), count(got.net.len()), count(want.net.len()));
     for (i, (g, w)) in got.net.iter().zip(&want.net).enumerate() {
         field(format!("net[{i}].id"), show(&g.id), show(&w.id));
         let mac = |m: &Option<String>| show(&m.as_ref().map(|m| m.to_ascii_lowercase()));
         field(format!("net[{i}].mac"), mac(&g.mac), mac(&w.mac));
     }
-    count("devices", got.devices.len(), want.devices.len(), &mut field);
+    field(
+        "devices".into(),
+        count(got.devices.len()),
+        count(want.devices.len()),
+    );
     for (i, (g, w)) in got.devices.iter().zip(&want.devices).enumerate() {
         field(format!("devices[{i}].id"), show(&g.id), show(&w.id));
         field(format!("devices[{i}].path"), g.path.clone(), w.path.clone());
@@ -667,6 +672,18 @@ mod tests {
         );
         assert!(a.body.contains("disks[0].path"), "{}", a.body);
         assert!(a.body.contains("net[0].mac"), "{}", a.body);
+        let mut fewer = want();
+        fewer.disks.clear();
+        let (a, _) = vm.answer(
+            &Call::Create(serde_json::to_string(&fewer).unwrap()),
+            Running::No,
+        );
+        assert!(
+            a.body
+                .contains("disks: the config has 0 entries, the VM 1 entries"),
+            "{}",
+            a.body
+        );
         assert!(!vm.created());
         for bad in ["not json", r#"{"cpus":"x"}"#] {
             let (a, _) = vm.answer(&Call::Create(bad.into()), Running::No);

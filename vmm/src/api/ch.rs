@@ -680,7 +680,7 @@ mod tests {
         );
         assert!(
             a.body
-                .contains("disks: the config has 0 entries, the VM 1 entries"),
+                .contains("disks: the config has 0 entries, the VM 1 entry"),
             "{}",
             a.body
         );

@@ -173,16 +173,16 @@ fn check_qcow2_extensions(path: &Path) -> io::Result<()> {
         b.get(at..at + 4)
             .map_or(0, |w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]))
     };
-    let mut head = Vec::new();
-    File::open(path)?.take(104).read_to_end(&mut head)?;
-    let (version, cluster_bits) = (be32(&head, 4), be32(&head, CLUSTER_BITS));
+    let mut file = File::open(path)?;
+    let mut first = Vec::new();
+    (&mut file).take(104).read_to_end(&mut first)?;
+    let (version, cluster_bits) = (be32(&first, 4), be32(&first, CLUSTER_BITS));
     if version < 3 || !(9..=21).contains(&cluster_bits) {
         return Ok(());
     }
+    // The rest of the first cluster, where the extensions live.
     let cluster = 1usize << cluster_bits;
-    let mut first = Vec::with_capacity(cluster);
-    File::open(path)?
-        .take(cluster as u64)
+    file.take((cluster - first.len()) as u64)
         .read_to_end(&mut first)?;
     // Past the end of the file reads as zeros: an end-of-extensions marker.
     let mut at = usize::try_from(be32(&first, V3_HEADER_LENGTH)).unwrap_or(usize::MAX);

@@ -72,6 +72,11 @@ testhost_test!(
             );
             assert_eq!(per_package, vec![cores.to_string()], "{name}: cpu cores");
             assert_eq!(guest.check("nproc").trim(), want.to_string());
+            // The LAPIC's TSC-deadline mode: the guest's timer costs one MSR write a tick.
+            assert!(
+                cpuinfo.contains(" tsc_deadline_timer"),
+                "{name}: no tsc_deadline_timer flag\n{cpuinfo}"
+            );
             if pinned {
                 // dedicatedCPUPlacement: vCPU i runs on the i-th CPU vmm may use.
                 assert_eq!(vcpu_affinity(guest.pid()), vec!["0", "1"]);
@@ -82,6 +87,29 @@ testhost_test!(
     },
     timeout = 420
 );
+
+/// KiB of the guest RAM mapping of `pid` (every mapping of at least `size` bytes) that
+/// transparent huge pages back.
+fn guest_ram_huge_kib(pid: u32, size: u64) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut large = false;
+    let mut kib = 0;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or_default();
+        if let Some((lo, hi)) = first.split_once('-')
+            && let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16))
+        {
+            large = hi - lo >= size;
+        } else if first == "AnonHugePages:" && large {
+            kib += fields
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    kib
+}
 
 testhost_test!(
     fn memtotal_matches_memory_size() {
@@ -110,6 +138,16 @@ testhost_test!(
             kib * 1024 <= size && kib * 1024 > size - (48 << 20),
             "MemTotal {kib} kB for a {size}-byte guest"
         );
+        // Guest RAM is mapped 2 MiB-aligned with MADV_HUGEPAGE (the test host's THP mode is
+        // `madvise`), so what the guest touched is backed by huge pages: an unaligned mapping
+        // gets none, and every 4 KiB the guest touches costs a nested page fault.
+        let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap();
+        assert!(
+            !thp.contains("[never]"),
+            "THP is off in the test host: {thp}"
+        );
+        let huge = guest_ram_huge_kib(guest.pid(), size);
+        assert!(huge >= 2048, "no huge pages back guest RAM ({huge} KiB)");
         guest.send("poweroff -f");
         assert_eq!(guest.wait_exit(EXIT), 0);
     }

@@ -62,6 +62,7 @@ impl LogThread {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(LOG_QUEUE);
         let thread = std::thread::Builder::new()
             .name("serial-log".into())
+            .stack_size(devices::worker::THREAD_STACK)
             .spawn(move || {
                 if let Err(e) = devices::confine::confine_thread(
                     "serial-log",

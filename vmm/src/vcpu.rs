@@ -192,7 +192,8 @@ pub fn create(
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("get supported CPUID"))?;
     let mut entries = supported.as_slice().to_vec();
-    cpuid::patch(&mut entries, topo, apic_id);
+    let tsc_deadline = kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
+    cpuid::patch(&mut entries, topo, apic_id, tsc_deadline);
     let cpuid = CpuId::from_entries(&entries).map_err(|e| VcpuError::Setup {
         index,
         message: format!("CPUID table: {e:?}"),
@@ -287,6 +288,7 @@ pub fn spawn(vcpu: VcpuFd, ctx: VcpuContext) -> Result<VcpuThread, VcpuError> {
     let index = ctx.index;
     let handle = std::thread::Builder::new()
         .name(format!("vcpu{index}"))
+        .stack_size(devices::worker::THREAD_STACK)
         .spawn(move || run(vcpu, &ctx))
         .map_err(|source| VcpuError::Spawn { index, source })?;
     Ok(VcpuThread { handle })

@@ -198,6 +198,7 @@ impl ApiServer {
         let thread_answering = answering.clone();
         std::thread::Builder::new()
             .name("api".into())
+            .stack_size(devices::worker::THREAD_STACK)
             .spawn(move || {
                 if devices::confine::confine_thread("api", Role::Api).is_ok() {
                     let to_loop = ToLoop {
@@ -302,6 +303,7 @@ fn serve(listener: &UnixListener, to_loop: &ToLoop, deadline: Duration) {
         let spawned = to_loop.try_clone().map(|to_loop| {
             std::thread::Builder::new()
                 .name("api-client".into())
+                .stack_size(devices::worker::THREAD_STACK)
                 .spawn(move || {
                     if let Err(e) = handle(stream, &to_loop, deadline) {
                         log::debug!("api: {e}");

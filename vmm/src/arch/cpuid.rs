@@ -21,6 +21,7 @@ const LEAF_EXT_FEATURES: u32 = 0x8000_0001;
 const LEAF_AMD_SIZE: u32 = 0x8000_0008;
 
 const ECX_HYPERVISOR: u32 = 1 << 31;
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const EDX_HTT: u32 = 1 << 28;
 const AMD_ECX_CMP_LEGACY: u32 = 1 << 1;
 const AMD_ECX_TOPOEXT: u32 = 1 << 22;
@@ -68,7 +69,17 @@ impl Topology {
 }
 
 /// Patches `entries` (what `KVM_GET_SUPPORTED_CPUID` gave) for the vCPU with `apic_id`.
-pub fn patch(entries: &mut Vec<kvm_cpuid_entry2>, topo: &Topology, apic_id: u32) {
+///
+/// `tsc_deadline` says KVM's in-kernel LAPIC has the TSC-deadline timer mode
+/// (`KVM_CAP_TSC_DEADLINE_TIMER`). KVM leaves the bit out of its supported CPUID because the
+/// timer lives in the irqchip, so the VMM sets it. Without it Linux arms its timer through
+/// the LAPIC's one-shot count (TMICT), which KVM emulates with more work per tick.
+pub fn patch(
+    entries: &mut Vec<kvm_cpuid_entry2>,
+    topo: &Topology,
+    apic_id: u32,
+    tsc_deadline: bool,
+) {
     let logical_per_package = 1u32 << topo.core_bits;
     let max_basic = entries
         .iter()
@@ -80,6 +91,9 @@ pub fn patch(entries: &mut Vec<kvm_cpuid_entry2>, topo: &Topology, apic_id: u32)
                 e.ebx =
                     (e.ebx & 0x0000_ffff) | (apic_id << 24) | ((logical_per_package & 0xff) << 16);
                 e.ecx |= ECX_HYPERVISOR;
+                if tsc_deadline {
+                    e.ecx |= ECX_TSC_DEADLINE;
+                }
                 if topo.cores > 1 {
                     e.edx |= EDX_HTT;
                 } else {
@@ -184,12 +198,13 @@ mod tests {
             leaf(0xb, 0, 0x1),
             leaf(0xb, 1, 0x4),
         ];
-        patch(&mut entries, &t, 5);
+        patch(&mut entries, &t, 5, true);
         let l1 = entries.iter().find(|e| e.function == 1).unwrap();
         assert_eq!(l1.ebx >> 24, 5);
         assert_eq!((l1.ebx >> 16) & 0xff, 4);
         assert_ne!(l1.edx & EDX_HTT, 0);
         assert_ne!(l1.ecx & ECX_HYPERVISOR, 0);
+        assert_ne!(l1.ecx & ECX_TSC_DEADLINE, 0, "TSC-deadline timer offered");
         let xt: Vec<_> = entries.iter().filter(|e| e.function == 0xb).collect();
         assert_eq!(xt.len(), 3);
         assert_eq!((xt[0].eax, xt[0].ebx, xt[0].ecx >> 8), (0, 1, LEVEL_SMT));
@@ -201,7 +216,7 @@ mod tests {
     #[test]
     fn no_0xb_when_the_cpu_has_no_such_leaf() {
         let mut entries = vec![leaf(0, 0, 0x7), leaf(1, 0, 0)];
-        patch(&mut entries, &topo(1, 2), 1);
+        patch(&mut entries, &topo(1, 2), 1, false);
         assert!(entries.iter().all(|e| e.function != 0xb));
     }
 
@@ -213,7 +228,7 @@ mod tests {
             leaf(4, 2, (3 << 5) | 3),
             leaf(4, 3, 0),
         ];
-        patch(&mut entries, &topo(1, 4), 0);
+        patch(&mut entries, &topo(1, 4), 0, false);
         let l4: Vec<_> = entries.iter().filter(|e| e.function == 4).collect();
         assert_eq!(l4[0].eax >> 26, 3);
         assert_eq!((l4[0].eax >> 14) & 0xfff, 0);
@@ -236,7 +251,7 @@ mod tests {
                 ..Default::default()
             },
         ];
-        patch(&mut entries, &topo(2, 4), 4);
+        patch(&mut entries, &topo(2, 4), 4, false);
         let ext = entries
             .iter()
             .find(|e| e.function == LEAF_EXT_FEATURES)

@@ -42,14 +42,19 @@ fuzz_target!(|data: &[u8]| {
     let Ok(mut nat) = Nat::new(cfg, Arc::default()) else {
         return;
     };
-    // Each step: a control byte (bit 0: the guest takes one frame; bit 1: the engine runs
-    // its timers and sockets), a length (two bytes, little-endian) and that many bytes of
-    // frame.
+    // Each step: a control byte (bit 0: the guest takes one frame, with partial TCP
+    // checksums if bit 2 is set too; bit 1: the engine runs its timers and sockets), a
+    // length (two bytes, little-endian) and that many bytes of frame.
     let mut rest = data;
     while let [control, lo, hi, tail @ ..] = rest {
         let n = usize::from(u16::from_le_bytes([*lo, *hi])).min(tail.len());
         nat.from_guest(&tail[..n]);
-        if control & 1 != 0 {
+        if control & 5 == 5 {
+            if let Some((frame, Some(p))) = nat.to_guest_partial() {
+                let end = usize::from(p.start) + usize::from(p.offset) + 2;
+                assert!(end <= frame.len(), "partial checksum field past the frame");
+            }
+        } else if control & 1 != 0 {
             let _ = nat.to_guest();
         }
         if control & 2 != 0 {

@@ -101,6 +101,7 @@ fn main() -> io::Result<()> {
             out[VNET_HDR_LEN..len].copy_from_slice(&frame);
             // A full TAP queue drops the frame, as a wire would; TCP recovers.
             let _ = tap.send(&[VolatileSlice::from(&mut out[..len])]);
+            nat.recycle(frame);
         }
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use vm_memory::VolatileSlice;
 
+use super::device::PartialChecksum;
 use super::engine::{Nat, NatConfig};
 use super::inbound::Listeners;
 use crate::backend::{FrameBackend, Offloads, VNET_HDR_LEN, gather, scatter};
@@ -13,13 +14,19 @@ use crate::backend::{FrameBackend, Offloads, VNET_HDR_LEN, gather, scatter};
 /// The largest frame taken from the guest: a 64 KiB TSO segment with its headers.
 const MAX_FRAME: usize = VNET_HDR_LEN + 14 + 65535;
 
-/// Frames between the guest and a [`Nat`] engine. Frames to the guest carry a zero virtio
-/// header (complete checksums, no segmentation); frames from it may be partial-checksum
-/// or TSO segments, which the engine takes as they are.
+/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the frame's checksum is partial; the header says where.
+const NEEDS_CSUM: u8 = 1;
+
+/// Frames between the guest and a [`Nat`] engine. Frames to the guest are never segmented;
+/// their TCP checksums are partial (`NEEDS_CSUM` in the virtio header) when the driver
+/// accepted that (`GUEST_CSUM`), complete otherwise. Frames from the guest may be
+/// partial-checksum or TSO segments, which the engine takes as they are.
 #[derive(Debug)]
 pub struct NatBackend {
     nat: Nat,
     frame: Vec<u8>,
+    /// Whether the driver takes partial checksums.
+    partial_csum: bool,
 }
 
 impl NatBackend {
@@ -28,6 +35,7 @@ impl NatBackend {
         Ok(Self {
             nat: Nat::new(cfg, listeners)?,
             frame: Vec::with_capacity(MAX_FRAME),
+            partial_csum: false,
         })
     }
 
@@ -43,15 +51,23 @@ impl FrameBackend for NatBackend {
     }
 
     fn recv(&mut self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
-        let frame = match self.nat.to_guest() {
+        let (frame, partial) = match self.next_frame() {
             Some(f) => f,
             None => {
                 self.nat.process();
-                self.nat.to_guest().ok_or(io::ErrorKind::WouldBlock)?
+                self.next_frame().ok_or(io::ErrorKind::WouldBlock)?
             }
         };
-        // A zero header, then the frame, across the guest's buffers.
-        Ok(scatter(bufs, &[&[0u8; VNET_HDR_LEN], &frame]))
+        let mut header = [0u8; VNET_HDR_LEN];
+        if let Some(p) = partial {
+            header[0] = NEEDS_CSUM;
+            header[6..8].copy_from_slice(&p.start.to_le_bytes());
+            header[8..10].copy_from_slice(&p.offset.to_le_bytes());
+        }
+        // The header, then the frame, across the guest's buffers.
+        let n = scatter(bufs, &[&header, &frame]);
+        self.nat.recycle(frame);
+        Ok(n)
     }
 
     fn send(&mut self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
@@ -68,8 +84,19 @@ impl FrameBackend for NatBackend {
         self.nat.process();
     }
 
-    fn set_offloads(&mut self, _: Offloads) -> io::Result<()> {
-        // Frames to the guest are complete; nothing to configure.
+    fn set_offloads(&mut self, offloads: Offloads) -> io::Result<()> {
+        // Frames to the guest are never segmented: only the checksums depend on the driver.
+        self.partial_csum = offloads.csum;
         Ok(())
+    }
+}
+
+impl NatBackend {
+    fn next_frame(&mut self) -> Option<(Vec<u8>, Option<PartialChecksum>)> {
+        if self.partial_csum {
+            self.nat.to_guest_partial()
+        } else {
+            self.nat.to_guest().map(|f| (f, None))
+        }
     }
 }

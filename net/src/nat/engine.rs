@@ -19,7 +19,9 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::device::{OneFrame, Queues, ToGuest, ipv4_frame, ipv6_frame};
+use super::device::{
+    OneFrame, PartialChecksum, Queues, ToGuest, finish_tcp_checksum, ipv4_frame, ipv6_frame,
+};
 use super::egress::Egress;
 use super::flow::{FlowId, FlowKey, FlowTable};
 use super::icmp::{Echo, RawFlows};
@@ -372,13 +374,35 @@ impl Nat {
         !self.dev.tx.is_empty() || !self.dev.rx.is_empty()
     }
 
-    /// The next frame for the guest, if one is waiting.
+    /// The next frame for the guest, if one is waiting, with every checksum complete.
     pub fn to_guest(&mut self) -> Option<Vec<u8>> {
+        let mut frame = self.next_for_guest()?;
+        finish_tcp_checksum(&mut frame, false);
+        Some(frame)
+    }
+
+    /// The next frame for the guest, for a guest that takes partial checksums
+    /// (virtio-net's `GUEST_CSUM`): a TCP frame comes with only its pseudo-header's sum in
+    /// the checksum field, and where the guest completes it. Summing every byte of every
+    /// frame then happens once, in the guest, and only if it ever needs the sum.
+    pub fn to_guest_partial(&mut self) -> Option<(Vec<u8>, Option<PartialChecksum>)> {
+        let mut frame = self.next_for_guest()?;
+        let partial = finish_tcp_checksum(&mut frame, true);
+        Some((frame, partial))
+    }
+
+    fn next_for_guest(&mut self) -> Option<Vec<u8>> {
         let frame = self.dev.tx.pop();
         if !self.has_frames() {
             let _ = self.ready.read();
         }
         frame
+    }
+
+    /// Gives back the buffer of a frame [`Nat::to_guest`] returned, once its bytes are with
+    /// the guest, so that the next frame reuses it.
+    pub fn recycle(&mut self, frame: Vec<u8>) {
+        self.dev.tx.recycle(frame);
     }
 
     /// Lets the guest reach loopback, for unit tests that run their peers there.

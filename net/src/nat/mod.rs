@@ -115,6 +115,7 @@ mod tcp;
 mod udp;
 
 pub use backend::NatBackend;
+pub use device::PartialChecksum;
 pub use egress::{Cidr, CidrError, Egress};
 pub use engine::{GATEWAY_MAC, Nat, NatConfig, NatStats};
 pub use icmp::{Echo, RawSockets};

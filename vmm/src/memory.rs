@@ -109,8 +109,32 @@ const THP_SIZE: usize = 2 << 20;
 /// 2 MiB larger than `len` finds a place, then exactly its aligned `len`-byte window is freed:
 /// the kernel puts the next mapping of that size at the top of the highest gap that holds
 /// it, which is that window unless a higher gap holds it too. If something else got there
-/// first, the mapping is merely unaligned.
+/// first, it tries again, and after four tries the mapping is merely unaligned.
 fn map_thp_aligned(
+    len: usize,
+    flags: libc::c_int,
+) -> Result<MmapRegion, vm_memory::mmap::MmapRegionError> {
+    // Another thread's mmap between freeing the window and mapping into it can take the
+    // window (seen with tests mapping in parallel); another try finds another window.
+    const TRIES: usize = 4;
+    let mut region = map_into_window(len, flags)?;
+    for _ in 1..TRIES {
+        if (region.as_ptr() as usize).is_multiple_of(THP_SIZE) {
+            return Ok(region);
+        }
+        region = map_into_window(len, flags)?;
+    }
+    if !(region.as_ptr() as usize).is_multiple_of(THP_SIZE) {
+        log::debug!(
+            "guest RAM at {:p} is not 2 MiB-aligned: no huge pages",
+            region.as_ptr()
+        );
+    }
+    Ok(region)
+}
+
+/// One try of [`map_thp_aligned`]: reserve, free the aligned window, map.
+fn map_into_window(
     len: usize,
     flags: libc::c_int,
 ) -> Result<MmapRegion, vm_memory::mmap::MmapRegionError> {
@@ -139,14 +163,6 @@ fn map_thp_aligned(
     // The guards on either side of the window go, whether the mapping landed in it or not.
     unmap(base, window - base);
     unmap(window + len, base + reserved - (window + len));
-    if let Ok(r) = &region
-        && !(r.as_ptr() as usize).is_multiple_of(THP_SIZE)
-    {
-        log::debug!(
-            "guest RAM at {:p} is not 2 MiB-aligned: no huge pages",
-            r.as_ptr()
-        );
-    }
     region
 }
 

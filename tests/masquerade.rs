@@ -411,6 +411,9 @@ PY
         );
         let slow = guest.check("wc -c < /tmp/slow");
         assert_eq!(slow.trim(), "65536", "the slow download was cut short");
+        // The download's flow has ended, and once its TIME_WAIT is over it leaves the table:
+        // one more flood connection takes the place it may have freed (or is reset).
+        guest.check("nc 10.10.0.1 7000 </dev/zero >/dev/null 2>&1 & sleep 2");
         // While the table is full, a new connection is refused at once (RST)...
         let (rc, out) = guest.exec("nc -w 10 10.10.0.1 8001 </dev/null");
         assert_ne!(rc, 0);

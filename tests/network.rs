@@ -199,6 +199,75 @@ testhost_test!(
     timeout = 120
 );
 
+testhost_test!(
+    fn a_two_vcpu_guest_gets_a_queue_pair_per_vcpu() {
+        pod_and_peer(
+            "ip -n pod addr add 10.10.0.2/24 dev eth0
+             ip -n pod route add default via 10.10.0.1",
+            "ip -n peer addr add 10.10.0.1/24 dev veth-peer",
+        );
+        let dir = vmm_tests::TempDir::new("multiqueue");
+        let socket = dir.path().join("api.sock");
+        let socket = socket.to_str().unwrap();
+        let manifest = bridge_manifest("multiqueue").cpus(1, 2);
+        let mut guest = Guest::boot_in_netns("pod", &manifest, &["--api-socket", socket]);
+        guest.wait_ready(1);
+        let tap = sh("ip -n pod -d link show tap-eth0");
+        assert!(tap.contains("multi_queue"), "{tap}");
+        for boot in 1..=2 {
+            if boot == 2 {
+                // The reset detaches the second TAP queue; the new driver enables it again.
+                guest.send("reboot -f");
+                guest.wait_ready(2);
+            }
+            // DHCP through the in-process server, on whichever queue the guest sends.
+            let lease = guest.check("udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 5 -T 2");
+            assert!(lease.contains("ip=10.10.0.2 mask=24"), "{lease}");
+            let queues = guest.check("ls /sys/class/net/eth0/queues");
+            assert_eq!(
+                queues.split_whitespace().collect::<Vec<_>>(),
+                ["rx-0", "rx-1", "tx-0", "tx-1"]
+            );
+            let info = sh(&format!(
+                "curl -s -S --unix-socket {socket} http://localhost/v1/vm/info"
+            ));
+            let info: serde_json::Value = serde_json::from_str(&info).expect("info is JSON");
+            let nic = &info["interfaces"][0];
+            assert_eq!(nic["queue_pairs"], 2, "{info}");
+            let features = nic["features"].to_string();
+            assert!(features.contains("\"MQ\""), "{features}");
+
+            // 16 connections from the peer: the TAP spreads new flows over its attached
+            // queues, so the second receive queue takes some (all 16 on the first: 2^-16),
+            // and the guest answers from whichever vCPU, on that vCPU's transmit queue.
+            guest.check(
+                "mkdir -p /www && echo hello-from-guest > /www/index.html && httpd -p 8080 -h /www",
+            );
+            let fetched = sh("ip netns exec peer python3 -c \"import urllib.request
+for i in range(16):
+    body = urllib.request.urlopen('http://10.10.0.2:8080/index.html', timeout=20).read()
+    assert b'hello-from-guest' in body, body
+print('fetched 16')\"");
+            assert!(fetched.contains("fetched 16"), "{fetched}");
+            let irqs = guest.check("grep -E 'virtio[0-9]+-input\\.1' /proc/interrupts");
+            let count: u64 = irqs
+                .split_whitespace()
+                .skip(1)
+                .map_while(|w| w.parse::<u64>().ok())
+                .sum();
+            assert!(
+                count > 0,
+                "no interrupt on the second receive queue:\n{irqs}"
+            );
+            guest.check("killall httpd");
+        }
+        guest.send("poweroff -f");
+        assert_eq!(guest.wait_exit(EXIT), 0, "{}", guest.stderr());
+        sh("ip netns del pod; ip netns del peer");
+    },
+    timeout = 360
+);
+
 /// Pod `eth0` (10.10.0.2/24) and multus `net1` (no address), each a veth to the peer.
 fn pod_with_net1() {
     pod_and_peer(

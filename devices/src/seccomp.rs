@@ -421,8 +421,13 @@ fn allowed(role: Role) -> Vec<Allowed> {
         out.push(one_of(libc::SYS_ioctl, 1, VCPU_IOCTLS));
     }
     if role == Role::NetWorker {
-        // std's `set_nonblocking` on the NAT's sockets; nothing else.
-        out.push(one_of(libc::SYS_ioctl, 1, &[libc::FIONBIO]));
+        // std's `set_nonblocking` on the NAT's sockets, and attaching or detaching a
+        // multi-queue TAP's queue as the driver enables queue pairs; nothing else.
+        out.push(one_of(
+            libc::SYS_ioctl,
+            1,
+            &[libc::FIONBIO, net::tap::tunsetqueue_request()],
+        ));
     }
     if role == Role::BlockWorker {
         // DISCARD and WRITE_ZEROES on a raw block device, and the size and sector size

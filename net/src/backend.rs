@@ -45,6 +45,13 @@ pub trait FrameBackend: Send {
     /// batches work may do it here.
     fn tx_done(&mut self) {}
 
+    /// The guest's driver enabled (or disabled) the queue pair this backend serves, one of a
+    /// NIC's several: a multi-queue TAP attaches (or detaches) its queue. Single-queue
+    /// backends ignore it.
+    fn set_queue_enabled(&mut self, _on: bool) -> io::Result<()> {
+        Ok(())
+    }
+
     /// The guest (re)negotiated what it accepts.
     fn set_offloads(&mut self, offloads: Offloads) -> io::Result<()>;
 }

@@ -424,8 +424,14 @@ fn new_mac(mac: MacAddr) -> MacAddr {
 }
 
 impl Binding {
-    /// Takes over `link` and puts TAP `tap` on a new bridge in front of it.
-    pub fn take_over(nl: &mut Netlink, link: &str, tap: &str) -> Result<(Self, Tap), BindError> {
+    /// Takes over `link` and puts TAP `tap`, with `queues` queues, on a new bridge in front
+    /// of it.
+    pub fn take_over(
+        nl: &mut Netlink,
+        link: &str,
+        tap: &str,
+        queues: usize,
+    ) -> Result<(Self, Vec<Tap>), BindError> {
         let mut binding = Binding {
             pod: PodLink {
                 name: link.to_string(),
@@ -440,11 +446,17 @@ impl Binding {
             undo: vec![],
         };
         // On error, `binding` drops here and undoes what was done.
-        let tap = binding.set_up(nl, link, tap)?;
-        Ok((binding, tap))
+        let taps = binding.set_up(nl, link, tap, queues)?;
+        Ok((binding, taps))
     }
 
-    fn set_up(&mut self, nl: &mut Netlink, link: &str, tap_name: &str) -> Result<Tap, BindError> {
+    fn set_up(
+        &mut self,
+        nl: &mut Netlink,
+        link: &str,
+        tap_name: &str,
+        queues: usize,
+    ) -> Result<Vec<Tap>, BindError> {
         let l = nl
             .link(link)
             .map_err(nl_err("cannot list links"))?
@@ -585,14 +597,20 @@ impl Binding {
         nl.set_port_learning(l.index, false)
             .map_err(nl_err(format!("cannot turn learning off on {nic}")))?;
 
-        let tap = attach_tap(nl, tap_name, br, l.mtu)?;
-        Ok(tap)
+        attach_tap(nl, tap_name, br, l.mtu, queues)
     }
 }
 
-/// Opens (or creates) TAP `name` and puts it, up, on bridge `bridge` with `mtu`.
-pub fn attach_tap(nl: &mut Netlink, name: &str, bridge: u32, mtu: u32) -> Result<Tap, BindError> {
-    let tap = Tap::open(name)?;
+/// Opens (or creates) TAP `name` with `queues` queues (see [`Tap::open_queues`]) and puts
+/// it, up, on bridge `bridge` with `mtu`.
+pub fn attach_tap(
+    nl: &mut Netlink,
+    name: &str,
+    bridge: u32,
+    mtu: u32,
+    queues: usize,
+) -> Result<Vec<Tap>, BindError> {
+    let taps = Tap::open_queues(name, queues)?;
     let index = index_of(nl, name)?;
     nl.set_link(
         index,
@@ -604,7 +622,7 @@ pub fn attach_tap(nl: &mut Netlink, name: &str, bridge: u32, mtu: u32) -> Result
         },
     )
     .map_err(nl_err(format!("cannot put {name} on its bridge")))?;
-    Ok(tap)
+    Ok(taps)
 }
 
 /// Finds bridge `name`, creating it (up) if missing. Returns its index, its MTU and

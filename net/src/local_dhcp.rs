@@ -118,4 +118,8 @@ impl<B: FrameBackend> FrameBackend for LocalDhcp<B> {
     fn set_offloads(&mut self, offloads: Offloads) -> io::Result<()> {
         self.inner.set_offloads(offloads)
     }
+
+    fn set_queue_enabled(&mut self, on: bool) -> io::Result<()> {
+        self.inner.set_queue_enabled(on)
+    }
 }

@@ -19,11 +19,22 @@ use crate::backend::{FrameBackend, Offloads, VNET_HDR_LEN};
 const IFF_TAP: i16 = 0x0002;
 const IFF_NO_PI: i16 = 0x1000;
 const IFF_VNET_HDR: i16 = 0x4000;
+const IFF_MULTI_QUEUE: i16 = 0x0100;
+const IFF_ATTACH_QUEUE: i16 = 0x0200;
+const IFF_DETACH_QUEUE: i16 = 0x0400;
+/// The kernel's limit on a TAP's queues (`MAX_TAP_QUEUES`).
+pub const MAX_QUEUES: usize = 256;
 /// The TUN/TAP ioctls' type, `'T'`.
 const TUNTAP: u32 = 0x54;
 vmm_sys_util::ioctl_iow_nr!(TUNSETIFF, TUNTAP, 202, libc::c_int);
 vmm_sys_util::ioctl_iow_nr!(TUNSETOFFLOAD, TUNTAP, 208, libc::c_uint);
 vmm_sys_util::ioctl_iow_nr!(TUNSETVNETHDRSZ, TUNTAP, 216, libc::c_int);
+vmm_sys_util::ioctl_iow_nr!(TUNSETQUEUE, TUNTAP, 217, libc::c_int);
+
+/// `TUNSETQUEUE`'s request number, for the seccomp filter of the threads that make it.
+pub fn tunsetqueue_request() -> u64 {
+    TUNSETQUEUE()
+}
 const TUN_F_CSUM: libc::c_uint = 0x01;
 const TUN_F_TSO4: libc::c_uint = 0x02;
 const TUN_F_TSO6: libc::c_uint = 0x04;
@@ -47,6 +58,14 @@ pub enum TapError {
     /// A name that does not fit.
     #[error("TAP name {0:?} is empty or longer than 15 bytes")]
     Name(String),
+    /// No queue, or more than a TAP can have.
+    #[error("TAP {name}: {queues} queues asked for, 1 to 256 possible")]
+    Queues {
+        /// The TAP.
+        name: String,
+        /// How many were asked for.
+        queues: usize,
+    },
     /// `/dev/net/tun` cannot be opened.
     #[error("cannot open /dev/net/tun")]
     Open(#[source] io::Error),
@@ -63,28 +82,75 @@ pub enum TapError {
     },
 }
 
-/// An open TAP device.
+/// An open TAP device, or one queue of a multi-queue TAP.
 #[derive(Debug)]
 pub struct Tap {
     file: File,
     name: String,
+    multi_queue: bool,
 }
 
 impl Tap {
     /// Opens (or creates) the TAP `name` with virtio-net headers, non-blocking.
     pub fn open(name: &str) -> Result<Self, TapError> {
+        let mut queues = Self::open_queues(name, 1)?;
+        Ok(queues.remove(0))
+    }
+
+    /// Opens (or creates) the TAP `name` with `queues` queues, each a descriptor; with more
+    /// than one, the TAP is a multi-queue one and only the first queue is attached. A TAP
+    /// that exists already, made by someone else as single-queue, gives one queue whatever
+    /// was asked (and a multi-queue one asked for one queue gives a one-queue handle on it).
+    pub fn open_queues(name: &str, queues: usize) -> Result<Vec<Self>, TapError> {
         if name.is_empty() || name.len() >= IFNAMSIZ || name.contains(['/', '\0']) {
             return Err(TapError::Name(name.to_string()));
         }
+        if queues == 0 || queues > MAX_QUEUES {
+            return Err(TapError::Queues {
+                name: name.to_string(),
+                queues,
+            });
+        }
+        let multi_queue = queues > 1;
+        let first = match Self::open_queue(name, multi_queue) {
+            // EINVAL: the TAP exists with the other queue mode; use it as it is.
+            Err(TapError::Ioctl { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => {
+                let tap = Self::open_queue(name, !multi_queue)?;
+                if multi_queue {
+                    log::info!("TAP {name} exists as single-queue: its NIC gets one queue pair");
+                }
+                return Ok(vec![tap]);
+            }
+            r => r?,
+        };
+        let mut taps = vec![first];
+        for _ in 1..queues {
+            let tap = Self::open_queue(name, true)?;
+            // A queue the driver has not enabled is not given frames.
+            tap.set_attached(false).map_err(|source| TapError::Ioctl {
+                name: name.to_string(),
+                what: "TUNSETQUEUE",
+                source,
+            })?;
+            taps.push(tap);
+        }
+        Ok(taps)
+    }
+
+    fn open_queue(name: &str, multi_queue: bool) -> Result<Self, TapError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")
             .map_err(TapError::Open)?;
+        let mut flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+        if multi_queue {
+            flags |= IFF_MULTI_QUEUE;
+        }
         let mut req = IfReqFlags {
             name: [0; IFNAMSIZ],
-            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+            flags,
             _pad: [0; 22],
         };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -107,6 +173,7 @@ impl Tap {
         let tap = Self {
             file,
             name: name.to_string(),
+            multi_queue,
         };
         tap.set_offload_flags(0).map_err(err("TUNSETOFFLOAD"))?;
         Ok(tap)
@@ -118,7 +185,36 @@ impl Tap {
         Ok(Self {
             file: self.file.try_clone()?,
             name: self.name.clone(),
+            multi_queue: self.multi_queue,
         })
+    }
+
+    /// Attaches this queue of a multi-queue TAP (the kernel may then send frames to it) or
+    /// detaches it. A queue already in the state asked for is left so (the kernel answers
+    /// EINVAL, which is taken as success); a single-queue TAP stays attached.
+    pub fn set_attached(&self, on: bool) -> io::Result<()> {
+        if !self.multi_queue {
+            return Ok(());
+        }
+        let mut req = IfReqFlags {
+            name: [0; IFNAMSIZ],
+            flags: if on {
+                IFF_ATTACH_QUEUE
+            } else {
+                IFF_DETACH_QUEUE
+            },
+            _pad: [0; 22],
+        };
+        // SAFETY: TUNSETQUEUE reads a `struct ifreq`, which `req` is laid out as; the
+        // descriptor is ours.
+        let rc = unsafe { ioctl_with_mut_ref(&self.file, TUNSETQUEUE(), &mut req) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINVAL) {
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// The interface name.
@@ -180,6 +276,10 @@ impl FrameBackend for Tap {
         result(n)
     }
 
+    fn set_queue_enabled(&mut self, on: bool) -> io::Result<()> {
+        self.set_attached(on)
+    }
+
     fn set_offloads(&mut self, o: Offloads) -> io::Result<()> {
         let mut flags = 0;
         if o.csum {
@@ -236,6 +336,67 @@ mod tests {
             assert_eq!(rc, 0, "TUNGETIFF: {}", io::Error::last_os_error());
             let want = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
             assert_eq!(req.flags & want, want, "flags {:#x}", req.flags);
+        })
+        .join()
+        .unwrap();
+    }
+
+    fn flags(tap: &Tap) -> io::Result<i16> {
+        vmm_sys_util::ioctl_ior_nr!(TUNGETIFF, TUNTAP, 210, libc::c_uint);
+        let mut req = IfReqFlags {
+            name: [0; IFNAMSIZ],
+            flags: 0,
+            _pad: [0; 22],
+        };
+        // SAFETY: TUNGETIFF fills a `struct ifreq`, which `req` is laid out as.
+        let rc = unsafe { ioctl_with_mut_ref(&tap.file, TUNGETIFF(), &mut req) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(req.flags)
+    }
+
+    /// A multi-queue TAP: one descriptor per queue, only the first attached until a queue
+    /// is attached by hand (`TUNGETIFF` reports a detached queue's `IFF_DETACH_QUEUE`).
+    #[test]
+    fn a_multi_queue_tap_starts_with_one_queue_attached() {
+        std::thread::spawn(|| {
+            // SAFETY: unshare(2) with a flag; it changes only this thread's namespace.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+            let queues = Tap::open_queues("vmmtapmq", 3).unwrap();
+            assert_eq!(queues.len(), 3);
+            assert_ne!(flags(&queues[0]).unwrap() & IFF_MULTI_QUEUE, 0);
+            let detached = |t: &Tap| flags(t).unwrap() & IFF_DETACH_QUEUE != 0;
+            assert!(!detached(&queues[0]));
+            assert!(detached(&queues[1]));
+            assert!(detached(&queues[2]));
+            let mut q1 = queues[1].try_clone().unwrap();
+            q1.set_queue_enabled(true).unwrap();
+            q1.set_queue_enabled(true).unwrap(); // already attached: no error
+            assert!(!detached(&queues[1]));
+            q1.set_queue_enabled(false).unwrap();
+            q1.set_queue_enabled(false).unwrap();
+            assert!(detached(&queues[1]));
+
+            // A persistent single-queue TAP made by someone else gives one queue, whatever
+            // was asked.
+            vmm_sys_util::ioctl_iow_nr!(TUNSETPERSIST, TUNTAP, 203, libc::c_int);
+            let single = Tap::open("vmmtapsq").unwrap();
+            // SAFETY: TUNSETPERSIST takes its argument by value; the descriptor is ours.
+            let rc = unsafe { ioctl_with_val(&single.file, TUNSETPERSIST(), 1) };
+            assert_eq!(rc, 0, "TUNSETPERSIST: {}", io::Error::last_os_error());
+            drop(single);
+            let again = Tap::open_queues("vmmtapsq", 4).unwrap();
+            assert_eq!(again.len(), 1);
+            assert_eq!(flags(&again[0]).unwrap() & IFF_MULTI_QUEUE, 0);
+            assert!(matches!(
+                Tap::open_queues("vmmtapx", 0),
+                Err(TapError::Queues { .. })
+            ));
+            assert!(matches!(
+                Tap::open_queues("vmmtapx", MAX_QUEUES + 1),
+                Err(TapError::Queues { .. })
+            ));
         })
         .join()
         .unwrap();

@@ -173,10 +173,18 @@ pub fn vm_config(
             mac: Some(nic.mac.to_string()),
             mtu: Some(nic.mtu),
             tap: match &nic.backend {
-                NicBackend::Tap { tap, .. } => Some(tap.name().to_string()),
+                NicBackend::Tap { taps, .. } => taps.first().map(|t| t.name().to_string()),
                 NicBackend::Nat(..) => None,
             },
-            other: Default::default(),
+            other: match &nic.backend {
+                // Cloud Hypervisor counts queues, not pairs.
+                NicBackend::Tap { taps, .. } => [(
+                    "num_queues".to_string(),
+                    serde_json::Value::from(2 * taps.len()),
+                )]
+                .into(),
+                NicBackend::Nat(..) => Default::default(),
+            },
         })
         .collect();
     let devices = network

@@ -458,13 +458,13 @@ fn add_pci_devices(
                 continue;
             }
         };
-        let backend = nic
-            .frame_backend()
+        let backends = nic
+            .frame_backends()
             .map_err(pci_fail(&nic.name, "cannot open its frame backend"))?;
         let device = Net::new(
             nic.mac,
             nic.mtu,
-            backend,
+            backends,
             nic.counters.clone(),
             nic.acked.clone(),
         )

@@ -290,7 +290,20 @@ impl VirtioDevice for Block {
         let mut id = [0u8; VIRTIO_BLK_ID_BYTES as usize];
         let n = self.id.len().min(id.len());
         id[..n].copy_from_slice(&self.id.as_bytes()[..n]);
-        for (index, (queue, evt)) in a.queues.into_iter().enumerate() {
+        let queues = a
+            .queues
+            .into_iter()
+            .enumerate()
+            .map(|(index, queue)| {
+                queue.ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("queue {index} is not ready"),
+                    )
+                })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        for (index, (queue, evt)) in queues.into_iter().enumerate() {
             let kill = EventFd::new(EFD_NONBLOCK)?;
             let worker = Worker {
                 mem: a.mem.clone(),

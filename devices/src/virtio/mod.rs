@@ -158,8 +158,9 @@ pub struct Activation {
     pub mem: GuestMemoryMmap,
     /// Interrupts to the driver.
     pub interrupt: Arc<dyn VirtioInterrupt>,
-    /// The queues, as the driver set them up, with the eventfds its notifications signal.
-    pub queues: Vec<(Queue, EventFd)>,
+    /// The queues, as the driver set them up, with the eventfds its notifications signal;
+    /// `None` for a queue the driver did not enable.
+    pub queues: Vec<Option<(Queue, EventFd)>>,
     /// The features the driver accepted.
     pub features: u64,
     /// Set when the driver breaks a queue (see [`next_chain`]).

@@ -1,4 +1,5 @@
-//! virtio-net: one receive and one transmit queue over a [`FrameBackend`].
+//! virtio-net: receive and transmit queue pairs over [`FrameBackend`]s, one backend and one
+//! worker thread per pair, and a control queue when there is more than one pair.
 //!
 //! Frames move between guest buffers and the backend without a copy in `vmm`: a transmit
 //! chain's readable buffers are gathered straight into the backend (for a TAP, one
@@ -8,14 +9,23 @@
 //! checksums and 64 KiB TCP segments (CSUM, HOST_TSO4/6, HOST_ECN), and accepts them when it
 //! acked GUEST_CSUM and GUEST_TSO4/6, which the backend is told.
 //!
+//! Multiqueue: a NIC made with several backends (the queues of a multi-queue TAP) offers
+//! `MQ` and `CTRL_VQ` with `max_virtqueue_pairs` set to their number. Each pair has its own
+//! worker, so each of the guest's vCPUs sends and receives through its own queues and its
+//! own host thread. A driver starts with the first pair; `VQ_PAIRS_SET` on the control
+//! queue enables more (or fewer), and each pair's worker attaches or detaches its TAP queue
+//! so that the kernel only steers frames to queues the guest serves. A driver that does not
+//! negotiate `MQ` gets the first pair only.
+//!
 //! Everything in a descriptor chain is hostile: a chain with buffers of the wrong direction,
 //! outside guest RAM, longer than a frame can be or spread over more than 1024 buffers is
-//! returned unused (transmit: dropped, counted). A broken ring (an available index more than
-//! the queue size ahead, a used ring that cannot be written) stops the device: one log line,
-//! DEVICE_NEEDS_RESET in its status and a configuration interrupt; the worker then only waits
-//! for the reset or the end of the boot. Never the VMM.
+//! returned unused (transmit: dropped, counted); a control command that is malformed,
+//! unknown or out of range is answered `VIRTIO_NET_ERR`. A broken ring (an available index
+//! more than the queue size ahead, a used ring that cannot be written) stops the device: one
+//! log line, DEVICE_NEEDS_RESET in its status and a configuration interrupt; the worker then
+//! only waits for the reset or the end of the boot. Never the VMM.
 //!
-//! The device runs on its own thread, woken by the queues' ioeventfds, by the backend's
+//! Each worker runs on its own thread, woken by its queues' ioeventfds, by its backend's
 //! descriptor and by a kill eventfd. While the guest has posted no receive buffers the
 //! backend is not polled (it would poll readable forever); the receive queue's notification
 //! resumes it.
@@ -23,23 +33,29 @@
 use crate::seccomp::Role;
 use crate::worker::WorkerThread;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use net::poll::{Poller, Token};
 use net::{FrameBackend, MacAddr, Offloads, VNET_HDR_LEN};
+use virtio_bindings::virtio_net as vn;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
-use vmm_sys_util::epoll::EventSet;
+use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::{Activation, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use super::{IdleRounds, NeedsReset, VirtioDevice, VirtioInterrupt, next_chain, wait_for_kill};
+use super::{
+    IdleRounds, NeedsReset, VirtioDevice, VirtioInterrupt, byte, next_chain, wait_for_kill,
+};
 
 /// Device type of virtio-net.
-pub const TYPE_NET: u16 = super::byte(virtio_bindings::virtio_ids::VIRTIO_ID_NET) as u16;
+pub const TYPE_NET: u16 = byte(virtio_bindings::virtio_ids::VIRTIO_ID_NET) as u16;
 /// Size of each queue.
 pub const QUEUE_SIZE: u16 = 256;
+/// Most queue pairs a NIC has: one per vCPU up to this many.
+pub const MAX_QUEUE_PAIRS: usize = 8;
+/// A pair's queues, relative to its first: receive, then transmit.
 const RX: usize = 0;
 const TX: usize = 1;
 /// The largest frame a driver may send: a 64 KiB GSO segment, Ethernet and VLAN headers.
@@ -48,6 +64,9 @@ const MAX_TX_FRAME: usize = VNET_HDR_LEN + 65_550;
 const MAX_BUFFERS: usize = 1024;
 /// Offset of `num_buffers` in the header.
 const NUM_BUFFERS_OFFSET: u64 = 10;
+/// The most of a control command read: class, command and a `VQ_PAIRS_SET`'s argument
+/// fit; longer commands are ones this device refuses anyway.
+const MAX_CTRL_COMMAND: usize = 64;
 
 /// virtio-net feature bits.
 pub mod features {
@@ -76,6 +95,10 @@ pub mod features {
     pub const HOST_ECN: u64 = bit(n::VIRTIO_NET_F_HOST_ECN);
     /// Link status in the configuration.
     pub const STATUS: u64 = bit(n::VIRTIO_NET_F_STATUS);
+    /// A control queue.
+    pub const CTRL_VQ: u64 = bit(n::VIRTIO_NET_F_CTRL_VQ);
+    /// Several queue pairs.
+    pub const MQ: u64 = bit(n::VIRTIO_NET_F_MQ);
 }
 
 /// Frame and byte counters of one NIC, from the guest's point of view; they outlive boots.
@@ -91,6 +114,8 @@ pub struct NetCounters {
     pub rx_frames: AtomicU64,
     /// Bytes the guest received.
     pub rx_bytes: AtomicU64,
+    /// Queue pairs the driver uses now; 0 while the device does not run.
+    pub queue_pairs: AtomicU64,
 }
 
 impl NetCounters {
@@ -99,9 +124,10 @@ impl NetCounters {
     }
 }
 
-/// The features a device with an MTU offers.
-fn offered_features() -> u64 {
+/// The features a device with an MTU and `pairs` queue pairs offers.
+fn offered_features(pairs: usize) -> u64 {
     use features::*;
+    let multiqueue = if pairs > 1 { CTRL_VQ | MQ } else { 0 };
     VIRTIO_F_VERSION_1
         | VIRTIO_RING_F_EVENT_IDX
         | VIRTIO_RING_F_INDIRECT_DESC
@@ -116,6 +142,7 @@ fn offered_features() -> u64 {
         | HOST_TSO6
         | HOST_ECN
         | STATUS
+        | multiqueue
 }
 
 /// The names of the virtio-net features set in `bits`, for logs and notes.
@@ -133,6 +160,8 @@ pub fn feature_names(bits: u64) -> Vec<&'static str> {
         (HOST_TSO6, "HOST_TSO6"),
         (HOST_ECN, "HOST_ECN"),
         (STATUS, "STATUS"),
+        (CTRL_VQ, "CTRL_VQ"),
+        (MQ, "MQ"),
         (VIRTIO_RING_F_INDIRECT_DESC, "RING_INDIRECT_DESC"),
         (VIRTIO_RING_F_EVENT_IDX, "RING_EVENT_IDX"),
         (VIRTIO_F_VERSION_1, "VERSION_1"),
@@ -154,16 +183,23 @@ fn offloads(acked: u64) -> Offloads {
     }
 }
 
+/// One queue pair's backend and the thread that serves it.
+struct Pair {
+    /// The backend while no worker holds it.
+    backend: Option<Box<dyn FrameBackend>>,
+    thread: WorkerThread<Box<dyn FrameBackend>>,
+}
+
 /// A virtio-net device.
 pub struct Net {
     mac: MacAddr,
     mtu: u16,
-    backend: Option<Box<dyn FrameBackend>>,
+    pairs: Vec<Pair>,
+    /// Every queue's size: two per pair, and the control queue's with several pairs.
+    sizes: Vec<u16>,
     counters: Arc<NetCounters>,
-    /// The thread that serves the queues while the device runs, started with the device.
-    thread: WorkerThread<Box<dyn FrameBackend>>,
-    /// Tells the running job to stop.
-    kill: Option<EventFd>,
+    /// Tells each running worker to stop.
+    kills: Vec<EventFd>,
     acked: Arc<AtomicU64>,
 }
 
@@ -172,29 +208,54 @@ impl std::fmt::Debug for Net {
         f.debug_struct("Net")
             .field("mac", &self.mac)
             .field("mtu", &self.mtu)
-            .field("running", &self.kill.is_some())
+            .field("pairs", &self.pairs.len())
+            .field("running", &self.kills.len())
             .finish_non_exhaustive()
     }
 }
 
 impl Net {
-    /// A NIC with `mac` and `mtu` whose frames go through `backend`; `counters` and `acked`
-    /// (the features the driver accepted) are shared with whoever reports on the NIC. Its
-    /// worker thread starts here and confines itself before the guest can reach it.
+    /// A NIC with `mac` and `mtu` whose frames go through `backends`, one per queue pair
+    /// (1 to [`MAX_QUEUE_PAIRS`]); `counters` and `acked` (the features the driver
+    /// accepted) are shared with whoever reports on the NIC. Its worker threads start here
+    /// and confine themselves before the guest can reach them.
     pub fn new(
         mac: MacAddr,
         mtu: u16,
-        backend: Box<dyn FrameBackend>,
+        backends: Vec<Box<dyn FrameBackend>>,
         counters: Arc<NetCounters>,
         acked: Arc<AtomicU64>,
     ) -> io::Result<Self> {
+        let n = backends.len();
+        if !(1..=MAX_QUEUE_PAIRS).contains(&n) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("virtio-net: {n} queue pairs, 1 to {MAX_QUEUE_PAIRS} possible"),
+            ));
+        }
+        let pairs = backends
+            .into_iter()
+            .enumerate()
+            .map(|(i, backend)| {
+                let name = if i == 0 {
+                    "virtio-net".to_string()
+                } else {
+                    format!("virtio-net-{i}")
+                };
+                Ok(Pair {
+                    backend: Some(backend),
+                    thread: WorkerThread::spawn(&name, Role::NetWorker)?,
+                })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let queues = 2 * n + usize::from(n > 1);
         Ok(Self {
             mac,
             mtu,
-            backend: Some(backend),
+            pairs,
+            sizes: vec![QUEUE_SIZE; queues],
             counters,
-            thread: WorkerThread::spawn("virtio-net", Role::NetWorker)?,
-            kill: None,
+            kills: Vec::new(),
             acked,
         })
     }
@@ -203,18 +264,68 @@ impl Net {
         let mut c = [0u8; 12];
         c[..6].copy_from_slice(&self.mac.octets());
         c[6..8].copy_from_slice(&1u16.to_le_bytes()); // VIRTIO_NET_S_LINK_UP
-        c[8..10].copy_from_slice(&1u16.to_le_bytes()); // max_virtqueue_pairs
+        let pairs = u16::try_from(self.pairs.len()).unwrap_or(1);
+        c[8..10].copy_from_slice(&pairs.to_le_bytes()); // max_virtqueue_pairs
         c[10..12].copy_from_slice(&self.mtu.to_le_bytes());
         c
     }
 
-    fn stop_worker(&mut self) {
-        if let Some(kill) = self.kill.take() {
+    fn stop_workers(&mut self) {
+        for kill in self.kills.drain(..) {
             let _ = kill.write(1);
-            match self.thread.wait() {
-                Some(backend) => self.backend = Some(backend),
+        }
+        for pair in &mut self.pairs {
+            if !pair.thread.busy() {
+                continue;
+            }
+            match pair.thread.wait() {
+                Some(backend) => pair.backend = Some(backend),
                 None => log::error!("virtio-net worker panicked; the NIC is gone"),
             }
+        }
+        self.counters.queue_pairs.store(0, Ordering::Relaxed);
+    }
+
+    /// Hands `backends` (taken from the first pairs) back to their pairs.
+    fn put_back(&mut self, backends: Vec<Box<dyn FrameBackend>>) {
+        for (pair, backend) in self.pairs.iter_mut().zip(backends) {
+            pair.backend = Some(backend);
+        }
+    }
+}
+
+/// The queue pairs a driver enabled, shared by the workers: pair 0's worker serves the
+/// control queue and sets it, every other worker follows it.
+struct PairSwitch {
+    active: AtomicUsize,
+    /// One per pair: wakes that pair's worker when `active` changes.
+    wakes: Vec<EventFd>,
+    counters: Arc<NetCounters>,
+}
+
+impl PairSwitch {
+    fn new(pairs: usize, counters: Arc<NetCounters>) -> io::Result<Self> {
+        counters.queue_pairs.store(1, Ordering::Relaxed);
+        Ok(Self {
+            active: AtomicUsize::new(1),
+            wakes: (0..pairs)
+                .map(|_| EventFd::new(EFD_NONBLOCK))
+                .collect::<io::Result<_>>()?,
+            counters,
+        })
+    }
+
+    fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    fn set(&self, pairs: usize) {
+        self.active.store(pairs, Ordering::Release);
+        self.counters
+            .queue_pairs
+            .store(pairs as u64, Ordering::Relaxed);
+        for wake in self.wakes.iter().skip(1) {
+            let _ = wake.write(1);
         }
     }
 }
@@ -225,11 +336,11 @@ impl VirtioDevice for Net {
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE, QUEUE_SIZE]
+        &self.sizes
     }
 
     fn features(&self) -> u64 {
-        offered_features()
+        offered_features(self.pairs.len())
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -249,37 +360,108 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, a: Activation) -> io::Result<()> {
-        let mut backend = self
-            .backend
-            .take()
-            .ok_or_else(|| io::Error::other("virtio-net backend lost"))?;
-        if let Err(e) = backend.set_offloads(offloads(a.features)) {
-            self.backend = Some(backend);
+        use features::{CTRL_VQ, MQ};
+        let n = self.pairs.len();
+        let ctrl_vq = n > 1 && a.features & CTRL_VQ != 0;
+        let multiqueue = ctrl_vq && a.features & MQ != 0;
+        // Without MQ the control queue follows the first pair.
+        let (pairs_used, ctrl_index) = if multiqueue { (n, 2 * n) } else { (1, 2) };
+        let mut queues = a.queues;
+        let mut take = |i: usize, what: &str| {
+            queues.get_mut(i).and_then(Option::take).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("virtio-net: {what} (queue {i}) is not ready"),
+                )
+            })
+        };
+        let ctrl = ctrl_vq
+            .then(|| take(ctrl_index, "the control queue"))
+            .transpose()?;
+        let mut pair_queues = Vec::with_capacity(pairs_used);
+        for p in 0..pairs_used {
+            let rx = take(2 * p + RX, "a receive queue")?;
+            let tx = take(2 * p + TX, "a transmit queue")?;
+            pair_queues.push((rx, tx));
+        }
+        let mut backends = Vec::with_capacity(pairs_used);
+        for pair in &mut self.pairs[..pairs_used] {
+            match pair.backend.take() {
+                Some(b) => backends.push(b),
+                None => {
+                    self.put_back(backends);
+                    return Err(io::Error::other("virtio-net backend lost"));
+                }
+            }
+        }
+        if let Err(e) = backends
+            .iter_mut()
+            .try_for_each(|b| b.set_offloads(offloads(a.features)))
+        {
+            self.put_back(backends);
             return Err(e);
         }
+        let switch = match PairSwitch::new(n, self.counters.clone()) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                self.put_back(backends);
+                return Err(e);
+            }
+        };
         self.acked.store(a.features, Ordering::Relaxed);
-        let mut queues = a.queues.into_iter();
-        let (Some((rx, rx_evt)), Some((tx, tx_evt))) = (queues.next(), queues.next()) else {
-            self.backend = Some(backend);
-            return Err(io::Error::other("virtio-net needs two queues"));
-        };
-        let kill = EventFd::new(EFD_NONBLOCK)?;
-        let worker = Worker {
-            mem: a.mem,
-            rx,
-            tx,
-            backend,
-            interrupt: a.interrupt,
-            counters: self.counters.clone(),
-            backend_polled: true,
-            needs_reset: a.needs_reset,
-        };
-        let kill_worker = kill.try_clone()?;
-        self.thread
-            .start(move || worker.run(rx_evt, tx_evt, kill_worker))?;
-        self.kill = Some(kill);
+        let mut ctrl = ctrl.map(|(queue, evt)| {
+            (
+                Control {
+                    queue,
+                    index: ctrl_index,
+                },
+                evt,
+            )
+        });
+        let started = pair_queues
+            .into_iter()
+            .zip(backends)
+            .enumerate()
+            .try_for_each(
+                |(pair, (((rx, rx_evt), (tx, tx_evt)), backend))| -> io::Result<()> {
+                    let kill = EventFd::new(EFD_NONBLOCK)?;
+                    let (ctrl, ctrl_evt) = match ctrl.take() {
+                        Some((c, evt)) => (Some(c), Some(evt)),
+                        None => (None, None),
+                    };
+                    let worker = Worker {
+                        mem: a.mem.clone(),
+                        rx,
+                        tx,
+                        backend,
+                        interrupt: a.interrupt.clone(),
+                        counters: self.counters.clone(),
+                        backend_polled: false,
+                        needs_reset: a.needs_reset.clone(),
+                        pair,
+                        enabled: pair == 0,
+                        ctrl,
+                        switch: switch.clone(),
+                    };
+                    let wakers = Wakers {
+                        rx: rx_evt,
+                        tx: tx_evt,
+                        ctrl: ctrl_evt,
+                        kill: kill.try_clone()?,
+                    };
+                    self.pairs[pair].thread.start(move || worker.run(wakers))?;
+                    self.kills.push(kill);
+                    Ok(())
+                },
+            );
+        if let Err(e) = started {
+            // Backends not handed to a worker are lost with this error's closure; the
+            // started workers give theirs back.
+            self.stop_workers();
+            return Err(e);
+        }
         log::debug!(
-            "virtio-net {}: running with {}",
+            "virtio-net {}: running {pairs_used} of {n} queue pair(s) with {}",
             self.mac,
             feature_names(a.features).join(" ")
         );
@@ -287,18 +469,18 @@ impl VirtioDevice for Net {
     }
 
     fn reset(&mut self) {
-        self.stop_worker();
+        self.stop_workers();
         self.acked.store(0, Ordering::Relaxed);
     }
 }
 
 impl Drop for Net {
     fn drop(&mut self) {
-        self.stop_worker();
+        self.stop_workers();
     }
 }
 
-/// What the worker waits on.
+/// What a worker waits on.
 #[derive(Debug, Clone, Copy)]
 enum Wake {
     /// The driver posted receive buffers.
@@ -307,6 +489,10 @@ enum Wake {
     Tx,
     /// The backend has frames for the guest.
     Backend,
+    /// The driver queued control commands.
+    Ctrl,
+    /// The driver changed how many pairs it uses.
+    Switch,
 }
 
 impl Token for Wake {
@@ -314,13 +500,27 @@ impl Token for Wake {
         self as u64
     }
     fn decode(data: u64) -> Option<Self> {
-        [Wake::Rx, Wake::Tx, Wake::Backend]
+        [Wake::Rx, Wake::Tx, Wake::Backend, Wake::Ctrl, Wake::Switch]
             .into_iter()
             .find(|w| *w as u64 == data)
     }
 }
 
-/// The queues while the device runs.
+/// The control queue and its index among the device's queues.
+struct Control {
+    queue: Queue,
+    index: usize,
+}
+
+/// The eventfds that wake a worker.
+struct Wakers {
+    rx: EventFd,
+    tx: EventFd,
+    ctrl: Option<EventFd>,
+    kill: EventFd,
+}
+
+/// One queue pair while the device runs.
 struct Worker {
     mem: GuestMemoryMmap,
     rx: Queue,
@@ -332,6 +532,13 @@ struct Worker {
     backend_polled: bool,
     /// Told when the driver broke a queue.
     needs_reset: NeedsReset,
+    /// Which pair: its queues are `2 * pair` and `2 * pair + 1`.
+    pair: usize,
+    /// Whether the driver has this pair enabled (the first always is).
+    enabled: bool,
+    /// The control queue, which the first pair's worker serves.
+    ctrl: Option<Control>,
+    switch: Arc<PairSwitch>,
 }
 
 /// Why the worker stopped serving the queues.
@@ -369,9 +576,80 @@ fn chain_buffers<'m>(
     Some((bufs, total))
 }
 
+/// Carries out the control command in `chain` (the command readable, then a writable status
+/// byte) and writes its status; the number of bytes written (1, or 0 for a chain with
+/// nowhere to write it). Only `VQ_PAIRS_SET` is known, and only with `MQ`.
+fn control_command(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    switch: &PairSwitch,
+) -> u32 {
+    let mut command = [0u8; MAX_CTRL_COMMAND];
+    let mut len = 0usize;
+    let mut malformed = false;
+    let mut status_at = None;
+    for desc in chain {
+        if desc.is_write_only() {
+            status_at.get_or_insert(desc.addr());
+            continue;
+        }
+        if status_at.is_some() {
+            // A readable buffer after the writable one.
+            malformed = true;
+            break;
+        }
+        let Ok(n) = usize::try_from(desc.len()) else {
+            malformed = true;
+            break;
+        };
+        let take = n.min(MAX_CTRL_COMMAND - len);
+        if mem
+            .read_slice(&mut command[len..len + take], desc.addr())
+            .is_err()
+        {
+            malformed = true;
+            break;
+        }
+        len += take;
+        if n > take {
+            // Longer than any command this device takes.
+            malformed = true;
+        }
+    }
+    let ok = !malformed && pairs_set(&command[..len], switch);
+    let Some(at) = status_at else {
+        return 0;
+    };
+    let status = byte(if ok {
+        vn::VIRTIO_NET_OK
+    } else {
+        vn::VIRTIO_NET_ERR
+    });
+    match mem.write_obj(status, at) {
+        Ok(()) => 1,
+        Err(_) => 0,
+    }
+}
+
+/// Carries out `command` if it is a valid `VQ_PAIRS_SET`; whether it was.
+fn pairs_set(command: &[u8], switch: &PairSwitch) -> bool {
+    let [class, cmd, lo, hi] = command else {
+        return false;
+    };
+    if *class != byte(vn::VIRTIO_NET_CTRL_MQ) || *cmd != byte(vn::VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET) {
+        return false;
+    }
+    let pairs = usize::from(u16::from_le_bytes([*lo, *hi]));
+    if !(1..=switch.wakes.len()).contains(&pairs) {
+        return false;
+    }
+    switch.set(pairs);
+    true
+}
+
 impl Worker {
-    fn run(mut self, rx_evt: EventFd, tx_evt: EventFd, kill: EventFd) -> Box<dyn FrameBackend> {
-        if let Err(e) = self.serve(&rx_evt, &tx_evt, &kill) {
+    fn run(mut self, wakers: Wakers) -> Box<dyn FrameBackend> {
+        if let Err(e) = self.serve(&wakers) {
             log::error!(
                 "virtio-net stopped until the driver resets it: {}",
                 net::error::Chain(&e)
@@ -379,51 +657,138 @@ impl Worker {
             self.needs_reset.set();
             self.interrupt.notify_config();
             // Hold on to the backend until the reset that takes it back.
-            wait_for_kill(&kill);
+            wait_for_kill(&wakers.kill);
+        }
+        if self.pair > 0 {
+            // At rest, only the first queue is attached, as a driver starts.
+            if let Err(e) = self.backend.set_queue_enabled(false) {
+                log::warn!("virtio-net queue pair {}: cannot detach: {e}", self.pair);
+            }
         }
         self.backend
     }
 
-    fn serve(
-        &mut self,
-        rx_evt: &EventFd,
-        tx_evt: &EventFd,
-        kill: &EventFd,
-    ) -> Result<(), WorkerError> {
-        use std::os::fd::AsRawFd;
+    /// This pair's queue index for `which` (RX or TX).
+    fn queue_index(&self, which: usize) -> usize {
+        2 * self.pair + which
+    }
+
+    fn serve(&mut self, wakers: &Wakers) -> Result<(), WorkerError> {
         let poller = Poller::new()?;
-        poller.add_readable(rx_evt.as_raw_fd(), Wake::Rx)?;
-        poller.add_readable(tx_evt.as_raw_fd(), Wake::Tx)?;
-        poller.add_readable(self.backend.poll_fd(), Wake::Backend)?;
-        poller.add_kill(kill)?;
+        poller.add_readable(wakers.rx.as_raw_fd(), Wake::Rx)?;
+        poller.add_readable(wakers.tx.as_raw_fd(), Wake::Tx)?;
+        if let Some(ctrl) = &wakers.ctrl {
+            poller.add_readable(ctrl.as_raw_fd(), Wake::Ctrl)?;
+        }
+        let switch = self.switch.clone();
+        let wake = switch.wakes.get(self.pair).filter(|_| self.pair > 0);
+        if let Some(wake) = wake {
+            poller.add_readable(wake.as_raw_fd(), Wake::Switch)?;
+        }
+        poller.add_kill(&wakers.kill)?;
+        self.enabled = self.pair < switch.active();
+        self.backend.set_queue_enabled(self.enabled)?;
+        if self.enabled {
+            self.set_backend_polled(&poller, true)?;
+        }
         // Buffers may have been posted before the device started.
         self.process_tx()?;
         self.process_rx(&poller)?;
-        poller.run(|poller, wake, _| match wake {
+        self.process_ctrl()?;
+        poller.run(|poller, wake_up, _| match wake_up {
             Wake::Tx => {
-                let _ = tx_evt.read();
+                let _ = wakers.tx.read();
                 self.process_tx()
             }
             Wake::Rx => {
-                let _ = rx_evt.read();
-                if !self.backend_polled {
+                let _ = wakers.rx.read();
+                if self.enabled && !self.backend_polled {
                     self.set_backend_polled(poller, true)?;
                 }
                 self.process_rx(poller)
             }
             Wake::Backend => self.process_rx(poller),
+            Wake::Ctrl => {
+                if let Some(ctrl) = &wakers.ctrl {
+                    let _ = ctrl.read();
+                }
+                self.process_ctrl()
+            }
+            Wake::Switch => {
+                if let Some(wake) = wake {
+                    let _ = wake.read();
+                }
+                self.follow_switch(poller)
+            }
         })
     }
 
+    /// Turns this pair on or off as the driver asked. A pair that is off has its backend
+    /// out of the epoll set: a detached TAP queue polls as an error.
+    fn follow_switch(&mut self, poller: &Poller<Wake>) -> Result<(), WorkerError> {
+        let on = self.pair < self.switch.active();
+        if on == self.enabled {
+            return Ok(());
+        }
+        if on {
+            self.backend.set_queue_enabled(true)?;
+            self.enabled = true;
+            self.set_backend_polled(poller, true)?;
+            self.process_tx()?;
+            self.process_rx(poller)
+        } else {
+            if self.backend_polled {
+                self.set_backend_polled(poller, false)?;
+            }
+            self.backend.set_queue_enabled(false)?;
+            self.enabled = false;
+            Ok(())
+        }
+    }
+
     fn set_backend_polled(&mut self, poller: &Poller<Wake>, on: bool) -> io::Result<()> {
-        let events = if on { EventSet::IN } else { EventSet::empty() };
-        poller.modify(self.backend.poll_fd(), Wake::Backend, events)?;
+        if on {
+            poller.add_readable(self.backend.poll_fd(), Wake::Backend)?;
+        } else {
+            poller.delete(self.backend.poll_fd())?;
+        }
         self.backend_polled = on;
+        Ok(())
+    }
+
+    /// Answers every control command the driver queued.
+    fn process_ctrl(&mut self) -> Result<(), WorkerError> {
+        let Some(ctrl) = self.ctrl.as_mut() else {
+            return Ok(());
+        };
+        let mem = &self.mem;
+        let mut used = false;
+        let mut idle = IdleRounds::default();
+        loop {
+            ctrl.queue.disable_notification(mem)?;
+            while let Some(chain) = next_chain(&mut ctrl.queue, mem)? {
+                idle.took_chain();
+                let head = chain.head_index();
+                let written = control_command(mem, chain, &self.switch);
+                ctrl.queue.add_used(mem, head, written)?;
+                used = true;
+            }
+            if !ctrl.queue.enable_notification(mem)? {
+                break;
+            }
+            idle.more_reported()?;
+        }
+        if used && ctrl.queue.needs_notification(mem)? {
+            self.interrupt.notify_queue(ctrl.index);
+        }
         Ok(())
     }
 
     /// Moves frames from the backend into posted receive buffers until either runs out.
     fn process_rx(&mut self, poller: &Poller<Wake>) -> Result<(), WorkerError> {
+        if !self.enabled {
+            return Ok(());
+        }
         let mem = &self.mem;
         let mut used = false;
         let mut out_of_buffers = false;
@@ -479,7 +844,7 @@ impl Worker {
             }
         }
         if used && self.rx.needs_notification(mem)? {
-            self.interrupt.notify_queue(RX);
+            self.interrupt.notify_queue(self.queue_index(RX));
         }
         if out_of_buffers && self.backend_polled {
             self.set_backend_polled(poller, false)?;
@@ -525,7 +890,7 @@ impl Worker {
         }
         self.backend.tx_done();
         if used && self.tx.needs_notification(mem)? {
-            self.interrupt.notify_queue(TX);
+            self.interrupt.notify_queue(self.queue_index(TX));
         }
         Ok(())
     }
@@ -631,6 +996,10 @@ mod tests {
                 counters: Arc::default(),
                 backend_polled: true,
                 needs_reset: NeedsReset::default(),
+                pair: 0,
+                enabled: true,
+                ctrl: None,
+                switch: Arc::new(PairSwitch::new(1, Arc::default()).unwrap()),
             }
         }
     }
@@ -791,8 +1160,12 @@ mod tests {
             let (done, ended) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
                 let mut evts = evts.into_iter();
-                let (rx_evt, tx_evt, kill) = (evts.next(), evts.next(), evts.next());
-                w.run(rx_evt.unwrap(), tx_evt.unwrap(), kill.unwrap());
+                w.run(Wakers {
+                    rx: evts.next().unwrap(),
+                    tx: evts.next().unwrap(),
+                    ctrl: None,
+                    kill: evts.next().unwrap(),
+                });
                 let _ = done.send(());
             });
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -816,11 +1189,7 @@ mod tests {
         let net = Net::new(
             "52:54:00:12:34:56".parse().unwrap(),
             1400,
-            Box::new(Fake {
-                evt: EventFd::new(EFD_NONBLOCK).unwrap(),
-                incoming: Arc::default(),
-                sent: Arc::default(),
-            }),
+            vec![fake()],
             Arc::default(),
             Arc::default(),
         )
@@ -836,7 +1205,158 @@ mod tests {
         assert_eq!(far, [0; 4]);
         net.read_config(11, &mut far);
         assert_eq!(far, [5, 0, 0, 0]);
-        assert!(feature_names(net.features()).contains(&"HOST_TSO4"));
+        let names = feature_names(net.features());
+        assert!(names.contains(&"HOST_TSO4"));
+        assert!(!names.contains(&"MQ") && !names.contains(&"CTRL_VQ"));
+        assert_eq!(net.queue_max_sizes().len(), 2);
+    }
+
+    fn fake() -> Box<dyn FrameBackend> {
+        Box::new(Fake {
+            evt: EventFd::new(EFD_NONBLOCK).unwrap(),
+            incoming: Arc::default(),
+            sent: Arc::default(),
+        })
+    }
+
+    #[test]
+    fn several_backends_make_a_multiqueue_nic_and_the_number_is_bounded() {
+        let mac: MacAddr = "52:54:00:12:34:56".parse().unwrap();
+        let net = Net::new(
+            mac,
+            1500,
+            (0..3).map(|_| fake()).collect(),
+            Arc::default(),
+            Arc::default(),
+        )
+        .unwrap();
+        let names = feature_names(net.features());
+        assert!(
+            names.contains(&"MQ") && names.contains(&"CTRL_VQ"),
+            "{names:?}"
+        );
+        assert_eq!(
+            net.queue_max_sizes().len(),
+            7,
+            "3 pairs and the control queue"
+        );
+        let mut pairs = [0u8; 2];
+        net.read_config(8, &mut pairs);
+        assert_eq!(u16::from_le_bytes(pairs), 3);
+        for n in [0, MAX_QUEUE_PAIRS + 1] {
+            let backends = (0..n).map(|_| fake()).collect();
+            Net::new(mac, 1500, backends, Arc::default(), Arc::default()).unwrap_err();
+        }
+    }
+
+    const CTRL_MQ: u8 = byte(vn::VIRTIO_NET_CTRL_MQ);
+    const PAIRS_SET: u8 = byte(vn::VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET);
+
+    /// A control queue at 0x2_0000 holding `commands` (each at its own buffer, status after
+    /// it), served by a first-pair worker of a NIC with `pairs` pairs; the status bytes.
+    fn control(pairs: usize, commands: &[(&[u8], u16)]) -> (Vec<u8>, Arc<PairSwitch>) {
+        let s = setup();
+        let rx = MockSplitQueue::create(&s.mem, GuestAddress(0), 16);
+        let tx = MockSplitQueue::create(&s.mem, GuestAddress(0x1_0000), 16);
+        let ctrl = MockSplitQueue::create(&s.mem, GuestAddress(0x2_0000), 16);
+        let mut descs = vec![];
+        for (i, (command, flags)) in commands.iter().enumerate() {
+            let at = 0x10_0000 + 0x1000 * i as u64;
+            s.mem.write_slice(command, GuestAddress(at)).unwrap();
+            s.mem.write_obj(0xeeu8, GuestAddress(at + 0x800)).unwrap();
+            let next = u16::try_from(descs.len() + 1).unwrap();
+            let len = u32::try_from(command.len()).unwrap();
+            descs.push(desc(at, len, NEXT, next));
+            descs.push(desc(at + 0x800, 1, *flags, 0));
+        }
+        ctrl.add_desc_chains(&descs, 0).unwrap();
+        let mut w = s.worker(&rx, &tx);
+        let switch = Arc::new(PairSwitch::new(pairs, Arc::default()).unwrap());
+        w.switch = switch.clone();
+        w.ctrl = Some(Control {
+            queue: ctrl.create_queue().unwrap(),
+            index: 2 * pairs,
+        });
+        w.process_ctrl().unwrap();
+        assert_eq!(
+            *s.irqs.0.lock().unwrap(),
+            vec![2 * pairs],
+            "the control queue's vector"
+        );
+        let status = (0..commands.len())
+            .map(|i| {
+                s.mem
+                    .read_obj::<u8>(GuestAddress(0x10_0800 + 0x1000 * i as u64))
+                    .unwrap()
+            })
+            .collect();
+        (status, switch)
+    }
+
+    #[test]
+    fn vq_pairs_set_switches_pairs_and_bad_commands_are_refused() {
+        let (ok, err) = (byte(vn::VIRTIO_NET_OK), byte(vn::VIRTIO_NET_ERR));
+        let (status, switch) = control(4, &[(&[CTRL_MQ, PAIRS_SET, 3, 0], WRITE)]);
+        assert_eq!(status, vec![ok]);
+        assert_eq!(switch.active(), 3);
+        assert_eq!(switch.counters.queue_pairs.load(Ordering::Relaxed), 3);
+        for wake in &switch.wakes[1..] {
+            assert_eq!(
+                wake.read().unwrap(),
+                1,
+                "every other pair's worker is woken"
+            );
+        }
+
+        let bad: &[(&[u8], u16)] = &[
+            (&[CTRL_MQ, PAIRS_SET, 0, 0], WRITE),    // no pairs
+            (&[CTRL_MQ, PAIRS_SET, 5, 0], WRITE),    // more than the NIC has
+            (&[CTRL_MQ, PAIRS_SET, 2], WRITE),       // short
+            (&[CTRL_MQ, PAIRS_SET, 2, 0, 0], WRITE), // long
+            (&[0, 0, 1], WRITE),                     // RX mode: not offered
+            (&[CTRL_MQ, 1, 2, 0], WRITE),            // RSS: not offered
+            (&[CTRL_MQ, PAIRS_SET, 2, 0], 0),        // no writable status
+        ];
+        let (status, switch) = control(4, bad);
+        assert_eq!(&status[..6], &[err; 6]);
+        assert_eq!(status[6], 0xee, "nowhere to write: untouched");
+        assert_eq!(switch.active(), 1, "nothing changed");
+    }
+
+    /// A worker of a pair the driver has not enabled leaves its receive queue alone, and
+    /// takes frames once the switch turns it on.
+    #[test]
+    fn a_second_pair_receives_only_once_enabled() {
+        let s = setup();
+        let rx = MockSplitQueue::create(&s.mem, GuestAddress(0), 16);
+        let tx = MockSplitQueue::create(&s.mem, GuestAddress(0x1_0000), 16);
+        let mut frame = vec![0u8; 12];
+        frame.extend([0x42u8; 50]);
+        s.incoming.lock().unwrap().push_back(frame);
+        rx.add_desc_chains(&[desc(0x20_0000, 2048, WRITE, 0)], 0)
+            .unwrap();
+        let mut w = s.worker(&rx, &tx);
+        let switch = Arc::new(PairSwitch::new(2, Arc::default()).unwrap());
+        w.switch = switch.clone();
+        w.pair = 1;
+        w.enabled = false;
+        w.backend_polled = false;
+        let poller = Poller::new().unwrap();
+        w.process_rx(&poller).unwrap();
+        assert!(used(&rx).is_empty(), "disabled: nothing received");
+        switch.set(2);
+        w.follow_switch(&poller).unwrap();
+        assert!(w.enabled);
+        assert_eq!(used(&rx), vec![(0, 62)]);
+        assert!(!w.backend_polled, "its only buffer used: not polled");
+        assert_eq!(
+            *s.irqs.0.lock().unwrap(),
+            vec![2],
+            "pair 1's receive queue is 2"
+        );
+        switch.set(1);
+        w.follow_switch(&poller).unwrap();
+        assert!(!w.enabled && !w.backend_polled);
     }
 }
 
@@ -918,6 +1438,13 @@ pub mod fuzzing {
             counters: Arc::default(),
             backend_polled: true,
             needs_reset: NeedsReset::default(),
+            pair: 0,
+            enabled: true,
+            ctrl: None,
+            switch: match PairSwitch::new(1, Arc::default()) {
+                Ok(s) => Arc::new(s),
+                Err(_) => return,
+            },
         };
         let Ok(epoll) = Poller::new() else {
             return;
@@ -935,5 +1462,58 @@ pub mod fuzzing {
                 break;
             }
         }
+    }
+
+    /// `data`: the control queue's placement (7 bytes, see [`queue`]), the NIC's number of
+    /// pairs, then guest RAM. The switch never leaves 1 to that number.
+    pub fn run_control(data: &[u8]) {
+        let Some((head, rest)) = data.split_first_chunk::<8>() else {
+            return;
+        };
+        let pairs = usize::from(head[7] % 8) + 1;
+        let mem = memory(rest);
+        let at: [u8; 7] = head[..7].try_into().unwrap_or_default();
+        let (Some(rx), Some(tx), Some(ctrl)) =
+            (queue(&mem, [0; 7]), queue(&mem, [0; 7]), queue(&mem, at))
+        else {
+            return;
+        };
+        let (Ok(evt), Ok(switch)) = (
+            EventFd::new(EFD_NONBLOCK),
+            PairSwitch::new(pairs, Arc::default()),
+        ) else {
+            return;
+        };
+        let switch = Arc::new(switch);
+        let mut worker = Worker {
+            mem,
+            rx,
+            tx,
+            backend: Box::new(Backend {
+                evt,
+                frames: VecDeque::new(),
+            }),
+            interrupt: std::sync::Arc::new(NoInterrupts),
+            counters: Arc::default(),
+            backend_polled: false,
+            needs_reset: NeedsReset::default(),
+            pair: 0,
+            enabled: true,
+            ctrl: Some(Control {
+                queue: ctrl,
+                index: 2 * pairs,
+            }),
+            switch: switch.clone(),
+        };
+        for _ in 0..2 {
+            if worker.process_ctrl().is_err() {
+                break;
+            }
+        }
+        let active = switch.active();
+        assert!(
+            (1..=pairs).contains(&active),
+            "{active} of {pairs} pairs active"
+        );
     }
 }

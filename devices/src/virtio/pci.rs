@@ -372,10 +372,16 @@ impl VirtioPci {
         let event_idx = self.driver_features & super::VIRTIO_RING_F_EVENT_IDX != 0;
         let mut queues = Vec::with_capacity(self.queues.len());
         for (i, q) in self.queues.iter_mut().enumerate() {
-            if !q.ready() || !q.is_valid(&self.mem) {
+            // A driver enables the queues it uses (virtio-net without MQ: the first pair);
+            // the device says whether it can run without the others.
+            if !q.ready() {
+                queues.push(None);
+                continue;
+            }
+            if !q.is_valid(&self.mem) {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!("queue {i} is not ready or not in guest memory"),
+                    format!("queue {i} is not in guest memory"),
                 ));
             }
             q.set_event_idx(event_idx);
@@ -395,7 +401,7 @@ impl VirtioPci {
             );
             copy.set_event_idx(event_idx);
             copy.set_ready(true);
-            queues.push((copy, self.queue_evts[i].try_clone()?));
+            queues.push(Some((copy, self.queue_evts[i].try_clone()?)));
         }
         let interrupt = Arc::new(PciInterrupt {
             vectors: self.msix.vectors().clone(),

@@ -600,6 +600,9 @@ pub struct NicInfo {
     pub rx_frames: u64,
     /// Bytes the guest received.
     pub rx_bytes: u64,
+    /// Queue pairs the guest's driver uses now (0 while it runs none), of the NIC's
+    /// `max_virtqueue_pairs`.
+    pub queue_pairs: u64,
 }
 
 /// A VF in [`InterfaceInfo`].

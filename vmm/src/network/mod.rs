@@ -116,11 +116,11 @@ pub struct HostNic {
 /// Where a NIC's frames go.
 #[derive(Debug)]
 pub enum NicBackend {
-    /// A TAP (each boot's device gets a duplicate of its descriptor), with the in-process
+    /// A TAP (each boot's device gets a duplicate of its descriptors), with the in-process
     /// DHCP server when the link's address is delegated.
     Tap {
-        /// The TAP.
-        tap: Tap,
+        /// The TAP's queues, one per queue pair of the NIC.
+        taps: Vec<Tap>,
         /// The DHCP server.
         dhcp: Option<DhcpServer>,
     },
@@ -138,23 +138,37 @@ impl HostNic {
         }
     }
 
-    /// A frame backend for one boot's device.
-    pub fn frame_backend(&self) -> std::io::Result<Box<dyn FrameBackend>> {
-        Ok(match &self.backend {
-            NicBackend::Tap { tap, dhcp } => {
-                let tap = tap.try_clone().map_err(|e| {
-                    std::io::Error::other(format!("cannot duplicate TAP {}: {e}", tap.name()))
-                })?;
-                match dhcp {
-                    Some(server) => Box::new(LocalDhcp::new(tap, server.clone())?),
-                    None => Box::new(tap),
-                }
-            }
-            NicBackend::Nat(cfg, listeners) => {
-                Box::new(NatBackend::new(cfg.clone(), listeners.clone())?)
-            }
-        })
+    /// The frame backends for one boot's device, one per queue pair.
+    pub fn frame_backends(&self) -> std::io::Result<Vec<Box<dyn FrameBackend>>> {
+        match &self.backend {
+            NicBackend::Tap { taps, dhcp } => taps
+                .iter()
+                .map(|tap| -> std::io::Result<Box<dyn FrameBackend>> {
+                    let tap = tap.try_clone().map_err(|e| {
+                        std::io::Error::other(format!("cannot duplicate TAP {}: {e}", tap.name()))
+                    })?;
+                    Ok(match dhcp {
+                        Some(server) => Box::new(LocalDhcp::new(tap, server.clone())?),
+                        None => Box::new(tap),
+                    })
+                })
+                .collect(),
+            NicBackend::Nat(cfg, listeners) => Ok(vec![Box::new(NatBackend::new(
+                cfg.clone(),
+                listeners.clone(),
+            )?)]),
+        }
     }
+}
+
+/// How many queue pairs a TAP-backed NIC of a guest with `vcpus` vCPUs gets: one per vCPU,
+/// so that each vCPU sends and receives on its own queues, up to
+/// [`devices::virtio::net::MAX_QUEUE_PAIRS`]. (The masquerade engine is one state machine:
+/// its NIC has one pair.)
+pub fn queue_pairs(vcpus: u32) -> usize {
+    usize::try_from(vcpus)
+        .unwrap_or(1)
+        .clamp(1, devices::virtio::net::MAX_QUEUE_PAIRS)
 }
 
 /// Every NIC's host side; dropping it restores the namespace.
@@ -208,6 +222,7 @@ impl HostNetwork {
                             tx_dropped: c.tx_dropped.load(Relaxed),
                             rx_frames: c.rx_frames.load(Relaxed),
                             rx_bytes: c.rx_bytes.load(Relaxed),
+                            queue_pairs: c.queue_pairs.load(Relaxed),
                         }
                     }),
                     vf: vf.map(|v| VfInfo {
@@ -227,6 +242,7 @@ impl HostNetwork {
         pod: &PodSettings,
     ) -> Result<(), NetworkError> {
         let host = p.host.to_string();
+        let queue_pairs = queue_pairs(cfg.topology.vcpus());
         let bind_err = |source| NetworkError::Bind {
             index: p.index,
             name: p.name.clone(),
@@ -277,13 +293,13 @@ impl HostNetwork {
                     bridge::recover(&mut nl, &link.name).map_err(bind_err)?;
                 }
                 let tap = format!("tap-{}", link.name);
-                let (binding, tap) =
-                    Binding::take_over(&mut nl, &link.name, &tap).map_err(bind_err)?;
+                let (binding, taps) =
+                    Binding::take_over(&mut nl, &link.name, &tap, queue_pairs).map_err(bind_err)?;
                 let lease = binding.pod.lease(&pod.resolver, &cfg.name);
                 let (mac, mtu) = (binding.pod.mac, mtu16(binding.pod.mtu));
                 self.bindings.push(binding);
                 let dhcp = lease.map(DhcpServer::new);
-                nic(mac, mtu, NicBackend::Tap { tap, dhcp })
+                nic(mac, mtu, NicBackend::Tap { taps, dhcp })
             }
             HostPlan::NadBridge { link, bridge, .. } => {
                 let mut nl = netlink(p.index, &p.name)?;
@@ -292,13 +308,14 @@ impl HostNetwork {
                 if created {
                     self.created_bridges.push(bridge);
                 }
-                let tap = bridge::attach_tap(&mut nl, &format!("tap-{link}"), br, mtu)
-                    .map_err(bind_err)?;
+                let taps =
+                    bridge::attach_tap(&mut nl, &format!("tap-{link}"), br, mtu, queue_pairs)
+                        .map_err(bind_err)?;
                 let mac = cfg
                     .interfaces
                     .get(p.index)
                     .map_or(MacAddr::new([0; 6]), |i| i.mac);
-                nic(mac, mtu16(mtu), NicBackend::Tap { tap, dhcp: None })
+                nic(mac, mtu16(mtu), NicBackend::Tap { taps, dhcp: None })
             }
         };
         log::info!("interface {} ({}): {}", nic.name, nic.mac, nic.host);

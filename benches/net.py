@@ -47,6 +47,7 @@ from table import print_table
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = {
     "bridge": ["vmm", "qemu vhost=off", "qemu vhost=on", "veth"],
+    "multiqueue": ["vmm", "qemu vhost=off", "qemu vhost=on", "veth"],
     "masquerade": ["vmm masquerade", "vmm", "qemu user"],
 }
 CONTENDERS = sorted({c for t in TABLES.values() for c in t})
@@ -160,7 +161,7 @@ spec:
   instance:
     cpu:
       sockets: 1
-      coresPerSocket: 1
+      coresPerSocket: {args.vcpus}
     memory:
       size: {MEMORY_MIB}Mi
     kernel:
@@ -179,17 +180,20 @@ spec:
 def qemu_argv(args, vhost):
     # The bridge binding's topology, by hand: the guest owns 10.10.0.2 and eth0's MAC, the
     # link on the bridge gets another.
-    sh("""
+    multi_queue = "multi_queue" if args.vcpus > 1 else ""
+    sh(f"""
         ip -n pod addr flush dev eth0
         ip -n pod link set eth0 down
         ip -n pod link set eth0 address 0a:58:0a:0a:00:99 up
         ip -n pod link add br0 type bridge
-        ip -n pod tuntap add dev qtap mode tap
+        ip -n pod tuntap add dev qtap mode tap {multi_queue}
         ip -n pod link set eth0 master br0
         ip -n pod link set qtap master br0
         ip -n pod link set br0 up; ip -n pod link set qtap up
     """)
-    return qemu_command(args, f"tap,id=n0,ifname=qtap,script=no,downscript=no,vhost={vhost}")
+    queues = f",queues={args.vcpus}" if args.vcpus > 1 else ""
+    return qemu_command(args, f"tap,id=n0,ifname=qtap,script=no,downscript=no,vhost={vhost}"
+                              f"{queues}")
 
 
 def qemu_user_argv(args):
@@ -198,26 +202,30 @@ def qemu_user_argv(args):
 
 
 def qemu_command(args, netdev):
-    """QEMU -enable-kvm in the pod namespace: q35, the guest, one virtio-net on `netdev`."""
+    """QEMU -enable-kvm in the pod namespace: q35, the guest, one virtio-net on `netdev`
+    (with a queue pair per vCPU when there are several, as vmm gives)."""
     qemu = Path(args.qemu)
+    # Vectors: one per queue, the control queue and the configuration.
+    multiqueue = f",mq=on,vectors={2 * args.vcpus + 2}" if args.vcpus > 1 else ""
     image = Path(args.image)
     return [
         "ip", "netns", "exec", "pod",
         str(qemu / "bin/qemu-system-x86_64"),
         "-L", str(qemu / "share/qemu"), "-L", str(qemu / "share/seabios"),
-        "-machine", "q35", "-enable-kvm", "-cpu", "host", "-smp", "1",
+        "-machine", "q35", "-enable-kvm", "-cpu", "host", "-smp", str(args.vcpus),
         "-m", f"{MEMORY_MIB}M", "-nodefaults", "-no-user-config", "-display", "none",
         "-monitor", "none", "-serial", "stdio", "-no-reboot",
         "-netdev", netdev,
-        "-device", f"virtio-net-pci,netdev=n0,mac={GUEST_MAC},romfile=",
+        "-device", f"virtio-net-pci,netdev=n0,mac={GUEST_MAC},romfile={multiqueue}",
         "-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd"),
         "-append", CMDLINE,
     ]
 
 
 def iperf_rate(out):
-    """The receiver's rate in Mbit/s from iperf3's text output."""
-    m = re.search(r"([\d.]+) Mbits/sec.*receiver", out)
+    """The receiver's rate in Mbit/s from iperf3's text output (all streams together)."""
+    m = (re.search(r"\[SUM\].* ([\d.]+) Mbits/sec.*receiver", out)
+         or re.search(r"([\d.]+) Mbits/sec.*receiver", out))
     if not m:
         raise RuntimeError(f"no iperf3 receiver line in:\n{out}")
     return float(m.group(1))
@@ -231,10 +239,10 @@ def ping_rtt(out):
     return float(m.group(1))
 
 
-def measurements(run, seconds, peer=PEER, suffix=""):
+def measurements(run, seconds, peer=PEER, suffix="", streams=1):
     """Runs the three measurements with `run(cmd)` (in the guest or the pod namespace) to
     `peer`, their keys ending in `suffix`; a ping that fails leaves its key out."""
-    client = f"iperf3 -c {peer} -t {seconds} -f m"
+    client = f"iperf3 -c {peer} -t {seconds} -f m -P {streams}"
     # A short warm-up: ARP or neighbour discovery, TCP slow start, page cache.
     run(f"iperf3 -c {peer} -t 1 -f m")
     result = {
@@ -271,7 +279,7 @@ def measure(name, args):
         def run(cmd):
             return subprocess.run(["ip", "netns", "exec", "pod", "sh", "-c", cmd], check=True,
                                   capture_output=True, text=True).stdout
-        result = measurements(run, args.seconds)
+        result = measurements(run, args.seconds, streams=args.streams)
     else:
         if name == "vmm":
             argv = vmm_argv(args)
@@ -289,7 +297,7 @@ def measure(name, args):
             else:
                 agent.run("ip addr add 10.10.0.2/24 dev eth0 && ip link set eth0 up")
             run = lambda cmd: agent.run(cmd, 60 + 3 * args.seconds)  # noqa: E731
-            result = measurements(run, args.seconds)
+            result = measurements(run, args.seconds, streams=args.streams)
             if args.ipv6:
                 agent.run(IPV6_SETUP[name])
                 # libslirp answers no ping: its route is waited for by address alone.
@@ -310,7 +318,8 @@ def in_testhost(name, args):
     cmd = [str(ROOT / "tests/testhost"), "run", "--timeout", "600", "--",
            "/usr/bin/python3", str(Path(__file__).resolve()), "--measure", name,
            "--seconds", str(args.seconds), "--vmm", args.vmm, "--image", args.image,
-           "--qemu", args.qemu] + (["--ipv6"] if args.table == "masquerade" else [])
+           "--qemu", args.qemu, "--vcpus", str(args.vcpus), "--streams", str(args.streams)]
+    cmd += ["--ipv6"] if args.table == "masquerade" else []
     out = subprocess.run(cmd, capture_output=True, text=True)
     for line in reversed(out.stdout.splitlines()):
         if line.startswith("{"):
@@ -350,8 +359,10 @@ def drive(args):
         extra = [("IPv6/IPv4, guest→peer", [v6_over_v4(n, "tx") for n in contenders]),
                  ("IPv6/IPv4, peer→guest", [v6_over_v4(n, "rx") for n in contenders])] + extra
     width = 24
+    streams = "one TCP stream" if args.streams == 1 else f"{args.streams} TCP streams (-P)"
+    vcpus = "1 vCPU" if args.vcpus == 1 else f"{args.vcpus} vCPUs and as many queue pairs"
     print(f"\nNetwork, inside the KVM test host (TCG, nested KVM): one run, iperf3 -t "
-          f"{args.seconds}, one TCP stream; guest 1 vCPU, {MEMORY_MIB} MiB, pod link MTU 1500")
+          f"{args.seconds}, {streams}; guest {vcpus}, {MEMORY_MIB} MiB, pod link MTU 1500")
     print_table(contenders, results, rows, width, extra)
     return 0 if len(results) == len(contenders) else 1
 
@@ -364,10 +375,16 @@ def main():
                              "vmm's NAT beside its TAP and QEMU's user networking")
     parser.add_argument("--measure", choices=CONTENDERS, help=argparse.SUPPRESS)
     parser.add_argument("--ipv6", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--vcpus", type=int, help="guest vCPUs (multiqueue table: 2, else 1)")
+    parser.add_argument("--streams", type=int,
+                        help="parallel TCP streams (multiqueue table: 4, else 1)")
     parser.add_argument("--vmm", default=str(ROOT / "target/release/vmm"))
     parser.add_argument("--image", default=str(ROOT / "images/out/guest/iperf"))
     parser.add_argument("--qemu", default=str(ROOT / "images/out/qemu/usr"))
     args = parser.parse_args()
+    multiqueue = args.table == "multiqueue"
+    args.vcpus = args.vcpus or (2 if multiqueue else 1)
+    args.streams = args.streams or (4 if multiqueue else 1)
     if args.measure:
         return measure(args.measure, args)
     return drive(args)

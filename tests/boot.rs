@@ -111,6 +111,33 @@ fn guest_ram_huge_kib(pid: u32, size: u64) -> u64 {
     kib
 }
 
+/// The size and the resident KiB of `pid`'s code mappings of its own executable (`r-xp`).
+fn own_code_kib(pid: u32) -> (u64, u64) {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    let exe = exe.to_str().unwrap();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let (mut code, mut size, mut rss) = (false, 0, 0);
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.first().is_some_and(|f| f.contains('-')) && fields.len() >= 5 {
+            code = fields[1] == "r-xp" && fields.get(5) == Some(&exe);
+            continue;
+        }
+        let kib = || {
+            fields
+                .get(1)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        match fields.first() {
+            Some(&"Size:") if code => size += kib(),
+            Some(&"Rss:") if code => rss += kib(),
+            _ => {}
+        }
+    }
+    (size, rss)
+}
+
 testhost_test!(
     fn memtotal_matches_memory_size() {
         let size: u64 = 384 << 20;
@@ -148,6 +175,15 @@ testhost_test!(
         );
         let huge = guest_ram_huge_kib(guest.pid(), size);
         assert!(huge >= 2048, "no huge pages back guest RAM ({huge} KiB)");
+        // Set-up ran code from all over vmm's text and had nearly all of it mapped; once
+        // the VM runs, only what it uses is (without the drop: 86 % of a debug build's code
+        // resident here, 95 % of a release build's; with it, 52 % and 39 %).
+        let (code, resident) = own_code_kib(guest.pid());
+        assert!(code > 1024, "no code mapping of vmm found ({code} KiB)");
+        assert!(
+            resident * 4 < code * 3,
+            "{resident} of vmm's {code} KiB of code resident while the guest runs"
+        );
         guest.send("poweroff -f");
         assert_eq!(guest.wait_exit(EXIT), 0);
     }

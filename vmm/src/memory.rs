@@ -186,6 +186,54 @@ fn advise(mapping: &MmapRegion, advice: libc::c_int, name: &str, level: log::Lev
     }
 }
 
+/// Drops every page of code (each private read-and-execute file mapping: `vmm`'s own text,
+/// libc's, the loader's) from this process's page tables, once a VM runs. Setting up a VM
+/// runs code from all over the binary (the manifest's parser, netlink, image formats), and
+/// the kernel maps 64 KiB around each page faulted in, so by the first boot nearly all of the
+/// text is resident, most of it never to run again. The pages stay in the page cache, now
+/// reclaimable; the code the running VM uses faults back in at once (minor faults, no I/O).
+/// Text is never written, so what faults back is what was there. Best effort: an error
+/// leaves the pages mapped. (A debugger's breakpoints in dropped pages are dropped too.)
+pub fn drop_code_pages() {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    for line in maps.lines() {
+        // start-end perms offset dev inode path
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms), Some(path)) = (fields.next(), fields.next(), fields.nth(3))
+        else {
+            continue;
+        };
+        if perms != "r-xp" || !path.starts_with('/') {
+            continue;
+        }
+        let Some((Ok(start), Ok(end))) = range
+            .split_once('-')
+            .map(|(a, b)| (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)))
+        else {
+            continue;
+        };
+        // SAFETY: [start, end) is a whole private, read-only, executable file mapping of this
+        // process, as the kernel lists it; its pages were never written (it was never
+        // writable), so MADV_DONTNEED only unmaps them and the next access maps the same
+        // bytes from the file again. No Rust object lives in a code mapping.
+        let rc = unsafe {
+            libc::madvise(
+                start as *mut libc::c_void,
+                end.saturating_sub(start),
+                libc::MADV_DONTNEED,
+            )
+        };
+        if rc != 0 {
+            log::debug!(
+                "madvise(DONTNEED) on {path}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
 /// Registers every region of `mem` with KVM, one slot each, from slot 0.
 pub fn register(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
     for (slot, region) in mem.iter().enumerate() {

@@ -766,6 +766,7 @@ impl Runner<'_> {
         };
         self.stdin.start(&poller, Wake::Stdin);
         vm.start()?;
+        crate::memory::drop_code_pages();
         if let Some(answer) = self.pending_boot.take() {
             let _ = answer.send(ApiAnswer::done());
         }

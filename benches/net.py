@@ -2,7 +2,8 @@
 """Network benchmark: vmm's TAP (bridge binding) beside QEMU -enable-kvm with a TAP, vhost
 off and on, on the same guest, and a plain veth pair as the limit.
 
-    benches/net.py [--seconds N]        drive the benchmark and print the table
+    benches/net.py [--seconds N] [--table T] [--vmm-before PATH]
+                                        drive the benchmark and print the table
     benches/net.py --measure NAME ...   one contender (inside the test host)
 
 Each contender runs in a fresh KVM test host (QEMU under nested virtualization in TCG
@@ -19,6 +20,12 @@ one end of a veth pair, a "peer" namespace (10.10.0.1/24) at the other end runni
                made by hand in the pod namespace: bridge br0 holding eth0 (given another
                MAC, as the binding does) and TAP qtap; the guest sets 10.10.0.2/24 itself
   veth         no VM: iperf3 and ping from the pod namespace itself
+  vmm before   --vmm-before PATH: another vmm binary (an older build) as vmm is run
+
+`--table multiqueue` runs a 2-vCPU guest with 4 parallel streams (`iperf3 -P 4`): vmm with
+a queue pair per vCPU (the `vmm.virtink.smartx.com/network-queue-pairs: vcpus` annotation)
+and with one (`vmm 1 pair`, its default); QEMU with `queues=2` on a multi-queue TAP and
+`mq=on` (vhost off and on), and with one queue (vhost on).
 
 The guest is the test guest with iperf3 (images/out/guest/iperf: Debian's cloud kernel,
 busybox initramfs, Debian's iperf3), 1 vCPU, 512 MiB. Measured in the guest (or the pod
@@ -47,10 +54,12 @@ from table import print_table
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = {
     "bridge": ["vmm", "qemu vhost=off", "qemu vhost=on", "veth"],
-    "multiqueue": ["vmm", "qemu vhost=off", "qemu vhost=on", "veth"],
+    "multiqueue": ["vmm", "vmm 1 pair", "qemu vhost=off", "qemu vhost=on",
+                   "qemu vhost=on 1 queue"],
     "masquerade": ["vmm masquerade", "vmm", "qemu user"],
 }
-CONTENDERS = sorted({c for t in TABLES.values() for c in t})
+BEFORE = "vmm before"
+CONTENDERS = sorted({c for t in TABLES.values() for c in t} | {BEFORE})
 ATTEMPTS = 3
 MEMORY_MIB = 512
 CMDLINE = "console=ttyS0 loglevel=4"
@@ -151,13 +160,16 @@ class Agent:
             self.proc.wait()
 
 
-def vmm_argv(args, binding="bridge"):
+def vmm_argv(args, binding="bridge", binary=None, pairs=1):
+    """vmm in the pod namespace; `pairs` > 1 asks for a queue pair per vCPU."""
     manifest = Path("/run/bench-net.yaml")
+    annotations = ("  annotations:\n    vmm.virtink.smartx.com/network-queue-pairs: \"vcpus\"\n"
+                   if pairs > 1 else "")
     manifest.write_text(f"""apiVersion: virt.virtink.smartx.com/v1alpha1
 kind: VirtualMachine
 metadata:
   name: bench
-spec:
+{annotations}spec:
   instance:
     cpu:
       sockets: 1
@@ -174,13 +186,13 @@ spec:
     - name: pod
       pod: {{}}
 """)
-    return ["ip", "netns", "exec", "pod", args.vmm, "run", str(manifest)]
+    return ["ip", "netns", "exec", "pod", binary or args.vmm, "run", str(manifest)]
 
 
-def qemu_argv(args, vhost):
+def qemu_argv(args, vhost, queues=1):
     # The bridge binding's topology, by hand: the guest owns 10.10.0.2 and eth0's MAC, the
     # link on the bridge gets another.
-    multi_queue = "multi_queue" if args.vcpus > 1 else ""
+    multi_queue = "multi_queue" if queues > 1 else ""
     sh(f"""
         ip -n pod addr flush dev eth0
         ip -n pod link set eth0 down
@@ -191,9 +203,9 @@ def qemu_argv(args, vhost):
         ip -n pod link set qtap master br0
         ip -n pod link set br0 up; ip -n pod link set qtap up
     """)
-    queues = f",queues={args.vcpus}" if args.vcpus > 1 else ""
+    netdev_queues = f",queues={queues}" if queues > 1 else ""
     return qemu_command(args, f"tap,id=n0,ifname=qtap,script=no,downscript=no,vhost={vhost}"
-                              f"{queues}")
+                              f"{netdev_queues}", queues)
 
 
 def qemu_user_argv(args):
@@ -201,12 +213,12 @@ def qemu_user_argv(args):
     return qemu_command(args, "user,id=n0")
 
 
-def qemu_command(args, netdev):
+def qemu_command(args, netdev, queues=1):
     """QEMU -enable-kvm in the pod namespace: q35, the guest, one virtio-net on `netdev`
     (with a queue pair per vCPU when there are several, as vmm gives)."""
     qemu = Path(args.qemu)
     # Vectors: one per queue, the control queue and the configuration.
-    multiqueue = f",mq=on,vectors={2 * args.vcpus + 2}" if args.vcpus > 1 else ""
+    multiqueue = f",mq=on,vectors={2 * queues + 2}" if queues > 1 else ""
     image = Path(args.image)
     return [
         "ip", "netns", "exec", "pod",
@@ -282,17 +294,22 @@ def measure(name, args):
         result = measurements(run, args.seconds, streams=args.streams)
     else:
         if name == "vmm":
+            argv = vmm_argv(args, pairs=args.vcpus)
+        elif name == "vmm 1 pair":
             argv = vmm_argv(args)
+        elif name == BEFORE:
+            argv = vmm_argv(args, binary=args.vmm_before)
         elif name == "vmm masquerade":
             argv = vmm_argv(args, "masquerade")
         elif name == "qemu user":
             argv = qemu_user_argv(args)
         else:
-            argv = qemu_argv(args, name.split("=")[1])
+            vhost = "on" if "vhost=on" in name else "off"
+            argv = qemu_argv(args, vhost, 1 if name.endswith("1 queue") else args.vcpus)
         agent = Agent(argv)
         try:
             agent.wait_for(rb"VMMTEST-READY", 240)
-            if name in ("vmm", "vmm masquerade", "qemu user"):
+            if name in ("vmm", "vmm 1 pair", BEFORE, "vmm masquerade", "qemu user"):
                 agent.run("udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 5 -T 2")
             else:
                 agent.run("ip addr add 10.10.0.2/24 dev eth0 && ip link set eth0 up")
@@ -320,6 +337,7 @@ def in_testhost(name, args):
            "--seconds", str(args.seconds), "--vmm", args.vmm, "--image", args.image,
            "--qemu", args.qemu, "--vcpus", str(args.vcpus), "--streams", str(args.streams)]
     cmd += ["--ipv6"] if args.table == "masquerade" else []
+    cmd += ["--vmm-before", args.vmm_before] if args.vmm_before else []
     out = subprocess.run(cmd, capture_output=True, text=True)
     for line in reversed(out.stdout.splitlines()):
         if line.startswith("{"):
@@ -330,7 +348,7 @@ def in_testhost(name, args):
 
 
 def drive(args):
-    contenders = TABLES[args.table]
+    contenders = TABLES[args.table] + ([BEFORE] if args.vmm_before else [])
     results, failures = {}, {name: 0 for name in contenders}
     for name in contenders:
         for _ in range(ATTEMPTS):
@@ -360,7 +378,7 @@ def drive(args):
                  ("IPv6/IPv4, peer→guest", [v6_over_v4(n, "rx") for n in contenders])] + extra
     width = 24
     streams = "one TCP stream" if args.streams == 1 else f"{args.streams} TCP streams (-P)"
-    vcpus = "1 vCPU" if args.vcpus == 1 else f"{args.vcpus} vCPUs and as many queue pairs"
+    vcpus = "1 vCPU" if args.vcpus == 1 else f"{args.vcpus} vCPUs"
     print(f"\nNetwork, inside the KVM test host (TCG, nested KVM): one run, iperf3 -t "
           f"{args.seconds}, {streams}; guest {vcpus}, {MEMORY_MIB} MiB, pod link MTU 1500")
     print_table(contenders, results, rows, width, extra)
@@ -379,6 +397,8 @@ def main():
     parser.add_argument("--streams", type=int,
                         help="parallel TCP streams (multiqueue table: 4, else 1)")
     parser.add_argument("--vmm", default=str(ROOT / "target/release/vmm"))
+    parser.add_argument("--vmm-before", help="another vmm binary (an older build) to add as "
+                                             "a contender with the bridge binding")
     parser.add_argument("--image", default=str(ROOT / "images/out/guest/iperf"))
     parser.add_argument("--qemu", default=str(ROOT / "images/out/qemu/usr"))
     args = parser.parse_args()

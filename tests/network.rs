@@ -209,7 +209,9 @@ testhost_test!(
         let dir = vmm_tests::TempDir::new("multiqueue");
         let socket = dir.path().join("api.sock");
         let socket = socket.to_str().unwrap();
-        let manifest = bridge_manifest("multiqueue").cpus(1, 2);
+        let manifest = bridge_manifest("multiqueue")
+            .cpus(1, 2)
+            .annotation("vmm.virtink.smartx.com/network-queue-pairs", "vcpus");
         let mut guest = Guest::boot_in_netns("pod", &manifest, &["--api-socket", socket]);
         guest.wait_ready(1);
         let tap = sh("ip -n pod -d link show tap-eth0");

@@ -40,6 +40,7 @@ pub struct Manifest {
     disks: String,
     volumes: String,
     documents: String,
+    annotations: String,
 }
 
 impl Manifest {
@@ -61,7 +62,18 @@ impl Manifest {
             disks: String::new(),
             volumes: String::new(),
             documents: String::new(),
+            annotations: String::new(),
         }
+    }
+
+    /// Adds annotation `key: value` to the VM's metadata.
+    pub fn annotation(mut self, key: &str, value: &str) -> Self {
+        if self.annotations.is_empty() {
+            self.annotations.push_str("  annotations:\n");
+        }
+        self.annotations
+            .push_str(&format!("    {key}: \"{value}\"\n"));
+        self
     }
 
     /// `sockets` × `cores` vCPUs.
@@ -133,11 +145,12 @@ impl Manifest {
         format!(
             "apiVersion: virt.virtink.smartx.com/v1alpha1\n\
              kind: VirtualMachine\n\
-             metadata:\n  name: {name}\n\
+             metadata:\n  name: {name}\n{annotations}\
              spec:\n{policy}  instance:\n    cpu:\n      sockets: {sockets}\n      coresPerSocket: {cores}\n{dedicated}\
              \x20   memory:\n{memory}\
              {kernel}{disks}{interfaces}{volumes}{networks}{documents}",
             name = self.name,
+            annotations = self.annotations,
             sockets = self.sockets,
             cores = self.cores,
             kernel = if self.no_kernel {

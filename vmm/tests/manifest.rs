@@ -125,6 +125,16 @@ fn each_rule_reports_its_message() {
     let iface0 = "/spec/instance/interfaces/0";
     let cases = vec![
         case(
+            "queue pairs annotation",
+            vec![(
+                "/metadata/annotations",
+                json!({"vmm.virtink.smartx.com/network-queue-pairs": "9"}),
+            )],
+            vec![
+                "metadata.annotations[vmm.virtink.smartx.com/network-queue-pairs]: Invalid value: \"9\": must be \"vcpus\" or a number from 1 to 8",
+            ],
+        ),
+        case(
             "memory size must be positive",
             vec![("/spec/instance/memory/size", json!("-1Gi"))],
             vec!["spec.instance.memory.size: Invalid value: -1073741824: must be greater than 0"],
@@ -1095,4 +1105,30 @@ fn generate_name_alone_names_the_vm_the_same_on_every_run() {
     // A long prefix is cut as the API server cuts it, so the name stays valid.
     set(&mut doc, "/metadata/generateName", json!("a".repeat(80)));
     assert_eq!(load_value(&doc).unwrap().vm.metadata.name.len(), 63);
+}
+
+#[test]
+fn nics_get_one_queue_pair_unless_the_annotation_asks_for_more() {
+    let key = "vmm.virtink.smartx.com/network-queue-pairs";
+    let cpu = json!({"sockets": 1, "coresPerSocket": 4});
+    let pairs = |annotation: Option<&str>| {
+        let mut patches = vec![("/spec/instance/cpu", cpu.clone())];
+        if let Some(v) = annotation {
+            patches.push(("/metadata/annotations", json!({ key: v })));
+        }
+        VmConfig::from_manifest(&load_value(&with(&patches)).unwrap()).nic_queue_pairs()
+    };
+    assert_eq!(pairs(None), 1);
+    assert_eq!(pairs(Some("vcpus")), 4);
+    assert_eq!(pairs(Some("2")), 2);
+    let big = json!({"sockets": 2, "coresPerSocket": 8});
+    let doc = with(&[
+        ("/spec/instance/cpu", big),
+        ("/metadata/annotations", json!({ key: "vcpus" })),
+    ]);
+    assert_eq!(
+        VmConfig::from_manifest(&load_value(&doc).unwrap()).nic_queue_pairs(),
+        8,
+        "at most 8"
+    );
 }

@@ -146,6 +146,35 @@ pub struct DiskConfig {
     pub read_only: bool,
 }
 
+/// The annotation that gives a VM's TAP-backed NICs several queue pairs: `"vcpus"` (one per
+/// vCPU, up to [`devices::virtio::net::MAX_QUEUE_PAIRS`]) or a number from 1 to that. Without
+/// it a NIC has one pair, as Cloud Hypervisor's and QEMU's do.
+pub const QUEUE_PAIRS_ANNOTATION: &str = "vmm.virtink.smartx.com/network-queue-pairs";
+
+/// How many queue pairs a TAP-backed NIC gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueuePairs {
+    /// This many.
+    Count(usize),
+    /// One per vCPU.
+    PerVcpu,
+}
+
+impl QueuePairs {
+    /// The annotation's value, or `None` for one that is neither `vcpus` nor a number from 1
+    /// to the most a NIC has.
+    pub fn parse(value: &str) -> Option<Self> {
+        if value == "vcpus" {
+            return Some(Self::PerVcpu);
+        }
+        value
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=devices::virtio::net::MAX_QUEUE_PAIRS).contains(n))
+            .map(Self::Count)
+    }
+}
+
 /// Everything `vmm` needs to build and run the VM, resolved from a valid manifest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmConfig {
@@ -167,6 +196,21 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// Interfaces in `instance.interfaces` order.
     pub interfaces: Vec<InterfaceConfig>,
+    /// Queue pairs of each TAP-backed NIC ([`QUEUE_PAIRS_ANNOTATION`]).
+    pub queue_pairs: QueuePairs,
+}
+
+impl VmConfig {
+    /// How many queue pairs a TAP-backed NIC of this VM gets.
+    pub fn nic_queue_pairs(&self) -> usize {
+        let most = devices::virtio::net::MAX_QUEUE_PAIRS;
+        match self.queue_pairs {
+            QueuePairs::Count(n) => n.clamp(1, most),
+            QueuePairs::PerVcpu => usize::try_from(self.topology.vcpus())
+                .unwrap_or(1)
+                .clamp(1, most),
+        }
+    }
 }
 
 impl VmConfig {
@@ -211,6 +255,12 @@ impl VmConfig {
             run_policy: RunPolicy::parse(&spec.run_policy),
             disks,
             interfaces,
+            queue_pairs: vm
+                .metadata
+                .annotations
+                .get(QUEUE_PAIRS_ANNOTATION)
+                .and_then(|v| QueuePairs::parse(v))
+                .unwrap_or(QueuePairs::Count(1)),
         }
     }
 }

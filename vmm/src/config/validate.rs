@@ -42,6 +42,18 @@ type Errors = Vec<FieldError>;
 pub fn validate(vm: &VirtualMachine) -> Errors {
     let mut errs = Vec::new();
     validate_name(&vm.metadata.name, &mut errs);
+    if let Some(value) = vm.metadata.annotations.get(super::QUEUE_PAIRS_ANNOTATION)
+        && super::QueuePairs::parse(value).is_none()
+    {
+        let path = FieldPath::new("metadata")
+            .child("annotations")
+            .key(super::QUEUE_PAIRS_ANNOTATION);
+        let detail = format!(
+            "must be \"vcpus\" or a number from 1 to {}",
+            devices::virtio::net::MAX_QUEUE_PAIRS
+        );
+        errs.push(FieldError::invalid(path, value.as_str(), &detail));
+    }
     let spec_path = FieldPath::new("spec");
     match &vm.spec {
         None => errs.push(FieldError::required(spec_path, "")),

@@ -161,16 +161,6 @@ impl HostNic {
     }
 }
 
-/// How many queue pairs a TAP-backed NIC of a guest with `vcpus` vCPUs gets: one per vCPU,
-/// so that each vCPU sends and receives on its own queues, up to
-/// [`devices::virtio::net::MAX_QUEUE_PAIRS`]. (The masquerade engine is one state machine:
-/// its NIC has one pair.)
-pub fn queue_pairs(vcpus: u32) -> usize {
-    usize::try_from(vcpus)
-        .unwrap_or(1)
-        .clamp(1, devices::virtio::net::MAX_QUEUE_PAIRS)
-}
-
 /// Every NIC's host side; dropping it restores the namespace.
 #[derive(Debug, Default)]
 pub struct HostNetwork {
@@ -242,7 +232,8 @@ impl HostNetwork {
         pod: &PodSettings,
     ) -> Result<(), NetworkError> {
         let host = p.host.to_string();
-        let queue_pairs = queue_pairs(cfg.topology.vcpus());
+        // The masquerade engine is one state machine: its NIC has one pair whatever this says.
+        let queue_pairs = cfg.nic_queue_pairs();
         let bind_err = |source| NetworkError::Bind {
             index: p.index,
             name: p.name.clone(),

@@ -192,32 +192,18 @@ fn advise(mapping: &MmapRegion, advice: libc::c_int, name: &str, level: log::Lev
 /// the kernel maps 64 KiB around each page faulted in, so by the first boot nearly all of the
 /// text is resident, most of it never to run again. The pages stay in the page cache, now
 /// reclaimable; the code the running VM uses faults back in at once (minor faults, no I/O).
-/// Text is never written, so what faults back is what was there. Best effort: an error
-/// leaves the pages mapped. (A debugger's breakpoints in dropped pages are dropped too.)
+/// A mapping with a page of its own (`Anonymous` in smaps: a library the loader patched, a
+/// debugger's breakpoint, a uprobe) is left alone, since dropping would bring back the file's
+/// bytes. Best effort: an error leaves the pages mapped.
 pub fn drop_code_pages() {
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
         return;
     };
-    for line in maps.lines() {
-        // start-end perms offset dev inode path
-        let mut fields = line.split_whitespace();
-        let (Some(range), Some(perms), Some(path)) = (fields.next(), fields.next(), fields.nth(3))
-        else {
-            continue;
-        };
-        if perms != "r-xp" || !path.starts_with('/') {
-            continue;
-        }
-        let Some((Ok(start), Ok(end))) = range
-            .split_once('-')
-            .map(|(a, b)| (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)))
-        else {
-            continue;
-        };
+    for (start, end) in clean_code_mappings(&smaps) {
         // SAFETY: [start, end) is a whole private, read-only, executable file mapping of this
-        // process, as the kernel lists it; its pages were never written (it was never
-        // writable), so MADV_DONTNEED only unmaps them and the next access maps the same
-        // bytes from the file again. No Rust object lives in a code mapping.
+        // process, as the kernel lists it, with no page of its own (Anonymous: 0 kB): every
+        // page is the file's, so MADV_DONTNEED only unmaps them and the next access maps the
+        // same bytes from the file again. No Rust object lives in a code mapping.
         let rc = unsafe {
             libc::madvise(
                 start as *mut libc::c_void,
@@ -227,11 +213,40 @@ pub fn drop_code_pages() {
         };
         if rc != 0 {
             log::debug!(
-                "madvise(DONTNEED) on {path}: {}",
+                "madvise(DONTNEED) on {start:#x}-{end:#x}: {}",
                 std::io::Error::last_os_error()
             );
         }
     }
+}
+
+/// The private `r-xp` file mappings in `smaps` text without anonymous (written) pages.
+fn clean_code_mappings(smaps: &str) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    // The mapping being read: its range, if it is code from a file.
+    let mut current: Option<(usize, usize)> = None;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(first) = fields.next() else {
+            continue;
+        };
+        if let Some((a, b)) = first.split_once('-')
+            && let (Ok(start), Ok(end)) =
+                (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+        {
+            // start-end perms offset dev inode path
+            let perms = fields.next();
+            let path = fields.nth(3);
+            current = (perms == Some("r-xp") && path.is_some_and(|p| p.starts_with('/')))
+                .then_some((start, end));
+        } else if first == "Anonymous:"
+            && let Some(range) = current.take()
+            && fields.next() == Some("0")
+        {
+            out.push(range);
+        }
+    }
+    out
 }
 
 /// Registers every region of `mem` with KVM, one slot each, from slot 0.
@@ -259,6 +274,32 @@ pub fn register(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn only_clean_code_mappings_of_files_are_dropped() {
+        let smaps = "\
+55d0a0000000-55d0a0100000 r--p 00000000 fd:01 123 /usr/bin/vmm
+Anonymous:             0 kB
+55d0a0100000-55d0a0500000 r-xp 00100000 fd:01 123 /usr/bin/vmm
+Rss:                2048 kB
+Anonymous:             0 kB
+7f0000000000-7f0000100000 r-xp 00000000 fd:01 456 /usr/lib/libpatched.so
+Anonymous:             8 kB
+7f0000200000-7f0000300000 rw-p 00000000 00:00 0
+Anonymous:           512 kB
+7ffd00000000-7ffd00002000 r-xp 00000000 00:00 0                          [vdso]
+Anonymous:             0 kB
+7f0000400000-7f0000500000 r-xp 00000000 fd:01 789 /usr/lib/libc.so.6
+Anonymous:             0 kB
+";
+        assert_eq!(
+            clean_code_mappings(smaps),
+            vec![
+                (0x55d0_a010_0000, 0x55d0_a050_0000),
+                (0x7f00_0040_0000, 0x7f00_0050_0000)
+            ]
+        );
+    }
     use super::*;
     use vm_memory::Bytes;
 

@@ -36,6 +36,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use net::poll::{Poller, Token};
 use net::{FrameBackend, MacAddr, Offloads, VNET_HDR_LEN};
@@ -67,6 +68,14 @@ const NUM_BUFFERS_OFFSET: u64 = 10;
 /// The most of a control command read: class, command and a `VQ_PAIRS_SET`'s argument
 /// fit; longer commands are ones this device refuses anyway.
 const MAX_CTRL_COMMAND: usize = 64;
+/// The least time between two changes of the pairs in use. Each change attaches or detaches
+/// TAP queues, which takes the host's network configuration lock and waits for an RCU grace
+/// period; a driver that changes its pairs faster waits (Linux changes them at probe and on
+/// `ethtool -L`). None for the fuzzer, whose inputs would only wait.
+#[cfg(not(fuzzing))]
+const MIN_SWITCH_INTERVAL: Duration = Duration::from_millis(100);
+#[cfg(fuzzing)]
+const MIN_SWITCH_INTERVAL: Duration = Duration::ZERO;
 
 /// virtio-net feature bits.
 pub mod features {
@@ -401,64 +410,74 @@ impl VirtioDevice for Net {
             self.put_back(backends);
             return Err(e);
         }
-        let switch = match PairSwitch::new(n, self.counters.clone()) {
-            Ok(s) => Arc::new(s),
+        // What can fail, before any backend moves: an error here puts them all back.
+        let prepared = (|| -> io::Result<_> {
+            let switch = Arc::new(PairSwitch::new(n, self.counters.clone())?);
+            let kills = (0..pairs_used)
+                .map(|_| EventFd::new(EFD_NONBLOCK))
+                .collect::<io::Result<Vec<_>>>()?;
+            let worker_kills = kills
+                .iter()
+                .map(EventFd::try_clone)
+                .collect::<io::Result<Vec<_>>>()?;
+            Ok((switch, kills, worker_kills))
+        })();
+        let (switch, kills, worker_kills) = match prepared {
+            Ok(p) => p,
             Err(e) => {
                 self.put_back(backends);
                 return Err(e);
             }
         };
         self.acked.store(a.features, Ordering::Relaxed);
+        self.kills = kills;
         let mut ctrl = ctrl.map(|(queue, evt)| {
-            (
-                Control {
-                    queue,
-                    index: ctrl_index,
-                },
-                evt,
-            )
+            let control = Control {
+                queue,
+                index: ctrl_index,
+                multiqueue,
+                last_switch: None,
+            };
+            (control, evt)
         });
-        let started = pair_queues
+        let mut pairs = pair_queues
             .into_iter()
             .zip(backends)
-            .enumerate()
-            .try_for_each(
-                |(pair, (((rx, rx_evt), (tx, tx_evt)), backend))| -> io::Result<()> {
-                    let kill = EventFd::new(EFD_NONBLOCK)?;
-                    let (ctrl, ctrl_evt) = match ctrl.take() {
-                        Some((c, evt)) => (Some(c), Some(evt)),
-                        None => (None, None),
-                    };
-                    let worker = Worker {
-                        mem: a.mem.clone(),
-                        rx,
-                        tx,
-                        backend,
-                        interrupt: a.interrupt.clone(),
-                        counters: self.counters.clone(),
-                        backend_polled: false,
-                        needs_reset: a.needs_reset.clone(),
-                        pair,
-                        enabled: pair == 0,
-                        ctrl,
-                        switch: switch.clone(),
-                    };
-                    let wakers = Wakers {
-                        rx: rx_evt,
-                        tx: tx_evt,
-                        ctrl: ctrl_evt,
-                        kill: kill.try_clone()?,
-                    };
-                    self.pairs[pair].thread.start(move || worker.run(wakers))?;
-                    self.kills.push(kill);
-                    Ok(())
-                },
-            );
-        if let Err(e) = started {
-            // Backends not handed to a worker are lost with this error's closure; the
-            // started workers give theirs back.
-            self.stop_workers();
-            return Err(e);
+            .zip(worker_kills)
+            .enumerate();
+        while let Some((pair, ((((rx, rx_evt), (tx, tx_evt)), backend), kill))) = pairs.next() {
+            let (ctrl, ctrl_evt) = ctrl
+                .take()
+                .map_or((None, None), |(c, evt)| (Some(c), Some(evt)));
+            let worker = Worker {
+                mem: a.mem.clone(),
+                rx,
+                tx,
+                backend,
+                interrupt: a.interrupt.clone(),
+                counters: self.counters.clone(),
+                backend_polled: false,
+                needs_reset: a.needs_reset.clone(),
+                pair,
+                enabled: pair == 0,
+                ctrl,
+                switch: switch.clone(),
+            };
+            let wakers = Wakers {
+                rx: rx_evt,
+                tx: tx_evt,
+                ctrl: ctrl_evt,
+                kill,
+            };
+            if let Err(e) = self.pairs[pair].thread.start(move || worker.run(wakers)) {
+                // Only a thread that is gone refuses a job (its backend went with the job);
+                // the pairs not started yet keep theirs, the started ones give theirs back.
+                for (rest, ((_, backend), _)) in pairs {
+                    self.pairs[rest].backend = Some(backend);
+                }
+                self.stop_workers();
+                return Err(e);
+            }
         }
         log::debug!(
             "virtio-net {}: running {pairs_used} of {n} queue pair(s) with {}",
@@ -510,6 +529,10 @@ impl Token for Wake {
 struct Control {
     queue: Queue,
     index: usize,
+    /// Whether the driver negotiated `MQ` (else `VQ_PAIRS_SET` is refused).
+    multiqueue: bool,
+    /// When the pairs in use last changed.
+    last_switch: Option<Instant>,
 }
 
 /// The eventfds that wake a worker.
@@ -583,14 +606,18 @@ fn control_command(
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<&GuestMemoryMmap>,
     switch: &PairSwitch,
+    control: (bool, &mut Option<Instant>),
 ) -> u32 {
+    let (multiqueue, last_switch) = control;
     let mut command = [0u8; MAX_CTRL_COMMAND];
     let mut len = 0usize;
     let mut malformed = false;
     let mut status_at = None;
     for desc in chain {
         if desc.is_write_only() {
-            status_at.get_or_insert(desc.addr());
+            if desc.len() > 0 {
+                status_at.get_or_insert(desc.addr());
+            }
             continue;
         }
         if status_at.is_some() {
@@ -616,7 +643,7 @@ fn control_command(
             malformed = true;
         }
     }
-    let ok = !malformed && pairs_set(&command[..len], switch);
+    let ok = !malformed && multiqueue && pairs_set(&command[..len], switch, last_switch);
     let Some(at) = status_at else {
         return 0;
     };
@@ -631,8 +658,9 @@ fn control_command(
     }
 }
 
-/// Carries out `command` if it is a valid `VQ_PAIRS_SET`; whether it was.
-fn pairs_set(command: &[u8], switch: &PairSwitch) -> bool {
+/// Carries out `command` if it is a valid `VQ_PAIRS_SET`; whether it was. A change less
+/// than [`MIN_SWITCH_INTERVAL`] after the last one waits out the rest of it first.
+fn pairs_set(command: &[u8], switch: &PairSwitch, last_switch: &mut Option<Instant>) -> bool {
     let [class, cmd, lo, hi] = command else {
         return false;
     };
@@ -643,7 +671,14 @@ fn pairs_set(command: &[u8], switch: &PairSwitch) -> bool {
     if !(1..=switch.wakes.len()).contains(&pairs) {
         return false;
     }
-    switch.set(pairs);
+    if pairs != switch.active() {
+        let since = last_switch.map(|t| t.elapsed());
+        if let Some(wait) = since.and_then(|s| MIN_SWITCH_INTERVAL.checked_sub(s)) {
+            std::thread::sleep(wait);
+        }
+        switch.set(pairs);
+        *last_switch = Some(Instant::now());
+    }
     true
 }
 
@@ -769,7 +804,8 @@ impl Worker {
             while let Some(chain) = next_chain(&mut ctrl.queue, mem)? {
                 idle.took_chain();
                 let head = chain.head_index();
-                let written = control_command(mem, chain, &self.switch);
+                let control = (ctrl.multiqueue, &mut ctrl.last_switch);
+                let written = control_command(mem, chain, &self.switch, control);
                 ctrl.queue.add_used(mem, head, written)?;
                 used = true;
             }
@@ -862,8 +898,9 @@ impl Worker {
             while let Some(chain) = next_chain(&mut self.tx, mem)? {
                 idle.took_chain();
                 let head = chain.head_index();
+                // A pair the driver disabled sends nothing (its TAP queue is detached).
                 match chain_buffers(mem, chain, false, MAX_TX_FRAME)
-                    .filter(|(_, total)| *total > VNET_HDR_LEN)
+                    .filter(|(_, total)| *total > VNET_HDR_LEN && self.enabled)
                 {
                     Some((bufs, total)) => match self.backend.send(&bufs) {
                         Ok(_) => {
@@ -1255,6 +1292,14 @@ mod tests {
     /// A control queue at 0x2_0000 holding `commands` (each at its own buffer, status after
     /// it), served by a first-pair worker of a NIC with `pairs` pairs; the status bytes.
     fn control(pairs: usize, commands: &[(&[u8], u16)]) -> (Vec<u8>, Arc<PairSwitch>) {
+        control_with(pairs, true, commands)
+    }
+
+    fn control_with(
+        pairs: usize,
+        multiqueue: bool,
+        commands: &[(&[u8], u16)],
+    ) -> (Vec<u8>, Arc<PairSwitch>) {
         let s = setup();
         let rx = MockSplitQueue::create(&s.mem, GuestAddress(0), 16);
         let tx = MockSplitQueue::create(&s.mem, GuestAddress(0x1_0000), 16);
@@ -1276,6 +1321,8 @@ mod tests {
         w.ctrl = Some(Control {
             queue: ctrl.create_queue().unwrap(),
             index: 2 * pairs,
+            multiqueue,
+            last_switch: None,
         });
         w.process_ctrl().unwrap();
         assert_eq!(
@@ -1321,6 +1368,33 @@ mod tests {
         assert_eq!(&status[..6], &[err; 6]);
         assert_eq!(status[6], 0xee, "nowhere to write: untouched");
         assert_eq!(switch.active(), 1, "nothing changed");
+
+        // A control queue without MQ (CTRL_VQ alone) takes no VQ_PAIRS_SET.
+        let (status, switch) = control_with(4, false, &[(&[CTRL_MQ, PAIRS_SET, 2, 0], WRITE)]);
+        assert_eq!(status, vec![err]);
+        assert_eq!(switch.active(), 1);
+    }
+
+    /// Each change of the pairs in use waits until the last is `MIN_SWITCH_INTERVAL` old: a
+    /// driver that flips them cannot keep the host's TAP queue changes (and the lock they
+    /// take) going at its own pace. Setting what is already in use changes nothing.
+    #[test]
+    fn pair_changes_are_spaced_out() {
+        let flips: &[(&[u8], u16)] = &[
+            (&[CTRL_MQ, PAIRS_SET, 2, 0], WRITE),
+            (&[CTRL_MQ, PAIRS_SET, 2, 0], WRITE),
+            (&[CTRL_MQ, PAIRS_SET, 1, 0], WRITE),
+            (&[CTRL_MQ, PAIRS_SET, 2, 0], WRITE),
+        ];
+        let start = Instant::now();
+        let (status, switch) = control(2, flips);
+        let took = start.elapsed();
+        assert_eq!(status, vec![byte(vn::VIRTIO_NET_OK); 4]);
+        assert_eq!(switch.active(), 2);
+        assert!(
+            took >= 2 * MIN_SWITCH_INTERVAL,
+            "three changes in {took:?}: the second and third waited"
+        );
     }
 
     /// A worker of a pair the driver has not enabled leaves its receive queue alone, and
@@ -1502,6 +1576,8 @@ pub mod fuzzing {
             ctrl: Some(Control {
                 queue: ctrl,
                 index: 2 * pairs,
+                multiqueue: head[7] & 0x80 == 0,
+                last_switch: None,
             }),
             switch: switch.clone(),
         };

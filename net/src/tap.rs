@@ -325,17 +325,9 @@ mod tests {
                 tso_ecn: true,
             };
             FrameBackend::set_offloads(&mut tap.try_clone().unwrap(), all).unwrap();
-            vmm_sys_util::ioctl_ior_nr!(TUNGETIFF, TUNTAP, 210, libc::c_uint);
-            let mut req = IfReqFlags {
-                name: [0; IFNAMSIZ],
-                flags: 0,
-                _pad: [0; 22],
-            };
-            // SAFETY: TUNGETIFF fills a `struct ifreq`, which `req` is laid out as.
-            let rc = unsafe { ioctl_with_mut_ref(&tap.file, TUNGETIFF(), &mut req) };
-            assert_eq!(rc, 0, "TUNGETIFF: {}", io::Error::last_os_error());
+            let got = flags(&tap).unwrap();
             let want = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
-            assert_eq!(req.flags & want, want, "flags {:#x}", req.flags);
+            assert_eq!(got & want, want, "flags {got:#x}");
         })
         .join()
         .unwrap();

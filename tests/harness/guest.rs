@@ -421,11 +421,93 @@ impl Guest {
 
     fn context(&self) -> String {
         format!(
-            "\n--- console ---\n{}\n--- vmm stderr ---\n{}\n--- vmm threads ---\n{}",
+            "\n--- console ---\n{}\n--- vmm stderr ---\n{}\n--- vmm threads ---\n{}\n\
+             --- over one second ---\n{}",
             self.console(),
             self.stderr(),
-            self.threads()
+            self.threads(),
+            self.activity()
         )
+    }
+
+    /// What vmm's threads and KVM did over one second: each thread's clock ticks in vmm,
+    /// in the kernel and in the guest, and KVM's exit counters (debugfs, mounted here if it
+    /// is not; the test host runs one VM). Tells a guest spinning in itself from an
+    /// interrupt storm or a loop in vmm.
+    pub fn activity(&self) -> String {
+        const KVM: &[&str] = &[
+            "exits",
+            "io_exits",
+            "mmio_exits",
+            "halt_exits",
+            "irq_exits",
+            "irq_injections",
+            "irq_window_exits",
+            "signal_exits",
+        ];
+        let pid = self.child.id();
+        if !Path::new("/sys/kernel/debug/kvm").exists() {
+            let _ = Command::new("mount")
+                .args(["-t", "debugfs", "debugfs", "/sys/kernel/debug"])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let sample = || {
+            let mut ticks = std::collections::BTreeMap::new();
+            for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten()
+            {
+                let Ok(task) = task else { continue };
+                let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+                let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+                // Fields after the `(comm)`: state is the first; utime, stime and guest_time
+                // are fields 14, 15 and 43 of the line.
+                let rest: Vec<u64> = stat
+                    .rsplit_once(')')
+                    .map(|(_, r)| {
+                        r.split_whitespace()
+                            .map(|f| f.parse().unwrap_or(0))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let field = |n: usize| rest.get(n - 3).copied().unwrap_or(0);
+                let name = format!("{} {}", comm.trim(), task.file_name().to_string_lossy());
+                ticks.insert(name, [field(14), field(15), field(43)]);
+            }
+            let kvm: Vec<u64> = KVM
+                .iter()
+                .map(|c| {
+                    std::fs::read_to_string(format!("/sys/kernel/debug/kvm/{c}"))
+                        .ok()
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0)
+                })
+                .collect();
+            (ticks, kvm)
+        };
+        let (t0, k0) = sample();
+        std::thread::sleep(Duration::from_secs(1));
+        let (t1, k1) = sample();
+        let mut out: Vec<String> = t1
+            .iter()
+            .map(|(name, [u, s, g])| {
+                let [u0, s0, g0] = t0.get(name).copied().unwrap_or([*u, *s, *g]);
+                format!(
+                    "{name:<24} user +{} system +{} guest +{} ticks",
+                    u.saturating_sub(u0),
+                    s.saturating_sub(s0),
+                    g.saturating_sub(g0)
+                )
+            })
+            .collect();
+        let kvm: Vec<String> = KVM
+            .iter()
+            .zip(k0.iter().zip(&k1))
+            .map(|(c, (a, b))| format!("{c} +{}", b.saturating_sub(*a)))
+            .collect();
+        out.push(format!("kvm: {}", kvm.join(", ")));
+        out.join("\n")
     }
 
     /// Asserts vmm's confinement: every thread has `no_new_privs` and runs under seccomp

@@ -431,8 +431,8 @@ impl Guest {
     }
 
     /// What vmm's threads and KVM did over one second: each thread's clock ticks in vmm,
-    /// in the kernel and in the guest, and KVM's exit counters (debugfs, mounted here if it
-    /// is not; the test host runs one VM). Tells a guest spinning in itself from an
+    /// in the kernel and in the guest, KVM's exit counters (debugfs, mounted here if it is
+    /// not; the test host runs one VM) and its exits by reason and guest RIP (tracefs). Tells a guest spinning in itself from an
     /// interrupt storm or a loop in vmm.
     pub fn activity(&self) -> String {
         const KVM: &[&str] = &[
@@ -486,9 +486,37 @@ impl Guest {
                 .collect();
             (ticks, kvm)
         };
+        // The exits by reason and guest RIP (an ftrace histogram on kvm:kvm_exit): where a
+        // spinning guest spins.
+        let tracing = Path::new("/sys/kernel/tracing");
+        if !tracing.join("events").exists() {
+            let _ = Command::new("mount")
+                .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let trigger = tracing.join("events/kvm/kvm_exit/trigger");
+        let hist = "hist:keys=exit_reason,guest_rip.hex:sort=hitcount.descending:size=4096";
+        let traced = std::fs::write(&trigger, hist).is_ok();
         let (t0, k0) = sample();
         std::thread::sleep(Duration::from_secs(1));
         let (t1, k1) = sample();
+        let exits = if traced {
+            let text = std::fs::read_to_string(tracing.join("events/kvm/kvm_exit/hist"))
+                .unwrap_or_default();
+            let _ = std::fs::write(&trigger, format!("!{hist}"));
+            let top: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with('{'))
+                .take(12)
+                .collect();
+            format!(
+                "\nkvm_exit by reason and guest RIP (top 12):\n{}",
+                top.join("\n")
+            )
+        } else {
+            String::new()
+        };
         let mut out: Vec<String> = t1
             .iter()
             .map(|(name, [u, s, g])| {
@@ -506,7 +534,7 @@ impl Guest {
             .zip(k0.iter().zip(&k1))
             .map(|(c, (a, b))| format!("{c} +{}", b.saturating_sub(*a)))
             .collect();
-        out.push(format!("kvm: {}", kvm.join(", ")));
+        out.push(format!("kvm: {}{exits}", kvm.join(", ")));
         out.join("\n")
     }
 

@@ -682,6 +682,32 @@ fn pairs_set(command: &[u8], switch: &PairSwitch, last_switch: &mut Option<Insta
     true
 }
 
+/// Takes every chain the driver makes available on `queue`, hands each to `handle` (which
+/// returns how many bytes it wrote into the chain) and returns it used, until re-arming
+/// notifications finds no more; whether any chain was used. The interrupt is the caller's.
+fn drain(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    mut handle: impl FnMut(DescriptorChain<&GuestMemoryMmap>) -> u32,
+) -> Result<bool, virtio_queue::Error> {
+    let mut used = false;
+    let mut idle = IdleRounds::default();
+    loop {
+        queue.disable_notification(mem)?;
+        while let Some(chain) = next_chain(queue, mem)? {
+            idle.took_chain();
+            let head = chain.head_index();
+            let written = handle(chain);
+            queue.add_used(mem, head, written)?;
+            used = true;
+        }
+        if !queue.enable_notification(mem)? {
+            return Ok(used);
+        }
+        idle.more_reported()?;
+    }
+}
+
 impl Worker {
     fn run(mut self, wakers: Wakers) -> Box<dyn FrameBackend> {
         if let Err(e) = self.serve(&wakers) {
@@ -797,23 +823,11 @@ impl Worker {
             return Ok(());
         };
         let mem = &self.mem;
-        let mut used = false;
-        let mut idle = IdleRounds::default();
-        loop {
-            ctrl.queue.disable_notification(mem)?;
-            while let Some(chain) = next_chain(&mut ctrl.queue, mem)? {
-                idle.took_chain();
-                let head = chain.head_index();
-                let control = (ctrl.multiqueue, &mut ctrl.last_switch);
-                let written = control_command(mem, chain, &self.switch, control);
-                ctrl.queue.add_used(mem, head, written)?;
-                used = true;
-            }
-            if !ctrl.queue.enable_notification(mem)? {
-                break;
-            }
-            idle.more_reported()?;
-        }
+        let switch = &self.switch;
+        let (multiqueue, last_switch) = (ctrl.multiqueue, &mut ctrl.last_switch);
+        let used = drain(&mut ctrl.queue, mem, |chain| {
+            control_command(mem, chain, switch, (multiqueue, &mut *last_switch))
+        })?;
         if used && ctrl.queue.needs_notification(mem)? {
             self.interrupt.notify_queue(ctrl.index);
         }
@@ -891,40 +905,26 @@ impl Worker {
     /// Sends every frame the guest queued.
     fn process_tx(&mut self) -> Result<(), WorkerError> {
         let mem = &self.mem;
-        let mut used = false;
-        let mut idle = IdleRounds::default();
-        loop {
-            self.tx.disable_notification(mem)?;
-            while let Some(chain) = next_chain(&mut self.tx, mem)? {
-                idle.took_chain();
-                let head = chain.head_index();
-                // A pair the driver disabled sends nothing (its TAP queue is detached).
-                match chain_buffers(mem, chain, false, MAX_TX_FRAME)
-                    .filter(|(_, total)| *total > VNET_HDR_LEN && self.enabled)
-                {
-                    Some((bufs, total)) => match self.backend.send(&bufs) {
-                        Ok(_) => {
-                            NetCounters::add(&self.counters.tx_frames, 1);
-                            NetCounters::add(
-                                &self.counters.tx_bytes,
-                                (total - VNET_HDR_LEN) as u64,
-                            );
-                        }
-                        Err(e) => {
-                            log::debug!("virtio-net send: {e}");
-                            NetCounters::add(&self.counters.tx_dropped, 1);
-                        }
-                    },
-                    None => NetCounters::add(&self.counters.tx_dropped, 1),
-                }
-                self.tx.add_used(mem, head, 0)?;
-                used = true;
+        let (backend, counters, enabled) = (&mut self.backend, &self.counters, self.enabled);
+        let used = drain(&mut self.tx, mem, |chain| {
+            // A pair the driver disabled sends nothing (its TAP queue is detached).
+            match chain_buffers(mem, chain, false, MAX_TX_FRAME)
+                .filter(|(_, total)| *total > VNET_HDR_LEN && enabled)
+            {
+                Some((bufs, total)) => match backend.send(&bufs) {
+                    Ok(_) => {
+                        NetCounters::add(&counters.tx_frames, 1);
+                        NetCounters::add(&counters.tx_bytes, (total - VNET_HDR_LEN) as u64);
+                    }
+                    Err(e) => {
+                        log::debug!("virtio-net send: {e}");
+                        NetCounters::add(&counters.tx_dropped, 1);
+                    }
+                },
+                None => NetCounters::add(&counters.tx_dropped, 1),
             }
-            if !self.tx.enable_notification(mem)? {
-                break;
-            }
-            idle.more_reported()?;
-        }
+            0
+        })?;
         self.backend.tx_done();
         if used && self.tx.needs_notification(mem)? {
             self.interrupt.notify_queue(self.queue_index(TX));

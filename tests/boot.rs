@@ -226,6 +226,23 @@ testhost_test!(
 );
 
 testhost_test!(
+    fn the_console_keeps_every_byte_while_daemons_die_beside_the_agent() {
+        // A daemon killed in the guest is an orphan's death: a SIGCHLD for its parent. When
+        // that was the agent, its next console write could fail with EINTR and lose bytes
+        // (a lost newline hid `VMMTEST-DONE`). Two vCPUs let the daemon die during the write.
+        let mut guest = Guest::boot(&Manifest::new("daemons").cpus(1, 2), &[]);
+        guest.wait_ready(1);
+        for _ in 0..100 {
+            guest.check("for p in 8080 8081 8082 8083; do httpd -p $p -h /tmp; done");
+            // `exec` finds the answer only after the newline the agent prints before it.
+            guest.check("killall httpd");
+        }
+        guest.send("poweroff -f");
+        assert_eq!(guest.wait_exit(EXIT), 0, "{}", guest.stderr());
+    }
+);
+
+testhost_test!(
     fn sigterm_presses_the_power_button() {
         let mut guest = Guest::boot(&Manifest::new("sigterm"), &[]);
         guest.wait_ready(1);

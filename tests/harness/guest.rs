@@ -496,7 +496,7 @@ impl Guest {
                 .status();
         }
         let trigger = tracing.join("events/kvm/kvm_exit/trigger");
-        let hist = "hist:keys=exit_reason,guest_rip.hex:sort=hitcount.descending:size=4096";
+        let hist = "hist:keys=exit_reason,guest_rip.hex,info1.hex,info2.hex:sort=hitcount.descending:size=4096";
         let traced = std::fs::write(&trigger, hist).is_ok();
         let (t0, k0) = sample();
         std::thread::sleep(Duration::from_secs(1));
@@ -535,6 +535,7 @@ impl Guest {
             .map(|(c, (a, b))| format!("{c} +{}", b.saturating_sub(*a)))
             .collect();
         out.push(format!("kvm: {}{exits}", kvm.join(", ")));
+        out.push(kvm_events(tracing));
         out.join("\n")
     }
 
@@ -750,4 +751,20 @@ fn code(status: ExitStatus) -> i32 {
     status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+/// The first of KVM's trace events over 50 ms (page faults, MMIO, emulation, injected
+/// interrupts): what a guest that loops on one exit is doing there.
+fn kvm_events(tracing: &Path) -> String {
+    let enable = tracing.join("events/kvm/enable");
+    let _ = std::fs::write(tracing.join("trace"), "");
+    if std::fs::write(&enable, "1").is_err() {
+        return String::new();
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let _ = std::fs::write(&enable, "0");
+    let text = std::fs::read_to_string(tracing.join("trace")).unwrap_or_default();
+    let _ = std::fs::write(tracing.join("trace"), "");
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).take(40).collect();
+    format!("kvm trace events (first 40 of 50 ms):\n{}", lines.join("\n"))
 }

@@ -457,6 +457,7 @@ impl VirtioDevice for Net {
                 interrupt: a.interrupt.clone(),
                 counters: self.counters.clone(),
                 backend_polled: false,
+                backend_gone: false,
                 needs_reset: a.needs_reset.clone(),
                 pair,
                 enabled: pair == 0,
@@ -553,6 +554,9 @@ struct Worker {
     counters: Arc<NetCounters>,
     /// Whether the backend's descriptor is in the epoll set.
     backend_polled: bool,
+    /// The backend failed for good (its TAP was deleted): it is polled no more, or its
+    /// descriptor, readable as an error for ever, would spin this thread.
+    backend_gone: bool,
     /// Told when the driver broke a queue.
     needs_reset: NeedsReset,
     /// Which pair: its queues are `2 * pair` and `2 * pair + 1`.
@@ -763,10 +767,7 @@ impl Worker {
             }
             Wake::Rx => {
                 let _ = wakers.rx.read();
-                if self.enabled && !self.backend_polled {
-                    self.set_backend_polled(poller, true)?;
-                }
-                self.process_rx(poller)
+                self.buffers_posted(poller)
             }
             Wake::Backend => self.process_rx(poller),
             Wake::Ctrl => {
@@ -784,6 +785,15 @@ impl Worker {
         })
     }
 
+    /// The driver posted receive buffers: poll the backend again (unless it is gone) and
+    /// fill them.
+    fn buffers_posted(&mut self, poller: &Poller<Wake>) -> Result<(), WorkerError> {
+        if self.enabled && !self.backend_polled && !self.backend_gone {
+            self.set_backend_polled(poller, true)?;
+        }
+        self.process_rx(poller)
+    }
+
     /// Turns this pair on or off as the driver asked. A pair that is off has its backend
     /// out of the epoll set: a detached TAP queue polls as an error.
     fn follow_switch(&mut self, poller: &Poller<Wake>) -> Result<(), WorkerError> {
@@ -794,7 +804,9 @@ impl Worker {
         if on {
             self.backend.set_queue_enabled(true)?;
             self.enabled = true;
-            self.set_backend_polled(poller, true)?;
+            if !self.backend_gone {
+                self.set_backend_polled(poller, true)?;
+            }
             self.process_tx()?;
             self.process_rx(poller)
         } else {
@@ -836,7 +848,7 @@ impl Worker {
 
     /// Moves frames from the backend into posted receive buffers until either runs out.
     fn process_rx(&mut self, poller: &Poller<Wake>) -> Result<(), WorkerError> {
-        if !self.enabled {
+        if !self.enabled || self.backend_gone {
             return Ok(());
         }
         let mem = &self.mem;
@@ -886,7 +898,14 @@ impl Worker {
                 }
                 Err(e) => {
                     self.rx.go_to_previous_position();
-                    if e.kind() != io::ErrorKind::WouldBlock {
+                    if backend_is_gone(&e) {
+                        log::warn!(
+                            "virtio-net queue pair {}: the backend is gone ({e}); \
+                             nothing more is received",
+                            self.pair
+                        );
+                        self.backend_gone = true;
+                    } else if e.kind() != io::ErrorKind::WouldBlock {
                         log::warn!("virtio-net receive: {e}");
                     }
                     break;
@@ -896,7 +915,7 @@ impl Worker {
         if used && self.rx.needs_notification(mem)? {
             self.interrupt.notify_queue(self.queue_index(RX));
         }
-        if out_of_buffers && self.backend_polled {
+        if (out_of_buffers || self.backend_gone) && self.backend_polled {
             self.set_backend_polled(poller, false)?;
         }
         Ok(())
@@ -931,6 +950,15 @@ impl Worker {
         }
         Ok(())
     }
+}
+
+/// Whether a receive error means the backend will never work again: a TAP deleted under
+/// us reads `EBADFD` (`EIO` while it is being unregistered).
+fn backend_is_gone(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EBADFD | libc::EBADF | libc::EIO | libc::ENODEV | libc::ENXIO)
+    )
 }
 
 #[cfg(test)]
@@ -1032,6 +1060,7 @@ mod tests {
                 interrupt: self.irqs.clone(),
                 counters: Arc::default(),
                 backend_polled: true,
+                backend_gone: false,
                 needs_reset: NeedsReset::default(),
                 pair: 0,
                 enabled: true,
@@ -1132,6 +1161,61 @@ mod tests {
         w.process_tx().unwrap();
         assert!(s.sent.lock().unwrap().len() <= 1);
         assert_eq!(used(&tx).len(), 1);
+    }
+
+    /// A backend whose TAP was deleted: always readable, and every read fails.
+    struct Gone {
+        evt: EventFd,
+        reads: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl FrameBackend for Gone {
+        fn poll_fd(&self) -> RawFd {
+            self.evt.as_raw_fd()
+        }
+        fn recv(&mut self, _: &[VolatileSlice<'_>]) -> io::Result<usize> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            Err(io::Error::from_raw_os_error(libc::EBADFD))
+        }
+        fn send(&mut self, _: &[VolatileSlice<'_>]) -> io::Result<usize> {
+            Err(io::Error::from_raw_os_error(libc::EBADFD))
+        }
+        fn set_offloads(&mut self, _: Offloads) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_backend_that_is_gone_is_polled_no_more() {
+        let s = setup();
+        let rx = MockSplitQueue::create(&s.mem, GuestAddress(0), 16);
+        let tx = MockSplitQueue::create(&s.mem, GuestAddress(0x1_0000), 16);
+        rx.add_desc_chains(&[desc(0x10_0000, 2048, WRITE, 0)], 0)
+            .unwrap();
+        let mut w = s.worker(&rx, &tx);
+        let reads = Arc::default();
+        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        evt.write(1).unwrap();
+        w.backend = Box::new(Gone {
+            evt,
+            reads: Arc::clone(&reads),
+        });
+        let epoll = epoll_for(&w);
+        assert_eq!(epoll.wait(Some(Duration::ZERO)).unwrap().len(), 1);
+        w.process_rx(&epoll).unwrap();
+        assert!(w.backend_gone && !w.backend_polled);
+        assert!(used(&rx).is_empty(), "the buffer stays posted");
+        // Nothing is ready any more, and more buffers do not bring the backend back.
+        assert!(epoll.wait(Some(Duration::ZERO)).unwrap().is_empty());
+        w.buffers_posted(&epoll).unwrap();
+        assert!(epoll.wait(Some(Duration::ZERO)).unwrap().is_empty());
+        assert_eq!(reads.load(Ordering::Relaxed), 1);
+        // Sending still returns every chain (dropped).
+        tx.add_desc_chains(&[desc(0x20_0000, 100, 0, 0)], 0)
+            .unwrap();
+        w.process_tx().unwrap();
+        assert_eq!(used(&tx).len(), 1);
+        assert_eq!(w.counters.tx_dropped.load(Ordering::Relaxed), 1);
     }
 
     #[test]
@@ -1511,6 +1595,7 @@ pub mod fuzzing {
             interrupt: std::sync::Arc::new(NoInterrupts),
             counters: Arc::default(),
             backend_polled: true,
+            backend_gone: false,
             needs_reset: NeedsReset::default(),
             pair: 0,
             enabled: true,
@@ -1570,6 +1655,7 @@ pub mod fuzzing {
             interrupt: std::sync::Arc::new(NoInterrupts),
             counters: Arc::default(),
             backend_polled: false,
+            backend_gone: false,
             needs_reset: NeedsReset::default(),
             pair: 0,
             enabled: true,

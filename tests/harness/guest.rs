@@ -300,6 +300,8 @@ pub struct Guest {
     console: Collected,
     stderr: Collected,
     next_id: u64,
+    /// Guest RAM in bytes, from the manifest's `memory.size` when there is one.
+    ram_bytes: Option<u64>,
     _dir: Option<TempDir>,
 }
 
@@ -396,6 +398,9 @@ impl Guest {
             console,
             stderr,
             next_id: 1,
+            ram_bytes: manifest
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .and_then(|text| memory_size(&text)),
             _dir: None,
         }
     }
@@ -496,7 +501,8 @@ impl Guest {
                 .status();
         }
         let trigger = tracing.join("events/kvm/kvm_exit/trigger");
-        let hist = "hist:keys=exit_reason,guest_rip.hex,info1.hex,info2.hex:sort=hitcount.descending:size=4096";
+        let hist =
+            "hist:keys=exit_reason,guest_rip.hex,info2.hex:sort=hitcount.descending:size=4096";
         let traced = std::fs::write(&trigger, hist).is_ok();
         let (t0, k0) = sample();
         std::thread::sleep(Duration::from_secs(1));
@@ -511,7 +517,7 @@ impl Guest {
                 .take(12)
                 .collect();
             format!(
-                "\nkvm_exit by reason and guest RIP (top 12):\n{}",
+                "\nkvm_exit by reason, guest RIP and info2 (top 12):\n{}",
                 top.join("\n")
             )
         } else {
@@ -535,7 +541,7 @@ impl Guest {
             .map(|(c, (a, b))| format!("{c} +{}", b.saturating_sub(*a)))
             .collect();
         out.push(format!("kvm: {}{exits}", kvm.join(", ")));
-        out.push(kvm_events(tracing));
+        out.push(kvm_events(tracing, self.ram_bytes));
         out.join("\n")
     }
 
@@ -753,9 +759,9 @@ fn code(status: ExitStatus) -> i32 {
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
-/// The first of KVM's trace events over 50 ms (page faults, MMIO, emulation, injected
-/// interrupts): what a guest that loops on one exit is doing there.
-fn kvm_events(tracing: &Path) -> String {
+/// KVM's trace events over 50 ms, counted, with the first few of each; and, when guest RAM
+/// is known, whether they show [`EMULATION_LIVELOCK`].
+fn kvm_events(tracing: &Path, ram_bytes: Option<u64>) -> String {
     let enable = tracing.join("events/kvm/enable");
     let _ = std::fs::write(tracing.join("trace"), "");
     if std::fs::write(&enable, "1").is_err() {
@@ -765,6 +771,153 @@ fn kvm_events(tracing: &Path) -> String {
     let _ = std::fs::write(&enable, "0");
     let text = std::fs::read_to_string(tracing.join("trace")).unwrap_or_default();
     let _ = std::fs::write(tracing.join("trace"), "");
-    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).take(40).collect();
-    format!("kvm trace events (first 40 of 50 ms):\n{}", lines.join("\n"))
+    // The first few of each event: one busy event must not hide the others.
+    let mut seen = std::collections::BTreeMap::<&str, usize>::new();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            let event = l.split(": ").nth(1).unwrap_or("");
+            let n = seen.entry(event).or_default();
+            *n += 1;
+            *n <= 4
+        })
+        .take(60)
+        .collect();
+    let counts: Vec<String> = seen.iter().map(|(e, n)| format!("{e} {n}")).collect();
+    let livelock = ram_bytes
+        .and_then(|ram| emulation_livelock(&text, ram))
+        .map(|l| format!("\n{l}"))
+        .unwrap_or_default();
+    format!(
+        "kvm trace events over 50 ms: {}\n{}{livelock}",
+        counts.join(", "),
+        lines.join("\n")
+    )
+}
+
+/// `memory.size` of a manifest (`256Mi`, `1Gi`), in bytes.
+fn memory_size(manifest: &str) -> Option<u64> {
+    let mut lines = manifest.lines().skip_while(|l| l.trim() != "memory:");
+    lines.next()?;
+    let size = lines.find_map(|l| l.trim().strip_prefix("size:"))?.trim();
+    let size = size.trim_matches('"');
+    let (digits, unit) = size.split_at(size.find(|c: char| !c.is_ascii_digit())?);
+    let shift = match unit {
+        "Ki" => 10,
+        "Mi" => 20,
+        "Gi" => 30,
+        _ => return None,
+    };
+    digits.parse::<u64>().ok()?.checked_shl(shift)
+}
+
+/// Marks a stuck guest's report when the test host's emulation, not vmm, stopped it (the
+/// harness runs such a test again, see `ENVIRONMENT_FAILURES`).
+pub const EMULATION_LIVELOCK: &str = "EMULATION LIVELOCK";
+
+/// Whether KVM's trace events show a vCPU that can never go on: the same nested page fault,
+/// at one guest RIP, over and over, raised while delivering an exception (the exit's
+/// `intr_info` valid), in the guest's own page-table walk (`info1` bit 33), at a guest
+/// physical address outside guest RAM. The guest's page tables live in its RAM; a walk
+/// outside it means the nested guest's CR3 or page-table pointer was corrupted (seen: bit 32
+/// set), which QEMU's TCG emulation of SVM does now and then. `ram_bytes` is laid out as vmm
+/// lays it out: below 3 GiB, the rest from 4 GiB.
+pub fn emulation_livelock(trace: &str, ram_bytes: u64) -> Option<String> {
+    const MMIO_32_START: u64 = 0xc000_0000;
+    const HIGH_RAM_START: u64 = 1 << 32;
+    const GUEST_PAGE_WALK: u64 = 1 << 33;
+    const EVENT_VALID: u64 = 1 << 31;
+    let low = ram_bytes.min(MMIO_32_START);
+    let high = HIGH_RAM_START..HIGH_RAM_START + (ram_bytes - low);
+    let in_ram = |gpa: u64| gpa < low || high.contains(&gpa);
+    let hex = |line: &str, field: &str| -> Option<u64> {
+        let at = line.find(field)? + field.len();
+        let value = line[at..].split_whitespace().next()?;
+        u64::from_str_radix(value.trim_start_matches("0x"), 16).ok()
+    };
+    let mut faults = std::collections::BTreeMap::<(u64, u64), usize>::new();
+    let mut exits = 0;
+    for line in trace.lines().filter(|l| l.contains(" kvm_exit: ")) {
+        exits += 1;
+        if !line.contains(" reason npf ") {
+            continue;
+        }
+        let (Some(rip), Some(info1), Some(gpa), Some(intr)) = (
+            hex(line, " rip "),
+            hex(line, " info1 "),
+            hex(line, " info2 "),
+            hex(line, " intr_info "),
+        ) else {
+            continue;
+        };
+        if info1 & GUEST_PAGE_WALK != 0 && intr & EVENT_VALID != 0 && !in_ram(gpa) {
+            *faults.entry((rip, gpa)).or_default() += 1;
+        }
+    }
+    let ((rip, gpa), n) = faults.into_iter().max_by_key(|(_, n)| *n)?;
+    // Hundreds in 50 ms, and most of what KVM did: nothing else happens on that vCPU.
+    (n >= 100 && n * 2 >= exits).then(|| {
+        format!(
+            "{EMULATION_LIVELOCK}: {n} of {exits} exits are one nested page fault at rip \
+             {rip:#x}, delivering an exception, walking the guest's page tables at {gpa:#x}, \
+             outside its {} MiB of RAM",
+            ram_bytes >> 20
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NPF: &str = "           vcpu1-197     [000] .....    79.708497: kvm_exit: vcpu 1 \
+        reason npf rip 0xffffffffc0500f7c info1 0x000000020000000e info2 0x00000001009e4fe0 \
+        intr_info 0x80000b0e error_code 0x00000010";
+    const TIMER: &str = "           vcpu0-196     [001] .....    79.708500: kvm_exit: vcpu 0 \
+        reason msr rip 0xffffffffab673914 info1 0x0000000000000001 info2 0x0000000000000000 \
+        intr_info 0x00000000 error_code 0x00000000";
+
+    fn trace(lines: &[(&str, usize)]) -> String {
+        lines
+            .iter()
+            .flat_map(|(l, n)| std::iter::repeat_n(*l, *n))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn a_page_walk_outside_ram_repeated_is_the_emulation_s_livelock() {
+        let seen = trace(&[(NPF, 300), (TIMER, 20)]);
+        let found = emulation_livelock(&seen, 256 << 20).expect("livelock");
+        assert!(found.contains("0x1009e4fe0"), "{found}");
+        // The same address inside RAM (a guest with RAM above 4 GiB) is not the emulation's.
+        assert_eq!(emulation_livelock(&seen, 4 << 30), None);
+        // A few such faults among much else, or mostly other exits, is not a livelock.
+        assert_eq!(emulation_livelock(&trace(&[(NPF, 20)]), 256 << 20), None);
+        assert_eq!(
+            emulation_livelock(&trace(&[(NPF, 150), (TIMER, 400)]), 256 << 20),
+            None
+        );
+        // Not delivering an event, or not in the page walk: a plain MMIO access.
+        let mmio = NPF.replace("intr_info 0x80000b0e", "intr_info 0x00000000");
+        assert_eq!(emulation_livelock(&trace(&[(&mmio, 300)]), 256 << 20), None);
+        let final_access = NPF.replace("0x000000020000000e", "0x000000010000000e");
+        assert_eq!(
+            emulation_livelock(&trace(&[(&final_access, 300)]), 256 << 20),
+            None
+        );
+    }
+
+    #[test]
+    fn memory_size_reads_the_manifest() {
+        let m = "spec:\n  instance:\n    memory:\n      size: 256Mi\n    kernel:\n";
+        assert_eq!(memory_size(m), Some(256 << 20));
+        assert_eq!(
+            memory_size("    memory:\n      size: \"2Gi\"\n"),
+            Some(2 << 30)
+        );
+        assert_eq!(memory_size("    memory:\n      size: 1G\n"), None);
+        assert_eq!(memory_size("cpu: 1\n"), None);
+    }
 }

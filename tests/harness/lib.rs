@@ -157,6 +157,7 @@ const ENVIRONMENT_FAILURES: &[&str] = &[
     "Kernel panic",
     "soft lockup",
     "stack guard page",
+    guest::EMULATION_LIVELOCK,
 ];
 
 /// A triple fault vmm reports is the emulation's only with its signature: the vCPU was put

@@ -187,6 +187,38 @@ testhost_test!(
 );
 
 testhost_test!(
+    fn a_tap_deleted_under_the_guest_costs_no_cpu_and_the_pod_is_still_restored() {
+        pod_and_peer(
+            "ip -n pod addr add 10.10.0.2/24 dev eth0
+             ip -n pod route add default via 10.10.0.1",
+            "ip -n peer addr add 10.10.0.1/24 dev veth-peer",
+        );
+        let before = pod_state();
+        let mut guest = Guest::boot_in_netns("pod", &bridge_manifest("tap-gone"), &[]);
+        guest.wait_ready(1);
+        guest.check("udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 5 -T 2");
+        guest.check("ping -c 1 -W 5 10.10.0.1");
+        // A deleted TAP polls as an error for ever: the worker must stop polling it, not
+        // spin on it (it did, warning each time).
+        sh("ip -n pod link del tap-eth0");
+        let (rc, _) = guest.exec("ping -c 3 -W 1 10.10.0.1");
+        assert_ne!(rc, 0, "nothing can answer through a deleted TAP");
+        let ticks = guest.thread_ticks("virtio-net", Duration::from_secs(2));
+        assert!(
+            ticks < 20,
+            "the virtio-net worker used {ticks} of 200 ticks in 2 s"
+        );
+        let stderr = guest.stderr();
+        assert_eq!(stderr.matches("the backend is gone").count(), 1, "{stderr}");
+        guest.send("poweroff -f");
+        assert_eq!(guest.wait_exit(EXIT), 0, "{}", guest.stderr());
+        assert_eq!(pod_state(), before, "the pod is restored without its TAP");
+        sh("ip netns del pod; ip netns del peer");
+    },
+    timeout = 240
+);
+
+testhost_test!(
     fn taking_over_a_link_in_the_initial_namespace_is_refused() {
         sh("ip link add eth0 type dummy");
         let mut guest = Guest::boot(&bridge_manifest("initial-ns"), &[]);

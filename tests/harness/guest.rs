@@ -545,6 +545,38 @@ impl Guest {
         out.join("\n")
     }
 
+    /// Clock ticks (user and system, at 100 a second) that vmm's threads named `name` spent
+    /// over `over`.
+    pub fn thread_ticks(&self, name: &str, over: Duration) -> u64 {
+        let pid = self.child.id();
+        let sample = || -> u64 {
+            std::fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name)
+                })
+                .map(|t| {
+                    let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                    // utime and stime: fields 14 and 15, the 12th and 13th after `(comm)`.
+                    stat.rsplit_once(')')
+                        .map(|(_, rest)| {
+                            rest.split_whitespace()
+                                .skip(11)
+                                .take(2)
+                                .filter_map(|f| f.parse::<u64>().ok())
+                                .sum()
+                        })
+                        .unwrap_or(0)
+                })
+                .sum()
+        };
+        let before = sample();
+        std::thread::sleep(over);
+        sample().saturating_sub(before)
+    }
+
     /// Asserts vmm's confinement: every thread has `no_new_privs` and runs under seccomp
     /// filters (its own stacked on its parent's); every thread but the main one has no
     /// capability at all; the main one has none beyond `main_may_keep` (a mask of capability

@@ -261,14 +261,14 @@ pub fn in_testhost_with(
         }
         let sign = environment_failure(&run);
         if let (Some(sign), Some(log)) = (sign, std::env::var_os(RETRY_LOG)) {
-            // One line per environment failure, for tests/run's count at the end.
+            // One record per environment failure, for tests/run to count and show at the end.
             use std::io::Write as _;
             if let Ok(mut f) = std::fs::OpenOptions::new()
                 .append(true)
                 .create(true)
                 .open(log)
             {
-                let _ = writeln!(f, "{name} attempt {attempt}: {sign}");
+                let _ = f.write_all(retry_record(name, attempt, sign, &run).as_bytes());
             }
         }
         match sign {
@@ -284,6 +284,27 @@ pub fn in_testhost_with(
             ),
         }
     }
+}
+
+/// A rerun's entry in [`RETRY_LOG`]: one line naming it, then, indented, the line of the
+/// output that carries `sign` and the three before it (vmm's log says, say, whether the guest
+/// was rebooting), so that the suite's summary shows what happened: a test that passes on
+/// its rerun shows no output of its own.
+fn retry_record(name: &str, attempt: usize, sign: &str, run: &TesthostRun) -> String {
+    let context = [&run.stdout, &run.stderr]
+        .into_iter()
+        .find_map(|out| {
+            let lines: Vec<&str> = out.lines().collect();
+            let at = lines.iter().position(|l| l.contains(sign))?;
+            Some(lines[at.saturating_sub(3)..=at].to_vec())
+        })
+        .unwrap_or_default();
+    let mut record = format!("{name} attempt {attempt}: {sign}\n");
+    for line in context {
+        let line: String = line.trim().chars().take(300).collect();
+        record.push_str(&format!("    {line}\n"));
+    }
+    record
 }
 
 /// One run of a test inside the test host.
@@ -383,6 +404,28 @@ mod tests {
         assert_eq!(
             environment_failure(&run(at_guest_code, l1)),
             Some(TRIPLE_FAULT)
+        );
+    }
+
+    #[test]
+    fn a_rerun_is_recorded_with_the_lines_that_led_to_it() {
+        let stderr = "[ 1.0 INFO vmm::runner] booting the guest (boot 1)\n\
+                      [ 9.0 INFO vmm::runner] the guest asked for a reset\n\
+                      error: vCPU 0 triple fault (KVM_EXIT_SHUTDOWN) at rip 0xfff0 (cs 0xf000)\n\
+                      more";
+        let record = retry_record("t", 1, TRIPLE_FAULT, &run("", stderr));
+        assert_eq!(
+            record,
+            "t attempt 1: triple fault (KVM_EXIT_SHUTDOWN)\n    \
+             [ 1.0 INFO vmm::runner] booting the guest (boot 1)\n    \
+             [ 9.0 INFO vmm::runner] the guest asked for a reset\n    \
+             error: vCPU 0 triple fault (KVM_EXIT_SHUTDOWN) at rip 0xfff0 (cs 0xf000)\n"
+        );
+        // tests/run counts the unindented lines.
+        assert_eq!(record.lines().filter(|l| !l.starts_with(' ')).count(), 1);
+        assert_eq!(
+            retry_record("t", 2, "Kernel panic", &run("", "")),
+            "t attempt 2: Kernel panic\n"
         );
     }
 

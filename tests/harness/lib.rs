@@ -247,7 +247,13 @@ pub fn in_testhost_with(
     body: impl FnOnce(),
 ) {
     if std::env::var_os(IN_TESTHOST).is_some() {
-        body();
+        arm_shutdown_trace();
+        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+            if let Some(sites) = shutdown_sites() {
+                eprintln!("{sites}");
+            }
+            std::panic::resume_unwind(panic);
+        }
         return;
     }
     for attempt in 1..=ATTEMPTS {
@@ -286,6 +292,37 @@ pub fn in_testhost_with(
     }
 }
 
+/// Starts the line of a failed run that says where KVM saw each triple fault.
+const SHUTDOWN_SITES: &str = "KVM shutdown exits (vCPU, guest RIP before KVM reset it):";
+const TRACING: &str = "/sys/kernel/tracing";
+/// An ftrace histogram of the test host's triple-fault exits (SVM's shutdown, 127; VMX's
+/// triple fault, 2, which SVM does not intercept here) by vCPU and guest RIP. On AMD, KVM
+/// INITs a vCPU on a shutdown intercept, so vmm's own report of any triple fault shows the
+/// reset vector; this shows where it happened.
+const SHUTDOWN_HIST: &str =
+    "hist:keys=vcpu_id,guest_rip.hex if exit_reason == 127 || exit_reason == 2";
+
+/// Arms [`SHUTDOWN_HIST`] in the test host (best effort: tracefs may be missing).
+fn arm_shutdown_trace() {
+    if !Path::new(TRACING).join("events").exists() {
+        let _ = std::process::Command::new("mount")
+            .args(["-t", "tracefs", "tracefs", TRACING])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    let _ = std::fs::write(
+        Path::new(TRACING).join("events/kvm/kvm_exit/trigger"),
+        SHUTDOWN_HIST,
+    );
+}
+
+/// What [`SHUTDOWN_HIST`] counted, when it counted anything.
+fn shutdown_sites() -> Option<String> {
+    let hist = std::fs::read_to_string(Path::new(TRACING).join("events/kvm/kvm_exit/hist")).ok()?;
+    let sites: Vec<&str> = hist.lines().filter(|l| l.starts_with('{')).collect();
+    (!sites.is_empty()).then(|| format!("{SHUTDOWN_SITES} {}", sites.join("; ")))
+}
+
 /// A rerun's entry in [`RETRY_LOG`]: one line naming it, then, indented, the line of the
 /// output that carries `sign` and the three before it (vmm's log says, say, whether the guest
 /// was rebooting), so that the suite's summary shows what happened: a test that passes on
@@ -299,8 +336,12 @@ fn retry_record(name: &str, attempt: usize, sign: &str, run: &TesthostRun) -> St
             Some(lines[at.saturating_sub(3)..=at].to_vec())
         })
         .unwrap_or_default();
+    let sites = [&run.stdout, &run.stderr]
+        .into_iter()
+        .flat_map(|out| out.lines())
+        .filter(|l| l.contains(SHUTDOWN_SITES));
     let mut record = format!("{name} attempt {attempt}: {sign}\n");
-    for line in context {
+    for line in context.into_iter().chain(sites) {
         let line: String = line.trim().chars().take(300).collect();
         record.push_str(&format!("    {line}\n"));
     }
@@ -420,6 +461,19 @@ mod tests {
              [ 1.0 INFO vmm::runner] booting the guest (boot 1)\n    \
              [ 9.0 INFO vmm::runner] the guest asked for a reset\n    \
              error: vCPU 0 triple fault (KVM_EXIT_SHUTDOWN) at rip 0xfff0 (cs 0xf000)\n"
+        );
+        // Where KVM saw the triple fault, from the failed run's own report, follows.
+        let sites =
+            format!("{SHUTDOWN_SITES} {{ vcpu_id: 0, guest_rip: ffffffff81a0c2d3 }} hitcount: 1");
+        let with_sites = retry_record(
+            "t",
+            1,
+            TRIPLE_FAULT,
+            &run("", &format!("{stderr}\n{sites}")),
+        );
+        assert!(
+            with_sites.ends_with(&format!("    {sites}\n")),
+            "{with_sites}"
         );
         // tests/run counts the unindented lines.
         assert_eq!(record.lines().filter(|l| !l.starts_with(' ')).count(), 1);

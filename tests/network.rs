@@ -51,6 +51,15 @@ fn calico_pod_and_peer() {
     );
 }
 
+/// The pod's `eth0` at 10.10.0.2/24 with its default route through the peer, 10.10.0.1.
+fn plain_pod_and_peer() {
+    pod_and_peer(
+        "ip -n pod addr add 10.10.0.2/24 dev eth0
+         ip -n pod route add default via 10.10.0.1",
+        "ip -n peer addr add 10.10.0.1/24 dev veth-peer",
+    );
+}
+
 fn pod_state() -> String {
     sh("ip -n pod -o link show | sed 's/^[0-9]*: //; s/ qdisc.*link\\/ether / /; s/ brd.*//' | sort
         ip -n pod -4 -o addr show | awk '{print $2, $4}' | sort
@@ -188,11 +197,7 @@ testhost_test!(
 
 testhost_test!(
     fn a_tap_deleted_under_the_guest_costs_no_cpu_and_the_pod_is_still_restored() {
-        pod_and_peer(
-            "ip -n pod addr add 10.10.0.2/24 dev eth0
-             ip -n pod route add default via 10.10.0.1",
-            "ip -n peer addr add 10.10.0.1/24 dev veth-peer",
-        );
+        plain_pod_and_peer();
         let before = pod_state();
         let mut guest = Guest::boot_in_netns("pod", &bridge_manifest("tap-gone"), &[]);
         guest.wait_ready(1);
@@ -233,11 +238,7 @@ testhost_test!(
 
 testhost_test!(
     fn a_two_vcpu_guest_gets_a_queue_pair_per_vcpu() {
-        pod_and_peer(
-            "ip -n pod addr add 10.10.0.2/24 dev eth0
-             ip -n pod route add default via 10.10.0.1",
-            "ip -n peer addr add 10.10.0.1/24 dev veth-peer",
-        );
+        plain_pod_and_peer();
         let dir = vmm_tests::TempDir::new("multiqueue");
         let socket = dir.path().join("api.sock");
         let socket = socket.to_str().unwrap();

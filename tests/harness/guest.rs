@@ -464,21 +464,9 @@ impl Guest {
                 .flatten()
             {
                 let Ok(task) = task else { continue };
-                let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
                 let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-                // Fields after the `(comm)`: state is the first; utime, stime and guest_time
-                // are fields 14, 15 and 43 of the line.
-                let rest: Vec<u64> = stat
-                    .rsplit_once(')')
-                    .map(|(_, r)| {
-                        r.split_whitespace()
-                            .map(|f| f.parse().unwrap_or(0))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let field = |n: usize| rest.get(n - 3).copied().unwrap_or(0);
                 let name = format!("{} {}", comm.trim(), task.file_name().to_string_lossy());
-                ticks.insert(name, [field(14), field(15), field(43)]);
+                ticks.insert(name, task_ticks(&task.path()));
             }
             let kvm: Vec<u64> = KVM
                 .iter()
@@ -558,17 +546,8 @@ impl Guest {
                     std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name)
                 })
                 .map(|t| {
-                    let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-                    // utime and stime: fields 14 and 15, the 12th and 13th after `(comm)`.
-                    stat.rsplit_once(')')
-                        .map(|(_, rest)| {
-                            rest.split_whitespace()
-                                .skip(11)
-                                .take(2)
-                                .filter_map(|f| f.parse::<u64>().ok())
-                                .sum()
-                        })
-                        .unwrap_or(0)
+                    let [user, system, _] = task_ticks(&t.path());
+                    user + system
                 })
                 .sum()
         };
@@ -826,6 +805,22 @@ fn kvm_events(tracing: &Path, ram_bytes: Option<u64>) -> String {
         counts.join(", "),
         lines.join("\n")
     )
+}
+
+/// A thread's clock ticks from `/proc/PID/task/TID/stat`: user, system and guest (fields
+/// 14, 15 and 43 of the line; the fields after `(comm)` start at field 3, the state).
+fn task_ticks(task: &Path) -> [u64; 3] {
+    let stat = std::fs::read_to_string(task.join("stat")).unwrap_or_default();
+    let rest: Vec<u64> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| {
+            r.split_whitespace()
+                .map(|f| f.parse().unwrap_or(0))
+                .collect()
+        })
+        .unwrap_or_default();
+    let field = |n: usize| rest.get(n - 3).copied().unwrap_or(0);
+    [field(14), field(15), field(43)]
 }
 
 /// `memory.size` of a manifest (`256Mi`, `1Gi`), in bytes.

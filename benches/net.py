@@ -2,7 +2,7 @@
 """Network benchmark: vmm's TAP (bridge binding) beside QEMU -enable-kvm with a TAP, vhost
 off and on, on the same guest, and a plain veth pair as the limit.
 
-    benches/net.py [--seconds N] [--table T] [--vmm-before PATH]
+    benches/net.py [--seconds N] [--runs N] [--table T] [--only A,B] [--vmm-before PATH]
                                         drive the benchmark and print the table
     benches/net.py --measure NAME ...   one contender (inside the test host)
 
@@ -35,7 +35,9 @@ too, in the same test host right after IPv4: pod fd00:10::2/64 and peer fd00:10:
 well (dual-stack), the guest taking fd10:0:2::2 from vmm's NAT by DHCPv6 (Debian's dhcpcd in
 the iperf guest), an address of its own by SLAAC from QEMU's libslirp, and the pod's
 fd00:10::2 at layer 2 on the bridge; libslirp relays no ICMPv6 echo, so its IPv6 ping row
-fails. One run; the table shows the values and their ratio to vmm. Absolute numbers inside the test host are those of an emulated machine;
+fails. `--runs N` runs every contender N times, round by round; the table then shows each
+value's median and the median of the per-run ratios to the first contender (one run: the
+values and their ratio). Absolute numbers inside the test host are those of an emulated machine;
 the ratios, side by side in one run, are what to compare.
 """
 
@@ -44,6 +46,7 @@ import json
 import os
 import re
 import select
+import statistics
 import subprocess
 import sys
 import time
@@ -349,16 +352,29 @@ def in_testhost(name, args):
 
 def drive(args):
     contenders = TABLES[args.table] + ([BEFORE] if args.vmm_before else [])
-    results, failures = {}, {name: 0 for name in contenders}
-    for name in contenders:
-        for _ in range(ATTEMPTS):
-            r = in_testhost(name, args)
-            if r is not None:
-                results[name] = r
-                print(f"{name}: guest→peer {r['tx']:.0f} Mbit/s, peer→guest {r['rx']:.0f} "
-                      f"Mbit/s, RTT {r['rtt']:.3f} ms", file=sys.stderr, flush=True)
-                break
-            failures[name] += 1
+    if args.only:
+        wanted = args.only.split(",")
+        unknown = [n for n in wanted if n not in contenders]
+        if unknown or contenders[0] not in wanted:
+            sys.exit(f"--only: {', '.join(unknown) or 'the first contender is missing'}; "
+                     f"this table has {', '.join(contenders)} (the first is the base)")
+        contenders = [n for n in contenders if n in wanted]
+    # Rounds interleave the contenders, so that a slow spell of the machine falls on all.
+    rounds, failures = [], {name: 0 for name in contenders}
+    for number in range(1, args.runs + 1):
+        this = {}
+        for name in contenders:
+            for _ in range(ATTEMPTS):
+                r = in_testhost(name, args)
+                if r is not None:
+                    this[name] = r
+                    print(f"run {number}/{args.runs} {name}: guest→peer {r['tx']:.0f} Mbit/s, "
+                          f"peer→guest {r['rx']:.0f} Mbit/s, RTT {r.get('rtt', float('nan')):.3f}"
+                          f" ms", file=sys.stderr, flush=True)
+                    break
+                failures[name] += 1
+        rounds.append(this)
+    results, ratios = medians(rounds, contenders)
     mbit = lambda v: f"{v:.0f} Mbit/s"  # noqa: E731
     ms = lambda v: f"{v:.3f} ms"  # noqa: E731
     rows = [("TCP guest → peer", "tx", mbit),
@@ -379,15 +395,40 @@ def drive(args):
     width = 24
     streams = "one TCP stream" if args.streams == 1 else f"{args.streams} TCP streams (-P)"
     vcpus = "1 vCPU" if args.vcpus == 1 else f"{args.vcpus} vCPUs"
-    print(f"\nNetwork, inside the KVM test host (TCG, nested KVM): one run, iperf3 -t "
+    runs = ("one run" if args.runs == 1 else
+            f"medians of {args.runs} runs (ratios: the median of each run's ratio)")
+    print(f"\nNetwork, inside the KVM test host (TCG, nested KVM): {runs}, iperf3 -t "
           f"{args.seconds}, {streams}; guest {vcpus}, {MEMORY_MIB} MiB, pod link MTU 1500")
-    print_table(contenders, results, rows, width, extra)
-    return 0 if len(results) == len(contenders) else 1
+    print_table(contenders, results, rows, width, extra, ratios)
+    complete = all(name in r for r in rounds for name in contenders)
+    return 0 if complete else 1
+
+
+def medians(rounds, contenders):
+    """Each contender's median per measurement over `rounds` (one dict of results per
+    run), and the median of its per-run ratios to the first contender's result of the
+    same run; a run where either failed adds no ratio."""
+    base = contenders[0]
+    results, ratios = {}, {}
+    for name in contenders:
+        keys = {k for r in rounds for k in r.get(name, {})}
+        results[name] = {k: statistics.median(r[name][k] for r in rounds
+                                              if k in r.get(name, {})) for k in keys}
+        ratios[name] = {}
+        for k in keys:
+            each = [r[name][k] / r[base][k] for r in rounds
+                    if k in r.get(name, {}) and r.get(base, {}).get(k)]
+            ratios[name][k] = statistics.median(each) if each else float("nan")
+    return results, ratios
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=1,
+                        help="runs of every contender, interleaved; the table shows medians")
+    parser.add_argument("--only", help="comma-separated contenders of the table to run "
+                                       "(the first, the base, among them)")
     parser.add_argument("--table", choices=sorted(TABLES), default="bridge",
                         help="bridge: vmm's TAP beside QEMU's TAP and veth; masquerade: "
                              "vmm's NAT beside its TAP and QEMU's user networking")

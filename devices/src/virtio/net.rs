@@ -303,6 +303,15 @@ impl Net {
     }
 }
 
+/// How many of `pairs` queue pairs, counted from the first, have both queues ready in
+/// `queues`.
+fn ready_pairs(queues: &[Option<(Queue, EventFd)>], pairs: usize) -> usize {
+    let ready = |i: usize| queues.get(i).is_some_and(Option::is_some);
+    (0..pairs)
+        .take_while(|&p| ready(2 * p + RX) && ready(2 * p + TX))
+        .count()
+}
+
 /// The queue pairs a driver enabled, shared by the workers: pair 0's worker serves the
 /// control queue and sets it, every other worker follows it.
 struct PairSwitch {
@@ -373,8 +382,22 @@ impl VirtioDevice for Net {
         let n = self.pairs.len();
         let ctrl_vq = n > 1 && a.features & CTRL_VQ != 0;
         let multiqueue = ctrl_vq && a.features & MQ != 0;
-        // Without MQ the control queue follows the first pair.
-        let (pairs_used, ctrl_index) = if multiqueue { (n, 2 * n) } else { (1, 2) };
+        // Without MQ the control queue follows the first pair. With it, a driver need only
+        // set up the pairs it will use (virtio 1.2, 5.1.6.5.5: it configures a pair before
+        // enabling it with VQ_PAIRS_SET): the pairs served are the leading ready ones, and
+        // the control queue refuses more than those.
+        let (pairs_used, ctrl_index) = if multiqueue {
+            (ready_pairs(&a.queues, n), 2 * n)
+        } else {
+            (1, 2)
+        };
+        if multiqueue && (1..n).contains(&pairs_used) {
+            log::info!(
+                "virtio-net {}: the driver set up {pairs_used} of {n} queue pairs",
+                self.mac
+            );
+        }
+        let pairs_used = pairs_used.max(1);
         let mut queues = a.queues;
         let mut take = |i: usize, what: &str| {
             queues.get_mut(i).and_then(Option::take).ok_or_else(|| {
@@ -412,7 +435,7 @@ impl VirtioDevice for Net {
         }
         // What can fail, before any backend moves: an error here puts them all back.
         let prepared = (|| -> io::Result<_> {
-            let switch = Arc::new(PairSwitch::new(n, self.counters.clone())?);
+            let switch = Arc::new(PairSwitch::new(pairs_used, self.counters.clone())?);
             let kills = (0..pairs_used)
                 .map(|_| EventFd::new(EFD_NONBLOCK))
                 .collect::<io::Result<Vec<_>>>()?;
@@ -1457,6 +1480,73 @@ mod tests {
         let (status, switch) = control_with(4, false, &[(&[CTRL_MQ, PAIRS_SET, 2, 0], WRITE)]);
         assert_eq!(status, vec![err]);
         assert_eq!(switch.active(), 1);
+    }
+
+    /// A driver that negotiates MQ need only set up the pairs it will use: the device
+    /// serves those, keeps the others' backends, and refuses to switch to more.
+    #[test]
+    fn a_multiqueue_driver_may_set_up_only_the_pairs_it_uses() {
+        use features::{CTRL_VQ, MQ};
+        let (ok, err) = (byte(vn::VIRTIO_NET_OK), byte(vn::VIRTIO_NET_ERR));
+        let s = setup();
+        let mut net = Net::new(
+            "52:54:00:12:34:56".parse().unwrap(),
+            1500,
+            (0..3).map(|_| fake()).collect(),
+            Arc::default(),
+            Arc::default(),
+        )
+        .unwrap();
+        let rings: Vec<_> = (0..5u64)
+            .map(|i| MockSplitQueue::create(&s.mem, GuestAddress(0x1_0000 * i), 16))
+            .collect();
+        // The control queue, the last: three pairs (more than were set up), then two.
+        let commands: [&[u8]; 2] = [&[CTRL_MQ, PAIRS_SET, 3, 0], &[CTRL_MQ, PAIRS_SET, 2, 0]];
+        let mut descs = vec![];
+        for (i, command) in commands.iter().enumerate() {
+            let at = 0x10_0000 + 0x1000 * i as u64;
+            s.mem.write_slice(command, GuestAddress(at)).unwrap();
+            s.mem.write_obj(0xeeu8, GuestAddress(at + 0x800)).unwrap();
+            let next = u16::try_from(descs.len() + 1).unwrap();
+            descs.push(desc(at, 4, NEXT, next));
+            descs.push(desc(at + 0x800, 1, WRITE, 0));
+        }
+        rings[4].add_desc_chains(&descs, 0).unwrap();
+        let ready = |ring: &MockSplitQueue<'_, GuestMemoryMmap>| {
+            Some((
+                ring.create_queue().unwrap(),
+                EventFd::new(EFD_NONBLOCK).unwrap(),
+            ))
+        };
+        // Pairs 0 and 1 ready, pair 2 not, the control queue ready.
+        let mut queues: Vec<_> = rings[..4].iter().map(ready).collect();
+        queues.extend([None, None, ready(&rings[4])]);
+        net.activate(Activation {
+            mem: s.mem.clone(),
+            interrupt: s.irqs.clone(),
+            queues,
+            features: CTRL_VQ | MQ | VIRTIO_F_VERSION_1,
+            needs_reset: NeedsReset::default(),
+        })
+        .unwrap();
+        let status = |i: u64| -> u8 {
+            s.mem
+                .read_obj(GuestAddress(0x10_0800 + 0x1000 * i))
+                .unwrap()
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while status(1) == 0xee && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!([status(0), status(1)], [err, ok]);
+        assert_eq!(net.counters.queue_pairs.load(Ordering::Relaxed), 2);
+        assert!(net.pairs[1].thread.busy(), "the second pair is served");
+        assert!(
+            net.pairs[2].backend.is_some() && !net.pairs[2].thread.busy(),
+            "the pair the driver did not set up keeps its backend"
+        );
+        net.reset();
+        assert!(net.pairs.iter().all(|p| p.backend.is_some()));
     }
 
     /// Each change of the pairs in use waits until the last is `MIN_SWITCH_INTERVAL` old: a

@@ -15,6 +15,9 @@ one end of a veth pair, a "peer" namespace (10.10.0.1/24) at the other end runni
   vmm          the guest on vmm with the bridge binding in the pod namespace: eth0 becomes
                eth0-nic on bridge br-eth0 with TAP tap-eth0; the guest takes 10.10.0.2 by
                DHCP from vmm
+  vmm vhost-net
+               the same with the vmm.virtink.smartx.com/vhost-net annotation: the kernel
+               serves the NIC's queues
   qemu vhost=off, qemu vhost=on
                the guest on QEMU (q35, virtio-net-pci, -netdev tap) with the same topology
                made by hand in the pod namespace: bridge br0 holding eth0 (given another
@@ -56,7 +59,7 @@ from table import print_table
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = {
-    "bridge": ["vmm", "qemu vhost=off", "qemu vhost=on", "veth"],
+    "bridge": ["vmm", "vmm vhost-net", "qemu vhost=off", "qemu vhost=on", "veth"],
     "multiqueue": ["vmm", "vmm 1 pair", "qemu vhost=off", "qemu vhost=on",
                    "qemu vhost=on 1 queue"],
     "masquerade": ["vmm masquerade", "vmm", "qemu user"],
@@ -163,11 +166,14 @@ class Agent:
             self.proc.wait()
 
 
-def vmm_argv(args, binding="bridge", binary=None, pairs=1):
-    """vmm in the pod namespace; `pairs` > 1 asks for a queue pair per vCPU."""
+def vmm_argv(args, binding="bridge", binary=None, pairs=1, vhost=False):
+    """vmm in the pod namespace; `pairs` > 1 asks for a queue pair per vCPU, `vhost` for
+    vhost-net."""
     manifest = Path("/run/bench-net.yaml")
-    annotations = ("  annotations:\n    vmm.virtink.smartx.com/network-queue-pairs: \"vcpus\"\n"
-                   if pairs > 1 else "")
+    wanted = ([("network-queue-pairs", "vcpus")] if pairs > 1 else []) + \
+        ([("vhost-net", "true")] if vhost else [])
+    annotations = "".join(f"    vmm.virtink.smartx.com/{k}: \"{v}\"\n" for k, v in wanted)
+    annotations = "  annotations:\n" + annotations if annotations else ""
     manifest.write_text(f"""apiVersion: virt.virtink.smartx.com/v1alpha1
 kind: VirtualMachine
 metadata:
@@ -300,6 +306,8 @@ def measure(name, args):
             argv = vmm_argv(args, pairs=args.vcpus)
         elif name == "vmm 1 pair":
             argv = vmm_argv(args)
+        elif name == "vmm vhost-net":
+            argv = vmm_argv(args, vhost=True)
         elif name == BEFORE:
             argv = vmm_argv(args, binary=args.vmm_before)
         elif name == "vmm masquerade":
@@ -312,7 +320,8 @@ def measure(name, args):
         agent = Agent(argv)
         try:
             agent.wait_for(rb"VMMTEST-READY", 240)
-            if name in ("vmm", "vmm 1 pair", BEFORE, "vmm masquerade", "qemu user"):
+            if name in ("vmm", "vmm 1 pair", "vmm vhost-net", BEFORE, "vmm masquerade",
+                        "qemu user"):
                 agent.run("udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 5 -T 2")
             else:
                 agent.run("ip addr add 10.10.0.2/24 dev eth0 && ip link set eth0 up")

@@ -303,6 +303,145 @@ print('fetched 16')\"");
     timeout = 360
 );
 
+testhost_test!(
+    fn with_vhost_net_the_kernel_serves_the_queues_and_dhcp_still_answers() {
+        plain_pod_and_peer();
+        let before = pod_state();
+        let dir = vmm_tests::TempDir::new("vhost-net");
+        let socket = dir.path().join("api.sock");
+        let socket = socket.to_str().unwrap();
+        let manifest =
+            bridge_manifest("vhostnet").annotation("vmm.virtink.smartx.com/vhost-net", "true");
+        let mut guest = Guest::boot_in_netns("pod", &manifest, &["--api-socket", socket]);
+        guest.wait_ready(1);
+        let pid = guest.pid();
+        // The kernel's worker for vmm's vhost-net instance (a kernel thread, or on newer
+        // kernels a thread of vmm itself); no userspace virtio-net worker.
+        let kernel_workers = || {
+            sh(&format!(
+                "grep -lx 'vhost-{pid}' /proc/[0-9]*/task/*/comm 2>/dev/null | wc -l"
+            ))
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+        };
+        let threads = sh(&format!("cat /proc/{pid}/task/*/comm"));
+        assert!(
+            !threads.lines().any(|t| t.starts_with("virtio-net")),
+            "{threads}"
+        );
+        assert!(threads.lines().any(|t| t == "vhost-net-dhcp"), "{threads}");
+        sh(
+            "mkdir -p /tmp/vhost-www && head -c 300000 /dev/urandom > /tmp/vhost-www/blob
+            cd /tmp/vhost-www
+            ip netns exec peer python3 -m http.server 8000 --bind 10.10.0.1 >/dev/null 2>&1 &
+            echo $! > /tmp/vhost-www.pid
+            for i in $(seq 100); do
+              ip netns exec peer ss -ltn | grep -q 10.10.0.1:8000 && exit 0; sleep 0.2
+            done; echo the peer web server did not start; exit 1",
+        );
+        let want = sh("md5sum < /tmp/vhost-www/blob");
+        let want = want.split_whitespace().next().unwrap().to_string();
+        // The first boot, the same boot after the driver reset the device (unbound and
+        // bound again), and a second boot after a reboot.
+        for round in ["boot", "driver reset", "reboot"] {
+            match round {
+                "driver reset" => {
+                    guest.check(
+                        "d=$(basename $(readlink /sys/class/net/eth0/device))
+                         echo $d > /sys/bus/virtio/drivers/virtio_net/unbind
+                         echo $d > /sys/bus/virtio/drivers/virtio_net/bind
+                         ip link set eth0 up",
+                    );
+                }
+                "reboot" => {
+                    guest.send("reboot -f");
+                    guest.wait_ready(2);
+                }
+                _ => {}
+            }
+            // DHCP from vmm's packet socket on the TAP: the lease is the pod's address.
+            let lease = guest.check("udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 5 -T 2");
+            assert!(lease.contains("ip=10.10.0.2 mask=24"), "{round}: {lease}");
+            assert_eq!(kernel_workers(), 1, "{round}: one vhost worker");
+            let info = sh(&format!(
+                "curl -s -S --unix-socket {socket} http://localhost/v1/vm/info"
+            ));
+            let info: serde_json::Value = serde_json::from_str(&info).expect("info is JSON");
+            let nic = &info["interfaces"][0];
+            let host = nic["host"].as_str().unwrap_or_default();
+            assert!(
+                host.ends_with("queues served by vhost-net"),
+                "{round}: {host}"
+            );
+            let features = nic["features"].to_string();
+            assert!(features.contains("\"MRG_RXBUF\""), "{round}: {features}");
+            guest.check("ping -c 3 -W 5 10.10.0.1");
+            let got = guest.check("wget -q -O - http://10.10.0.1:8000/blob | md5sum");
+            assert_eq!(
+                got.split_whitespace().next(),
+                Some(want.as_str()),
+                "{round}"
+            );
+        }
+        // A DHCP request in the guest's name from the pod's network reaches the guest
+        // through the bridge, but not vmm's server (which would refuse it in the guest's
+        // name): the server hears only what the guest sends.
+        sh(r#"ip netns exec peer python3 -c "
+import socket, struct
+mac = bytes.fromhex('0a580a0a0002')
+msg = struct.pack('!BBBBIHH4s4s4s4s16s192xI', 1, 1, 6, 0, 0x5eed, 0, 0x8000, bytes(4),
+                  bytes(4), bytes(4), bytes(4), mac + bytes(10), 0x63825363)
+msg += bytes([53, 1, 3, 50, 4, 10, 10, 0, 77, 255])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+s.bind(('10.10.0.1', 68))
+for _ in range(3):
+    s.sendto(msg, ('255.255.255.255', 67))
+""#);
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        guest.check("ping -c 1 -W 5 10.10.0.1");
+        let stderr = guest.stderr();
+        assert!(
+            stderr.contains("DHCP: 10.10.0.2 acknowledged") && !stderr.contains("10.10.0.77"),
+            "{stderr}"
+        );
+        guest.send("poweroff -f");
+        assert_eq!(guest.wait_exit(EXIT), 0, "{}", guest.stderr());
+        assert_eq!(kernel_workers(), 0, "the vhost worker ends with vmm");
+        assert_eq!(pod_state(), before, "the pod is restored");
+
+        // Without /dev/vhost-net (a pod not given it): exit 2 naming the annotation and the
+        // device, before the pod is touched.
+        sh("mv /dev/vhost-net /dev/vhost-net.away");
+        let mut vmm = Guest::boot_in_netns("pod", &manifest, &[]);
+        let code = vmm.wait_exit(EXIT);
+        let plan = sh(&format!(
+            "ip netns exec pod {} run --dry-run {} 2>&1 || echo exit $?",
+            vmm_tests::vmm_bin().display(),
+            manifest.write(&std::env::temp_dir()).display()
+        ));
+        sh("mv /dev/vhost-net.away /dev/vhost-net");
+        assert!(
+            plan.contains("/dev/vhost-net cannot be opened") && plan.ends_with("exit 2\n"),
+            "the dry run says what the run would: {plan}"
+        );
+        let stderr = vmm.stderr();
+        assert_eq!(code, 2, "{stderr}");
+        assert!(
+            stderr.contains("metadata.annotations[vmm.virtink.smartx.com/vhost-net]")
+                && stderr.contains("/dev/vhost-net cannot be opened"),
+            "{stderr}"
+        );
+        assert_eq!(pod_state(), before, "nothing left behind");
+        sh(
+            "kill $(cat /tmp/vhost-www.pid); rm -rf /tmp/vhost-www /tmp/vhost-www.pid
+            ip netns del pod; ip netns del peer",
+        );
+    },
+    timeout = 360
+);
+
 /// Pod `eth0` (10.10.0.2/24) and multus `net1` (no address), each a veth to the peer.
 fn pod_with_net1() {
     pod_and_peer(

@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | [`Role::Main`] | `vmm` | boots, resets, stops the VM; signals, console, API commands |
 //! | [`Role::Vcpu`] | `vcpuN` | `KVM_RUN` and the device models' register accesses |
-//! | [`Role::NetWorker`] | `virtio-net` | the NIC's queues, the TAP or the masquerade NAT |
+//! | [`Role::NetWorker`] | `virtio-net`, `vhost-net-dhcp` | the NIC's queues, the TAP or the masquerade NAT; a vhost-net NIC's DHCP |
 //! | [`Role::BlockWorker`] | `virtio-blk-N` | a disk's queue, I/O on its file |
 //! | [`Role::Api`] | `api`, `api-client` | the API socket |
 //! | [`Role::SerialLog`] | `serial-log` | writes `--serial-log` and rotates it |
@@ -225,6 +225,23 @@ const VCPU_IOCTLS: &[u64] = &[
     vcpu_ioctl::VFIO_DEVICE_RESET,
 ];
 
+/// What a vhost-net NIC's activation and reset ask of the kernel on the vCPU that writes
+/// the device status: features, each ring's size, addresses, base, kick and call, and the
+/// TAP as its backend, or none (see `virtio::vhost_net`).
+fn vhost_activation_ioctls() -> [u64; 7] {
+    use vhost::vhost_kern::vhost_binding as v;
+    [
+        v::VHOST_SET_FEATURES(),
+        v::VHOST_SET_VRING_NUM(),
+        v::VHOST_SET_VRING_ADDR(),
+        v::VHOST_SET_VRING_BASE(),
+        v::VHOST_SET_VRING_KICK(),
+        v::VHOST_SET_VRING_CALL(),
+        v::VHOST_NET_SET_BACKEND(),
+    ]
+    .map(u64::from)
+}
+
 /// `_IO(0x12, 119)`, `_IO(0x12, 127)`: discard and zero a range of a block device.
 const BLKDISCARD: u64 = 0x1277;
 const BLKZEROOUT: u64 = 0x127f;
@@ -418,7 +435,9 @@ fn allowed(role: Role) -> Vec<Allowed> {
     calls.dedup();
     let mut out: Vec<Allowed> = calls.into_iter().map(any).collect();
     if role == Role::Vcpu {
-        out.push(one_of(libc::SYS_ioctl, 1, VCPU_IOCTLS));
+        let mut ioctls = VCPU_IOCTLS.to_vec();
+        ioctls.extend(vhost_activation_ioctls());
+        out.push(one_of(libc::SYS_ioctl, 1, &ioctls));
     }
     if role == Role::NetWorker {
         // std's `set_nonblocking` on the NAT's sockets, and attaching or detaching a

@@ -13,6 +13,7 @@ pub mod local_dhcp;
 pub mod mac;
 pub mod nat;
 pub mod netlink;
+pub mod packet;
 pub mod poll;
 pub mod random;
 pub mod resolv;

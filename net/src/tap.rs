@@ -222,6 +222,11 @@ impl Tap {
         &self.name
     }
 
+    /// The queue's descriptor, for a kernel that serves it (vhost-net's backend).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     fn set_offload_flags(&self, flags: libc::c_uint) -> io::Result<()> {
         // SAFETY: TUNSETOFFLOAD takes its argument by value; the descriptor is ours.
         let rc = unsafe { ioctl_with_val(&self.file, TUNSETOFFLOAD(), libc::c_ulong::from(flags)) };

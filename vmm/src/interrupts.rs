@@ -195,6 +195,10 @@ impl MsiRoutes for MsiGroup {
         *state = !masked;
         Ok(())
     }
+
+    fn eventfd(&self, vector: usize) -> Option<&EventFd> {
+        self.irqfds.get(vector)
+    }
 }
 
 /// Queue notifications as KVM ioeventfds on MMIO addresses.

@@ -417,6 +417,7 @@ fn add_pci_devices(
     };
     use devices::virtio::block::Block;
     use devices::virtio::net::Net;
+    use devices::virtio::vhost_net::VhostNet;
 
     use crate::arch::layout::{PCI_ECAM_ADDR, PCI_MMIO_START};
 
@@ -458,18 +459,40 @@ fn add_pci_devices(
                 continue;
             }
         };
-        let backends = nic
-            .frame_backends()
-            .map_err(pci_fail(&nic.name, "cannot open its frame backend"))?;
-        let device = Net::new(
-            nic.mac,
-            nic.mtu,
-            backends,
-            nic.counters.clone(),
-            nic.acked.clone(),
-        )
-        .map_err(pci_fail(&nic.name, "cannot start its worker thread"))?;
-        let at = pci.add_virtio(&nic.name, Box::new(device))?;
+        let vhost = nic.vhost_parts().map_err(pci_fail(
+            &nic.name,
+            "cannot duplicate its TAP or DHCP socket",
+        ))?;
+        let device: Box<dyn devices::virtio::VirtioDevice> = match vhost {
+            Some((tap, dhcp)) => Box::new(
+                VhostNet::new(
+                    nic.mac,
+                    nic.mtu,
+                    tap,
+                    pci.mem,
+                    dhcp,
+                    nic.acked.clone(),
+                    nic.counters.clone(),
+                )
+                .map_err(pci_fail(&nic.name, "cannot set up vhost-net"))?,
+            ),
+            None => {
+                let backends = nic
+                    .frame_backends()
+                    .map_err(pci_fail(&nic.name, "cannot open its frame backend"))?;
+                Box::new(
+                    Net::new(
+                        nic.mac,
+                        nic.mtu,
+                        backends,
+                        nic.counters.clone(),
+                        nic.acked.clone(),
+                    )
+                    .map_err(pci_fail(&nic.name, "cannot start its worker thread"))?,
+                )
+            }
+        };
+        let at = pci.add_virtio(&nic.name, device)?;
         log::debug!("virtio-net {} at {at}", nic.name);
     }
     // Disks after the interfaces, in `disks` order: the guest names them vda, vdb, ...

@@ -135,6 +135,29 @@ fn each_rule_reports_its_message() {
             ],
         ),
         case(
+            "vhost-net annotation",
+            vec![(
+                "/metadata/annotations",
+                json!({"vmm.virtink.smartx.com/vhost-net": "yes"}),
+            )],
+            vec![
+                "metadata.annotations[vmm.virtink.smartx.com/vhost-net]: Invalid value: \"yes\": must be \"true\" or \"false\"",
+            ],
+        ),
+        case(
+            "vhost-net has one queue pair",
+            vec![(
+                "/metadata/annotations",
+                json!({
+                    "vmm.virtink.smartx.com/vhost-net": "true",
+                    "vmm.virtink.smartx.com/network-queue-pairs": "vcpus",
+                }),
+            )],
+            vec![
+                "metadata.annotations[vmm.virtink.smartx.com/vhost-net]: Invalid value: \"true\": a vhost-net NIC has one queue pair: vmm.virtink.smartx.com/network-queue-pairs must be \"1\" or absent",
+            ],
+        ),
+        case(
             "memory size must be positive",
             vec![("/spec/instance/memory/size", json!("-1Gi"))],
             vec!["spec.instance.memory.size: Invalid value: -1073741824: must be greater than 0"],
@@ -1105,6 +1128,21 @@ fn generate_name_alone_names_the_vm_the_same_on_every_run() {
     // A long prefix is cut as the API server cuts it, so the name stays valid.
     set(&mut doc, "/metadata/generateName", json!("a".repeat(80)));
     assert_eq!(load_value(&doc).unwrap().vm.metadata.name.len(), 63);
+}
+
+#[test]
+fn vhost_net_is_off_unless_the_annotation_says_true() {
+    let key = "vmm.virtink.smartx.com/vhost-net";
+    let vhost = |annotations: Value| {
+        let doc = with(&[("/metadata/annotations", annotations)]);
+        VmConfig::from_manifest(&load_value(&doc).unwrap()).vhost_net
+    };
+    assert!(!vhost(json!({})));
+    assert!(!vhost(json!({ key: "false" })));
+    assert!(vhost(json!({ key: "true" })));
+    assert!(vhost(
+        json!({ key: "true", "vmm.virtink.smartx.com/network-queue-pairs": "1" })
+    ));
 }
 
 #[test]

@@ -11,6 +11,7 @@
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use vmm_sys_util::eventfd::EventFd;
 
 /// MSI-X capability ID.
 pub const MSIX_CAP_ID: u8 = 0x11;
@@ -45,6 +46,13 @@ pub trait MsiRoutes: Send + Sync {
     fn set_masked(&self, vector: usize, masked: bool) -> io::Result<()> {
         let _ = (vector, masked);
         Ok(())
+    }
+    /// The eventfd that fires vector `vector` when written, while [`MsiRoutes::set_masked`]
+    /// has it unmasked: for a signaller outside `vmm` (the host kernel's vhost-net). `None`
+    /// where there is none.
+    fn eventfd(&self, vector: usize) -> Option<&EventFd> {
+        let _ = vector;
+        None
     }
 }
 
@@ -81,6 +89,19 @@ impl MsixVectors {
     /// Number of vectors.
     pub fn count(&self) -> usize {
         self.masked.len()
+    }
+
+    /// A handle on the eventfd that fires `vector` (see [`MsiRoutes::eventfd`]); `None` for
+    /// an out-of-range vector (virtio's NO_VECTOR) or routes without eventfds. What it
+    /// signals while the vector is masked is delivered on unmasking, as with a VF's.
+    pub fn eventfd(&self, vector: usize) -> io::Result<Option<EventFd>> {
+        if vector >= self.count() {
+            return Ok(None);
+        }
+        self.routes
+            .eventfd(vector)
+            .map(EventFd::try_clone)
+            .transpose()
     }
 
     /// Whether MSI-X is enabled.

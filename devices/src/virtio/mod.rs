@@ -9,6 +9,7 @@
 pub mod block;
 pub mod net;
 mod pci;
+pub mod vhost_net;
 
 use std::io;
 use std::num::Wrapping;
@@ -48,6 +49,13 @@ pub trait VirtioInterrupt: Send + Sync {
     fn notify_queue(&self, queue: usize);
     /// The device configuration changed.
     fn notify_config(&self);
+    /// An eventfd that raises queue `queue`'s interrupt when written, for a device whose
+    /// queues the host kernel serves (vhost-net); `None` where the driver gave the queue no
+    /// interrupt, or the transport has no such eventfds.
+    fn queue_eventfd(&self, queue: usize) -> io::Result<Option<EventFd>> {
+        let _ = queue;
+        Ok(None)
+    }
 }
 
 /// Registers queue-notify addresses with the hypervisor, so that a driver's notify write

@@ -108,6 +108,8 @@ pub mod features {
     pub const CTRL_VQ: u64 = bit(n::VIRTIO_NET_F_CTRL_VQ);
     /// Several queue pairs.
     pub const MQ: u64 = bit(n::VIRTIO_NET_F_MQ);
+    /// Driver merges receive buffers (offered with vhost-net, which does it).
+    pub const MRG_RXBUF: u64 = bit(n::VIRTIO_NET_F_MRG_RXBUF);
 }
 
 /// Frame and byte counters of one NIC, from the guest's point of view; they outlive boots.
@@ -134,7 +136,7 @@ impl NetCounters {
 }
 
 /// The features a device with an MTU and `pairs` queue pairs offers.
-fn offered_features(pairs: usize) -> u64 {
+pub(super) fn offered_features(pairs: usize) -> u64 {
     use features::*;
     let multiqueue = if pairs > 1 { CTRL_VQ | MQ } else { 0 };
     VIRTIO_F_VERSION_1
@@ -171,6 +173,7 @@ pub fn feature_names(bits: u64) -> Vec<&'static str> {
         (STATUS, "STATUS"),
         (CTRL_VQ, "CTRL_VQ"),
         (MQ, "MQ"),
+        (MRG_RXBUF, "MRG_RXBUF"),
         (VIRTIO_RING_F_INDIRECT_DESC, "RING_INDIRECT_DESC"),
         (VIRTIO_RING_F_EVENT_IDX, "RING_EVENT_IDX"),
         (VIRTIO_F_VERSION_1, "VERSION_1"),
@@ -182,7 +185,7 @@ pub fn feature_names(bits: u64) -> Vec<&'static str> {
 }
 
 /// The offloads a driver that acked `acked` accepts on receive.
-fn offloads(acked: u64) -> Offloads {
+pub(super) fn offloads(acked: u64) -> Offloads {
     use features::*;
     Offloads {
         csum: acked & GUEST_CSUM != 0,
@@ -269,16 +272,6 @@ impl Net {
         })
     }
 
-    fn config_bytes(&self) -> [u8; 12] {
-        let mut c = [0u8; 12];
-        c[..6].copy_from_slice(&self.mac.octets());
-        c[6..8].copy_from_slice(&1u16.to_le_bytes()); // VIRTIO_NET_S_LINK_UP
-        let pairs = u16::try_from(self.pairs.len()).unwrap_or(1);
-        c[8..10].copy_from_slice(&pairs.to_le_bytes()); // max_virtqueue_pairs
-        c[10..12].copy_from_slice(&self.mtu.to_le_bytes());
-        c
-    }
-
     fn stop_workers(&mut self) {
         for kill in self.kills.drain(..) {
             let _ = kill.write(1);
@@ -300,6 +293,25 @@ impl Net {
         for (pair, backend) in self.pairs.iter_mut().zip(backends) {
             pair.backend = Some(backend);
         }
+    }
+}
+
+/// Reads `data` at `offset` of the configuration space of a NIC with `mac`, `mtu` and
+/// `pairs` queue pairs; bytes beyond it read as zero.
+pub(super) fn read_config(mac: MacAddr, mtu: u16, pairs: usize, offset: u64, data: &mut [u8]) {
+    let mut c = [0u8; 12];
+    c[..6].copy_from_slice(&mac.octets());
+    c[6..8].copy_from_slice(&1u16.to_le_bytes()); // VIRTIO_NET_S_LINK_UP
+    let pairs = u16::try_from(pairs).unwrap_or(1);
+    c[8..10].copy_from_slice(&pairs.to_le_bytes()); // max_virtqueue_pairs
+    c[10..12].copy_from_slice(&mtu.to_le_bytes());
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = c.get(start..) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
     }
 }
 
@@ -362,15 +374,7 @@ impl VirtioDevice for Net {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let c = self.config_bytes();
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if let Some(src) = c.get(start..) {
-            let n = src.len().min(data.len());
-            data[..n].copy_from_slice(&src[..n]);
-        }
+        read_config(self.mac, self.mtu, self.pairs.len(), offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {

@@ -83,6 +83,12 @@ impl VirtioInterrupt for PciInterrupt {
     fn notify_config(&self) {
         self.vectors.signal(usize::from(self.config_vector));
     }
+    fn queue_eventfd(&self, queue: usize) -> io::Result<Option<EventFd>> {
+        match self.queue_vectors.get(queue) {
+            Some(&v) => self.vectors.eventfd(usize::from(v)),
+            None => Ok(None),
+        }
+    }
 }
 
 /// A virtio device on PCI.

@@ -151,6 +151,11 @@ pub struct DiskConfig {
 /// it a NIC has one pair, as Cloud Hypervisor's and QEMU's do.
 pub const QUEUE_PAIRS_ANNOTATION: &str = "vmm.virtink.smartx.com/network-queue-pairs";
 
+/// The annotation that has the host kernel serve a VM's TAP-backed NICs' queues (vhost-net,
+/// as QEMU's `vhost=on`): `"true"`, or `"false"`, the default. Such a NIC has one queue pair,
+/// and `/dev/vhost-net` must be open to the pod.
+pub const VHOST_NET_ANNOTATION: &str = "vmm.virtink.smartx.com/vhost-net";
+
 /// How many queue pairs a TAP-backed NIC gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QueuePairs {
@@ -198,6 +203,8 @@ pub struct VmConfig {
     pub interfaces: Vec<InterfaceConfig>,
     /// Queue pairs of each TAP-backed NIC ([`QUEUE_PAIRS_ANNOTATION`]).
     pub queue_pairs: QueuePairs,
+    /// TAP-backed NICs' queues served by vhost-net ([`VHOST_NET_ANNOTATION`]).
+    pub vhost_net: bool,
 }
 
 impl VmConfig {
@@ -261,6 +268,11 @@ impl VmConfig {
                 .get(QUEUE_PAIRS_ANNOTATION)
                 .and_then(|v| QueuePairs::parse(v))
                 .unwrap_or(QueuePairs::Count(1)),
+            vhost_net: vm
+                .metadata
+                .annotations
+                .get(VHOST_NET_ANNOTATION)
+                .is_some_and(|v| v == "true"),
         }
     }
 }

@@ -54,12 +54,42 @@ pub fn validate(vm: &VirtualMachine) -> Errors {
         );
         errs.push(FieldError::invalid(path, value.as_str(), &detail));
     }
+    validate_vhost_net(vm, &mut errs);
     let spec_path = FieldPath::new("spec");
     match &vm.spec {
         None => errs.push(FieldError::required(spec_path, "")),
         Some(spec) => validate_spec(spec, &spec_path, &mut errs),
     }
     errs
+}
+
+/// The vhost-net annotation is `true` or `false`, and a vhost-net NIC has one queue pair.
+fn validate_vhost_net(vm: &VirtualMachine, errs: &mut Errors) {
+    let annotations = &vm.metadata.annotations;
+    let Some(value) = annotations.get(super::VHOST_NET_ANNOTATION) else {
+        return;
+    };
+    let path = FieldPath::new("metadata")
+        .child("annotations")
+        .key(super::VHOST_NET_ANNOTATION);
+    if value != "true" && value != "false" {
+        errs.push(FieldError::invalid(
+            path,
+            value.as_str(),
+            "must be \"true\" or \"false\"",
+        ));
+        return;
+    }
+    let pairs = annotations
+        .get(super::QUEUE_PAIRS_ANNOTATION)
+        .and_then(|v| super::QueuePairs::parse(v));
+    if value == "true" && pairs.is_some_and(|p| p != super::QueuePairs::Count(1)) {
+        let detail = format!(
+            "a vhost-net NIC has one queue pair: {} must be \"1\" or absent",
+            super::QUEUE_PAIRS_ANNOTATION
+        );
+        errs.push(FieldError::invalid(path, value.as_str(), &detail));
+    }
 }
 
 /// `metadata.name` names the guest's host name and seeds its default MACs: it must be a

@@ -21,6 +21,7 @@ use net::dhcp::DhcpServer;
 use net::local_dhcp::LocalDhcp;
 use net::nat::{Egress, Limits, Listeners, NatBackend, NatConfig};
 use net::netlink::Netlink;
+use net::packet::DhcpSocket;
 use net::{FrameBackend, MacAddr, Tap};
 
 use crate::api::{InterfaceInfo, NicInfo, VfInfo};
@@ -79,6 +80,24 @@ pub enum NetworkError {
     /// An sriov interface's VF cannot be found or passed through here.
     #[error(transparent)]
     Sriov(#[from] crate::sriov::SriovError),
+    /// The vhost-net annotation, and vhost-net or the DHCP socket it needs cannot be had.
+    #[error(
+        "spec.instance.interfaces[{index}] ({name}): metadata.annotations[{annotation}] asks \
+         for vhost-net, but {what}"
+    )]
+    VhostNet {
+        /// Interface index.
+        index: usize,
+        /// Interface name.
+        name: String,
+        /// The annotation.
+        annotation: &'static str,
+        /// What failed.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// Netlink, TAP.
     #[error("spec.instance.interfaces[{index}] ({name})")]
     Bind {
@@ -111,7 +130,13 @@ pub struct HostNic {
     pub acked: Arc<AtomicU64>,
     /// The host link, bridge and TAP, for logs and `info`.
     pub host: String,
+    /// Its queues served by vhost-net (a TAP backend only).
+    pub vhost_net: bool,
 }
+
+/// What a vhost-net NIC's device takes for one boot: the TAP, and the DHCP server with its
+/// packet socket on the TAP when the link's address is delegated.
+pub type VhostParts = (Tap, Option<(DhcpSocket, DhcpServer)>);
 
 /// Where a NIC's frames go.
 #[derive(Debug)]
@@ -123,6 +148,9 @@ pub enum NicBackend {
         taps: Vec<Tap>,
         /// The DHCP server.
         dhcp: Option<DhcpServer>,
+        /// With vhost-net and DHCP: the packet socket the server answers on (opened once,
+        /// while `vmm` may still open one).
+        dhcp_socket: Option<DhcpSocket>,
     },
     /// The masquerade engine (a fresh one each boot) and the forwarded ports' sockets
     /// (bound once).
@@ -138,10 +166,30 @@ impl HostNic {
         }
     }
 
+    /// For a vhost-net NIC, what one boot's device takes; `None` for any other NIC.
+    pub fn vhost_parts(&self) -> std::io::Result<Option<VhostParts>> {
+        let NicBackend::Tap {
+            taps,
+            dhcp,
+            dhcp_socket,
+        } = &self.backend
+        else {
+            return Ok(None);
+        };
+        let Some(tap) = taps.first().filter(|_| self.vhost_net) else {
+            return Ok(None);
+        };
+        let dhcp = match (dhcp, dhcp_socket) {
+            (Some(server), Some(socket)) => Some((socket.try_clone()?, server.clone())),
+            _ => None,
+        };
+        Ok(Some((tap.try_clone()?, dhcp)))
+    }
+
     /// The frame backends for one boot's device, one per queue pair.
     pub fn frame_backends(&self) -> std::io::Result<Vec<Box<dyn FrameBackend>>> {
         match &self.backend {
-            NicBackend::Tap { taps, dhcp } => taps
+            NicBackend::Tap { taps, dhcp, .. } => taps
                 .iter()
                 .map(|tap| -> std::io::Result<Box<dyn FrameBackend>> {
                     let tap = tap.try_clone().map_err(|e| {
@@ -244,10 +292,26 @@ impl HostNetwork {
             name: p.name.clone(),
             mac,
             mtu,
+            vhost_net: cfg.vhost_net && matches!(backend, NicBackend::Tap { .. }),
+            host: if cfg.vhost_net && matches!(backend, NicBackend::Tap { .. }) {
+                format!("{host}, queues served by vhost-net")
+            } else {
+                host.clone()
+            },
             backend,
             counters: Arc::new(NetCounters::default()),
             acked: Arc::new(AtomicU64::new(0)),
-            host: host.clone(),
+        };
+        let vhost = |taps: &[Tap], dhcp: &Option<DhcpServer>| {
+            dhcp_socket(cfg, taps, dhcp.is_some()).map_err(|(what, source)| {
+                NetworkError::VhostNet {
+                    index: p.index,
+                    name: p.name.clone(),
+                    annotation: crate::config::VHOST_NET_ANNOTATION,
+                    what,
+                    source,
+                }
+            })
         };
         let nic = match p.host {
             HostPlan::Passthrough(vf) => {
@@ -290,7 +354,16 @@ impl HostNetwork {
                 let (mac, mtu) = (binding.pod.mac, mtu16(binding.pod.mtu));
                 self.bindings.push(binding);
                 let dhcp = lease.map(DhcpServer::new);
-                nic(mac, mtu, NicBackend::Tap { taps, dhcp })
+                let dhcp_socket = vhost(&taps, &dhcp)?;
+                nic(
+                    mac,
+                    mtu,
+                    NicBackend::Tap {
+                        taps,
+                        dhcp,
+                        dhcp_socket,
+                    },
+                )
             }
             HostPlan::NadBridge { link, bridge, .. } => {
                 let mut nl = netlink(p.index, &p.name)?;
@@ -306,7 +379,16 @@ impl HostNetwork {
                     .interfaces
                     .get(p.index)
                     .map_or(MacAddr::new([0; 6]), |i| i.mac);
-                nic(mac, mtu16(mtu), NicBackend::Tap { taps, dhcp: None })
+                let dhcp_socket = vhost(&taps, &None)?;
+                nic(
+                    mac,
+                    mtu16(mtu),
+                    NicBackend::Tap {
+                        taps,
+                        dhcp: None,
+                        dhcp_socket,
+                    },
+                )
             }
         };
         log::info!("interface {} ({}): {}", nic.name, nic.mac, nic.host);
@@ -314,6 +396,45 @@ impl HostNetwork {
         Ok(())
     }
 }
+
+/// Whether `/dev/vhost-net` opens, for interface `index` (`name`) when the VM asks for
+/// vhost-net: checked by the plan, so before anything of the pod's is touched and in a dry
+/// run too.
+fn vhost_net_available(index: usize, name: &str) -> Result<(), NetworkError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(VHOST_NET_DEVICE)
+        .map(drop)
+        .map_err(|source| NetworkError::VhostNet {
+            index,
+            name: name.to_string(),
+            annotation: crate::config::VHOST_NET_ANNOTATION,
+            what: format!("{VHOST_NET_DEVICE} cannot be opened"),
+            source,
+        })
+}
+
+/// Where `cfg` asks for vhost-net and the link's address is delegated (`dhcp`): the packet
+/// socket on the TAP that the DHCP server answers on. What failed and why otherwise.
+fn dhcp_socket(
+    cfg: &VmConfig,
+    taps: &[Tap],
+    dhcp: bool,
+) -> Result<Option<DhcpSocket>, (String, std::io::Error)> {
+    if !cfg.vhost_net {
+        return Ok(None);
+    }
+    let Some(tap) = taps.first().filter(|_| dhcp) else {
+        return Ok(None);
+    };
+    DhcpSocket::open_on(tap.name())
+        .map(Some)
+        .map_err(|e| (format!("no packet socket on {} for DHCP", tap.name()), e))
+}
+
+/// The device vhost-net is opened through.
+const VHOST_NET_DEVICE: &str = "/dev/vhost-net";
 
 fn netlink(index: usize, name: &str) -> Result<Netlink, NetworkError> {
     Netlink::open().map_err(|source| NetworkError::Bind {
@@ -429,6 +550,7 @@ mod tests {
             counters,
             acked: Arc::new(AtomicU64::new(0)),
             host: "in-process NAT".into(),
+            vhost_net: false,
         }];
         network.vfs = vec![sriov::Vf {
             index: 0,

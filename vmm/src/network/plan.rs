@@ -226,7 +226,12 @@ pub fn plan(
                     passthrough(index, iface, vfs)
                 }
                 Binding::Bridge => match nl.get_or_insert_with(Netlink::open) {
-                    Ok(nl) => bridged(nl, index, iface, manifest),
+                    Ok(nl) => bridged(nl, index, iface, manifest).and_then(|host| {
+                        if cfg.vhost_net {
+                            super::vhost_net_available(index, &iface.name)?;
+                        }
+                        Ok(host)
+                    }),
                     Err(e) => Err(netlink_err(
                         index,
                         &iface.name,

@@ -60,6 +60,25 @@ fn plain_pod_and_peer() {
     );
 }
 
+/// A web server in the peer namespace on 10.10.0.1:8000 serving `/blob`, `size` random
+/// bytes; their MD5 sum. Stopped with `kill $(cat /tmp/peer-www.pid)`.
+fn peer_web_server(size: usize) -> String {
+    sh(&format!(
+        "mkdir -p /tmp/peer-www && head -c {size} /dev/urandom > /tmp/peer-www/blob
+        cd /tmp/peer-www
+        ip netns exec peer python3 -m http.server 8000 --bind 10.10.0.1 >/dev/null 2>&1 &
+        echo $! > /tmp/peer-www.pid
+        for i in $(seq 100); do
+          ip netns exec peer ss -ltn | grep -q 10.10.0.1:8000 && exit 0; sleep 0.2
+        done; echo the peer web server did not start; exit 1"
+    ));
+    let sum = sh("md5sum < /tmp/peer-www/blob");
+    sum.split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
 fn pod_state() -> String {
     sh("ip -n pod -o link show | sed 's/^[0-9]*: //; s/ qdisc.*link\\/ether / /; s/ brd.*//' | sort
         ip -n pod -4 -o addr show | awk '{print $2, $4}' | sort
@@ -135,21 +154,9 @@ testhost_test!(
         guest.check("ping -c 3 -W 5 10.10.0.1");
         guest.check("ping -c 2 -W 5 192.168.50.1");
         // TCP both ways: the guest fetches from the peer, the peer from the guest.
-        sh(
-            "mkdir -p /tmp/peer-www && head -c 200000 /dev/urandom > /tmp/peer-www/blob
-            cd /tmp/peer-www
-            ip netns exec peer python3 -m http.server 8000 --bind 10.10.0.1 >/dev/null 2>&1 &
-            echo $! > /tmp/peer-www.pid
-            for i in $(seq 100); do
-              ip netns exec peer ss -ltn | grep -q 10.10.0.1:8000 && exit 0; sleep 0.2
-            done; echo the peer web server did not start; exit 1",
-        );
-        let want = sh("md5sum < /tmp/peer-www/blob");
+        let want = peer_web_server(200_000);
         let got = guest.check("wget -q -O - http://10.10.0.1:8000/blob | md5sum");
-        assert_eq!(
-            got.split_whitespace().next(),
-            want.split_whitespace().next()
-        );
+        assert_eq!(got.split_whitespace().next(), Some(want.as_str()));
         guest.check(
             "mkdir -p /www && echo hello-from-guest > /www/index.html && httpd -p 8080 -h /www",
         );
@@ -331,17 +338,7 @@ testhost_test!(
             "{threads}"
         );
         assert!(threads.lines().any(|t| t == "vhost-net-dhcp"), "{threads}");
-        sh(
-            "mkdir -p /tmp/vhost-www && head -c 300000 /dev/urandom > /tmp/vhost-www/blob
-            cd /tmp/vhost-www
-            ip netns exec peer python3 -m http.server 8000 --bind 10.10.0.1 >/dev/null 2>&1 &
-            echo $! > /tmp/vhost-www.pid
-            for i in $(seq 100); do
-              ip netns exec peer ss -ltn | grep -q 10.10.0.1:8000 && exit 0; sleep 0.2
-            done; echo the peer web server did not start; exit 1",
-        );
-        let want = sh("md5sum < /tmp/vhost-www/blob");
-        let want = want.split_whitespace().next().unwrap().to_string();
+        let want = peer_web_server(300_000);
         // The first boot, the same boot after the driver reset the device (unbound and
         // bound again), and a second boot after a reboot.
         for round in ["boot", "driver reset", "reboot"] {
@@ -435,7 +432,7 @@ for _ in range(3):
         );
         assert_eq!(pod_state(), before, "nothing left behind");
         sh(
-            "kill $(cat /tmp/vhost-www.pid); rm -rf /tmp/vhost-www /tmp/vhost-www.pid
+            "kill $(cat /tmp/peer-www.pid); rm -rf /tmp/peer-www /tmp/peer-www.pid
             ip netns del pod; ip netns del peer",
         );
     },

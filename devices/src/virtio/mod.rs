@@ -36,6 +36,19 @@ pub(crate) const fn byte(value: u32) -> u8 {
     value as u8
 }
 
+/// Reads `data` at `offset` of a device configuration space `space`; bytes beyond it read
+/// as zero.
+pub(crate) fn read_config_space(space: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = space.get(start..) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}
+
 /// Feature bit: virtio 1.x (modern) device.
 pub const VIRTIO_F_VERSION_1: u64 = bit(virtio_config::VIRTIO_F_VERSION_1);
 /// Feature bit: indirect descriptor tables.

@@ -305,14 +305,7 @@ pub(super) fn read_config(mac: MacAddr, mtu: u16, pairs: usize, offset: u64, dat
     let pairs = u16::try_from(pairs).unwrap_or(1);
     c[8..10].copy_from_slice(&pairs.to_le_bytes()); // max_virtqueue_pairs
     c[10..12].copy_from_slice(&mtu.to_le_bytes());
-    data.fill(0);
-    let Ok(start) = usize::try_from(offset) else {
-        return;
-    };
-    if let Some(src) = c.get(start..) {
-        let n = src.len().min(data.len());
-        data[..n].copy_from_slice(&src[..n]);
-    }
+    super::read_config_space(&c, offset, data);
 }
 
 /// How many of `pairs` queue pairs, counted from the first, have both queues ready in

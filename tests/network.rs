@@ -339,6 +339,7 @@ testhost_test!(
         );
         assert!(threads.lines().any(|t| t == "vhost-net-dhcp"), "{threads}");
         let want = peer_web_server(300_000);
+        let mut downloads = 0;
         // The first boot, the same boot after the driver reset the device (unbound and
         // bound again), and a second boot after a reboot.
         for round in ["boot", "driver reset", "reboot"] {
@@ -380,6 +381,16 @@ testhost_test!(
                 Some(want.as_str()),
                 "{round}"
             );
+            // The counters are the TAP's (across boots): at least the downloads so far in.
+            let info = sh(&format!(
+                "curl -s -S --unix-socket {socket} http://localhost/v1/vm/info"
+            ));
+            let info: serde_json::Value = serde_json::from_str(&info).expect("info is JSON");
+            let nic = &info["interfaces"][0];
+            let rx = nic["rx_bytes"].as_u64().unwrap_or_default();
+            let tx = nic["tx_frames"].as_u64().unwrap_or_default();
+            downloads += 300_000;
+            assert!(rx >= downloads && tx > 0, "{round}: {nic}");
         }
         // A DHCP request in the guest's name from the pod's network reaches the guest
         // through the bridge, but not vmm's server (which would refuse it in the guest's

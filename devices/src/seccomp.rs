@@ -10,7 +10,8 @@
 //! |---|---|---|
 //! | [`Role::Main`] | `vmm` | boots, resets, stops the VM; signals, console, API commands |
 //! | [`Role::Vcpu`] | `vcpuN` | `KVM_RUN` and the device models' register accesses |
-//! | [`Role::NetWorker`] | `virtio-net`, `vhost-net-dhcp` | the NIC's queues, the TAP or the masquerade NAT; a vhost-net NIC's DHCP |
+//! | [`Role::NetWorker`] | `virtio-net` | the NIC's queues, the TAP or the masquerade NAT |
+//! | [`Role::DhcpResponder`] | `vhost-net-dhcp` | a vhost-net NIC's DHCP, on its packet socket |
 //! | [`Role::BlockWorker`] | `virtio-blk-N` | a disk's queue, I/O on its file |
 //! | [`Role::Api`] | `api`, `api-client` | the API socket |
 //! | [`Role::SerialLog`] | `serial-log` | writes `--serial-log` and rotates it |
@@ -52,6 +53,9 @@ pub enum Role {
     NetWorker,
     /// A virtio-blk worker.
     BlockWorker,
+    /// A vhost-net NIC's DHCP server: reads requests from and answers on a packet socket
+    /// it was given.
+    DhcpResponder,
     /// The API's listener and its client threads.
     Api,
     /// The `--serial-log` writer: the only thread besides main that may open and rename a
@@ -66,6 +70,7 @@ impl Role {
             Self::Vcpu => "vCPU",
             Self::NetWorker => "virtio-net worker",
             Self::BlockWorker => "virtio-blk worker",
+            Self::DhcpResponder => "DHCP responder",
             Self::Api => "API",
             Self::SerialLog => "serial log",
         }
@@ -322,6 +327,9 @@ const SOCKETS: &[i64] = &[
     libc::SYS_recvmsg,
 ];
 
+/// Reading and writing frames on a packet socket already open and bound.
+const PACKET_IO: &[i64] = &[libc::SYS_recvfrom, libc::SYS_sendto];
+
 /// Disk I/O on an open file or block device.
 const DISK_IO: &[i64] = &[
     libc::SYS_pread64,
@@ -425,6 +433,7 @@ fn allowed(role: Role) -> Vec<Allowed> {
         Role::Vcpu => &[COMMON, EVENTS, VCPU_EXTRA],
         Role::NetWorker => &[COMMON, EVENTS, SOCKETS],
         Role::BlockWorker => &[COMMON, EVENTS, DISK_IO],
+        Role::DhcpResponder => &[COMMON, EVENTS, PACKET_IO],
         Role::Api => &[COMMON, EVENTS, SPAWN, API_EXTRA],
         Role::SerialLog => &[COMMON, LOG_FILE],
     };
@@ -569,6 +578,7 @@ mod tests {
             Role::Vcpu,
             Role::NetWorker,
             Role::BlockWorker,
+            Role::DhcpResponder,
             Role::Api,
             Role::SerialLog,
         ] {
@@ -579,7 +589,13 @@ mod tests {
 
     #[test]
     fn workers_cannot_open_files_or_start_processes() {
-        for role in [Role::NetWorker, Role::BlockWorker, Role::Api, Role::Vcpu] {
+        for role in [
+            Role::NetWorker,
+            Role::BlockWorker,
+            Role::DhcpResponder,
+            Role::Api,
+            Role::Vcpu,
+        ] {
             let calls: Vec<i64> = allowed(role).iter().map(|(nr, _)| *nr).collect();
             assert!(!calls.contains(&libc::SYS_execve), "{role:?}");
             assert!(!calls.contains(&libc::SYS_fork), "{role:?}");
@@ -593,6 +609,25 @@ mod tests {
         let main: Vec<i64> = allowed(Role::Main).iter().map(|(nr, _)| *nr).collect();
         assert!(!main.contains(&libc::SYS_execve));
         assert!(!main.contains(&libc::SYS_ptrace));
+    }
+
+    /// The thread that parses the guest's DHCP makes no socket, connection or ioctl.
+    #[test]
+    fn the_dhcp_responder_only_reads_and_answers() {
+        let calls: Vec<i64> = allowed(Role::DhcpResponder)
+            .iter()
+            .map(|(nr, _)| *nr)
+            .collect();
+        assert!(calls.contains(&libc::SYS_recvfrom) && calls.contains(&libc::SYS_sendto));
+        for nr in [
+            libc::SYS_socket,
+            libc::SYS_connect,
+            libc::SYS_bind,
+            libc::SYS_ioctl,
+            libc::SYS_setsockopt,
+        ] {
+            assert!(!calls.contains(&nr), "{nr}");
+        }
     }
 
     #[test]

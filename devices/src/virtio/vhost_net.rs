@@ -13,8 +13,8 @@
 //! its own. Unlike the userspace device's, the guest's DHCP requests also go on to the
 //! bridge, as with Virtink's dnsmasq on the bridge.
 //!
-//! One queue pair, no control queue. The counters of frames and bytes stay at zero: the
-//! kernel does not report them.
+//! One queue pair, no control queue. The device counts no frames (`vmm` never sees them);
+//! `info` reports the TAP's statistics instead.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -271,7 +271,7 @@ impl Token for Request {
 fn start_dhcp(
     (socket, server): (DhcpSocket, DhcpServer),
 ) -> io::Result<(WorkerThread<()>, EventFd)> {
-    let mut thread = WorkerThread::spawn("vhost-net-dhcp", Role::NetWorker)?;
+    let mut thread = WorkerThread::spawn("vhost-net-dhcp", Role::DhcpResponder)?;
     let kill = EventFd::new(EFD_NONBLOCK)?;
     let stop = kill.try_clone()?;
     thread.start(move || {

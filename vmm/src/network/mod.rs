@@ -134,6 +134,21 @@ pub struct HostNic {
     pub vhost_net: bool,
 }
 
+/// A NIC's traffic as the guest sees it: `tx` what it sent, `rx` what it received.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Frames sent.
+    pub tx_frames: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Frames sent and dropped.
+    pub tx_dropped: u64,
+    /// Frames received.
+    pub rx_frames: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+}
+
 /// What a vhost-net NIC's device takes for one boot: the TAP, and the DHCP server with its
 /// packet socket on the TAP when the link's address is delegated.
 pub type VhostParts = (Tap, Option<(DhcpSocket, DhcpServer)>);
@@ -163,6 +178,40 @@ impl HostNic {
         match &self.backend {
             NicBackend::Tap { dhcp, .. } => dhcp.as_ref().map(|d| d.lease().address),
             NicBackend::Nat(cfg, _) => Some(cfg.guest()),
+        }
+    }
+
+    /// What the guest sent and received, across boots: the device's counters, or for a
+    /// vhost-net NIC, whose frames `vmm` never sees, the TAP's own statistics (its receive
+    /// side is what the guest sent). Zero where they cannot be read.
+    pub fn traffic(&self) -> Traffic {
+        use std::sync::atomic::Ordering::Relaxed;
+        let tap = match &self.backend {
+            NicBackend::Tap { taps, .. } if self.vhost_net => taps.first(),
+            _ => None,
+        };
+        let Some(tap) = tap else {
+            let c = &self.counters;
+            return Traffic {
+                tx_frames: c.tx_frames.load(Relaxed),
+                tx_bytes: c.tx_bytes.load(Relaxed),
+                tx_dropped: c.tx_dropped.load(Relaxed),
+                rx_frames: c.rx_frames.load(Relaxed),
+                rx_bytes: c.rx_bytes.load(Relaxed),
+            };
+        };
+        let stat = |name: &str| {
+            std::fs::read_to_string(format!("/sys/class/net/{}/statistics/{name}", tap.name()))
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        Traffic {
+            tx_frames: stat("rx_packets"),
+            tx_bytes: stat("rx_bytes"),
+            tx_dropped: stat("rx_dropped"),
+            rx_frames: stat("tx_packets"),
+            rx_bytes: stat("tx_bytes"),
         }
     }
 
@@ -251,15 +300,16 @@ impl HostNetwork {
                     guest_ip: nic.and_then(HostNic::guest_ip).map(|a| a.to_string()),
                     nic: nic.map(|n| {
                         let c = &n.counters;
+                        let t = n.traffic();
                         NicInfo {
                             mtu: n.mtu,
                             host: n.host.clone(),
                             features: devices::virtio::net::feature_names(n.acked.load(Relaxed)),
-                            tx_frames: c.tx_frames.load(Relaxed),
-                            tx_bytes: c.tx_bytes.load(Relaxed),
-                            tx_dropped: c.tx_dropped.load(Relaxed),
-                            rx_frames: c.rx_frames.load(Relaxed),
-                            rx_bytes: c.rx_bytes.load(Relaxed),
+                            tx_frames: t.tx_frames,
+                            tx_bytes: t.tx_bytes,
+                            tx_dropped: t.tx_dropped,
+                            rx_frames: t.rx_frames,
+                            rx_bytes: t.rx_bytes,
                             queue_pairs: c.queue_pairs.load(Relaxed),
                         }
                     }),

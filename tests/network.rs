@@ -79,6 +79,14 @@ fn peer_web_server(size: usize) -> String {
         .to_string()
 }
 
+/// The API's `info` answer, from vmm's socket `socket`.
+fn vm_info(socket: &str) -> serde_json::Value {
+    let info = sh(&format!(
+        "curl -s -S --unix-socket {socket} http://localhost/v1/vm/info"
+    ));
+    serde_json::from_str(&info).expect("info is JSON")
+}
+
 fn pod_state() -> String {
     sh("ip -n pod -o link show | sed 's/^[0-9]*: //; s/ qdisc.*link\\/ether / /; s/ brd.*//' | sort
         ip -n pod -4 -o addr show | awk '{print $2, $4}' | sort
@@ -270,10 +278,7 @@ testhost_test!(
                 queues.split_whitespace().collect::<Vec<_>>(),
                 ["rx-0", "rx-1", "tx-0", "tx-1"]
             );
-            let info = sh(&format!(
-                "curl -s -S --unix-socket {socket} http://localhost/v1/vm/info"
-            ));
-            let info: serde_json::Value = serde_json::from_str(&info).expect("info is JSON");
+            let info = vm_info(socket);
             let nic = &info["interfaces"][0];
             assert_eq!(nic["queue_pairs"], 2, "{info}");
             let features = nic["features"].to_string();
@@ -362,10 +367,7 @@ testhost_test!(
             let lease = guest.check("udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 5 -T 2");
             assert!(lease.contains("ip=10.10.0.2 mask=24"), "{round}: {lease}");
             assert_eq!(kernel_workers(), 1, "{round}: one vhost worker");
-            let info = sh(&format!(
-                "curl -s -S --unix-socket {socket} http://localhost/v1/vm/info"
-            ));
-            let info: serde_json::Value = serde_json::from_str(&info).expect("info is JSON");
+            let info = vm_info(socket);
             let nic = &info["interfaces"][0];
             let host = nic["host"].as_str().unwrap_or_default();
             assert!(
@@ -382,10 +384,7 @@ testhost_test!(
                 "{round}"
             );
             // The counters are the TAP's (across boots): at least the downloads so far in.
-            let info = sh(&format!(
-                "curl -s -S --unix-socket {socket} http://localhost/v1/vm/info"
-            ));
-            let info: serde_json::Value = serde_json::from_str(&info).expect("info is JSON");
+            let info = vm_info(socket);
             let nic = &info["interfaces"][0];
             let rx = nic["rx_bytes"].as_u64().unwrap_or_default();
             let tx = nic["tx_frames"].as_u64().unwrap_or_default();
@@ -515,10 +514,7 @@ testhost_test!(
 
         // The API reports each NIC's host side, negotiated features and counters (kept
         // across the reboot: both boots' pings are in them).
-        let info = sh(&format!(
-            "curl -s -S --unix-socket {socket} http://localhost/v1/vm/info"
-        ));
-        let info: serde_json::Value = serde_json::from_str(&info).expect("info is JSON");
+        let info = vm_info(socket);
         let nics = info["interfaces"].as_array().expect("interfaces");
         assert_eq!(nics.len(), 2, "{info}");
         for (nic, link) in nics.iter().zip(["eth0", "net1"]) {

@@ -337,20 +337,23 @@ impl HostNetwork {
             name: p.name.clone(),
             source,
         };
-        let nic = |mac, mtu, backend| HostNic {
-            index: p.index,
-            name: p.name.clone(),
-            mac,
-            mtu,
-            vhost_net: cfg.vhost_net && matches!(backend, NicBackend::Tap { .. }),
-            host: if cfg.vhost_net && matches!(backend, NicBackend::Tap { .. }) {
-                format!("{host}, queues served by vhost-net")
-            } else {
-                host.clone()
-            },
-            backend,
-            counters: Arc::new(NetCounters::default()),
-            acked: Arc::new(AtomicU64::new(0)),
+        let nic = |mac, mtu, backend| {
+            let vhost_net = cfg.vhost_net && matches!(backend, NicBackend::Tap { .. });
+            HostNic {
+                index: p.index,
+                name: p.name.clone(),
+                mac,
+                mtu,
+                vhost_net,
+                host: if vhost_net {
+                    format!("{host}, queues served by vhost-net")
+                } else {
+                    host.clone()
+                },
+                backend,
+                counters: Arc::new(NetCounters::default()),
+                acked: Arc::new(AtomicU64::new(0)),
+            }
         };
         let vhost = |taps: &[Tap], dhcp: &Option<DhcpServer>| {
             dhcp_socket(cfg, taps, dhcp.is_some()).map_err(|(what, source)| {

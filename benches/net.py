@@ -151,6 +151,8 @@ class Agent:
         self.proc.stdin.flush()
         m = self.wait_for(rb"VMMTEST-DONE %d (\d+)\n" % n, timeout)
         out = self.seen[start:m.start()].decode(errors="replace")
+        # The agent acknowledges the line before the command's output.
+        out = out.removeprefix(f"VMMTEST-GOT {n}\n")
         self.seen = self.seen[m.end():]
         if m.group(1) != b"0":
             raise RuntimeError(f"{cmd!r} failed ({m.group(1).decode()}):\n{out}")

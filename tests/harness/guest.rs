@@ -679,10 +679,14 @@ impl Guest {
     /// Sends a raw line to the guest's console.
     pub fn send_line(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().expect("stdin open");
-        stdin
+        if let Err(e) = stdin
             .write_all(format!("{line}\n").as_bytes())
             .and_then(|()| stdin.flush())
-            .expect("write to vmm's stdin");
+        {
+            // vmm has gone: say what it said.
+            self.console.wait(Duration::from_secs(2), |_| None::<()>);
+            panic!("write to vmm's stdin: {e}{}", self.context());
+        }
     }
 
     /// Runs `cmd` in the guest; returns its exit code and output.
@@ -698,14 +702,79 @@ impl Guest {
             let rest = &tail[at + marker.len()..];
             let end = rest.find('\n')?;
             let rc = rest[..end].trim().parse::<i32>().ok()?;
-            Some((rc, tail[..at].to_string()))
+            let out = &tail[..at];
+            // The agent's acknowledgement comes first; it is not the command's output.
+            let out = out
+                .strip_prefix(&format!("VMMTEST-GOT {id}\n"))
+                .unwrap_or(out);
+            Some((rc, out.to_string()))
         });
         result.unwrap_or_else(|| {
+            let context = self.context();
             panic!(
-                "command {cmd:?} did not finish within {EXEC_TIMEOUT:?}{}",
-                self.context()
+                "command {cmd:?} did not finish within {EXEC_TIMEOUT:?}\n\
+                 --- where the line stopped ---\n{}{context}",
+                self.diagnose_stuck(id, from)
             )
         })
+    }
+
+    /// Says where a command that got no answer stopped: in vmm's stdin pipe (vmm stopped
+    /// moving input into the UART), in the UART or the guest's tty (no `VMMTEST-GOT`), or in
+    /// the guest after it arrived; and whether the agent still answers another command.
+    fn diagnose_stuck(&mut self, id: u64, from: usize) -> String {
+        let mut out = String::new();
+        match self.stdin_unread() {
+            Ok(n) => out += &format!("vmm's stdin pipe holds {n} unread bytes\n"),
+            Err(e) => out += &format!("vmm's stdin pipe: {e}\n"),
+        }
+        let got = format!("VMMTEST-GOT {id}\n");
+        let arrived = self
+            .console
+            .text()
+            .get(from..)
+            .is_some_and(|t| t.contains(&got));
+        out += if arrived {
+            "the agent acknowledged the line: the command ran and did not finish, or its \
+             answer is stuck on the way out\n"
+        } else {
+            "the agent did not acknowledge the line\n"
+        };
+        let probe = self.next_id;
+        self.next_id += 1;
+        let from = self.console.len();
+        self.send_line(&format!("{probe} echo VMMTEST-PROBE"));
+        let marker = format!("VMMTEST-DONE {probe} ");
+        let answered = self
+            .console
+            .wait(Duration::from_secs(20), |text| {
+                text.get(from..)?.contains(&marker).then_some(())
+            })
+            .is_some();
+        out += if answered {
+            "a probe command sent after it was answered within 20 s\n"
+        } else {
+            "a probe command sent after it got no answer within 20 s\n"
+        };
+        out
+    }
+
+    /// How many bytes written to vmm's stdin it has not read yet (its end of the pipe,
+    /// opened again through /proc).
+    fn stdin_unread(&self) -> std::io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let pipe = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(format!("/proc/{}/fd/0", self.child.id()))?;
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one c_int to `n`, which lives through the call.
+        let ret = unsafe { libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut n) };
+        if ret < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(usize::try_from(n).unwrap_or(0))
     }
 
     /// Runs `cmd` in the guest, asserts it succeeds, returns its output.

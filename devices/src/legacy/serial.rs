@@ -47,9 +47,33 @@ impl SerialEvents for InputReady {
     }
 }
 
+/// Register offsets and bits this wrapper looks at (the rest is vm-superio's).
+const IER: u8 = 1;
+const IIR: u8 = 2;
+const LCR: u8 = 3;
+const LCR_DLAB: u8 = 0x80;
+const IER_RDI: u8 = 0x01;
+const IIR_NO_INT: u8 = 0x01;
+const IIR_RDI: u8 = 0x04;
+const IIR_ID_MASK: u8 = 0x0f;
+
 /// The guest console UART.
+///
+/// One correction to the model: on a 16550A the received-data interrupt is a level, held
+/// while the receive FIFO has data and the interrupt is enabled, and IIR reports it for as
+/// long. vm-superio clears it on the IIR read and on every RBR read even when bytes remain.
+/// Linux's 8250 handler reads at most 256 bytes per call and then asks IIR whether there
+/// is more: told "no interrupt", it leaves the rest of the FIFO unread with nothing left to
+/// raise the interrupt again, and the guest's console input stops until more arrives. So
+/// IIR says "data available" whenever the FIFO holds bytes and the guest enabled that
+/// interrupt.
 pub struct Serial {
     uart: Uart<EventFdTrigger, InputReady, Box<dyn Write + Send>>,
+    /// The guest's last IER value (vm-superio keeps its own; reading it back through the
+    /// register is not possible while DLAB is set).
+    ier: u8,
+    /// The receive FIFO's size (its free space when empty).
+    fifo_size: usize,
 }
 
 impl std::fmt::Debug for Serial {
@@ -61,8 +85,11 @@ impl std::fmt::Debug for Serial {
 impl Serial {
     /// A UART raising `interrupt`, signalling `input_ready`, writing to `out`.
     pub fn new(interrupt: EventFd, input_ready: EventFd, out: Box<dyn Write + Send>) -> Self {
+        let uart = Uart::with_events(EventFdTrigger(interrupt), InputReady(input_ready), out);
         Self {
-            uart: Uart::with_events(EventFdTrigger(interrupt), InputReady(input_ready), out),
+            fifo_size: uart.fifo_capacity(),
+            uart,
+            ier: 0,
         }
     }
 
@@ -90,15 +117,29 @@ impl Serial {
 impl BusDevice for Serial {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         match (u8::try_from(offset), data) {
+            (Ok(IIR), [byte]) => {
+                let iir = self.uart.read(IIR);
+                let rx_waiting =
+                    self.ier & IER_RDI != 0 && self.uart.fifo_capacity() < self.fifo_size;
+                *byte = if iir & IIR_NO_INT != 0 && rx_waiting {
+                    (iir & !IIR_ID_MASK) | IIR_RDI
+                } else {
+                    iir
+                };
+            }
             (Ok(offset), [byte]) => *byte = self.uart.read(offset),
             (_, data) => data.fill(0),
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if let (Ok(offset), [byte]) = (u8::try_from(offset), data)
-            && let Err(e) = self.uart.write(offset, *byte)
-        {
+        let (Ok(offset), [byte]) = (u8::try_from(offset), data) else {
+            return;
+        };
+        if offset == IER && self.uart.read(LCR) & LCR_DLAB == 0 {
+            self.ier = *byte;
+        }
+        if let Err(e) = self.uart.write(offset, *byte) {
             log::debug!("serial: write failed: {e:?}");
         }
     }
@@ -158,6 +199,43 @@ mod tests {
         }
         assert_eq!(ready.read().unwrap(), 1);
         assert_eq!(serial.input_capacity(), 64);
+    }
+
+    #[test]
+    fn iir_reports_received_data_while_the_fifo_holds_any() {
+        let mut serial = Serial::new(efd(), efd(), Box::new(Sink::default()));
+        let iir = |serial: &mut Serial| {
+            let mut v = [0];
+            serial.read(u64::from(IIR), &mut v);
+            v[0] & IIR_ID_MASK
+        };
+        let rbr = |serial: &mut Serial| {
+            let mut v = [0];
+            serial.read(0, &mut v);
+            v[0]
+        };
+        assert_eq!(serial.enqueue_input(b"abcd"), 4);
+        // Not enabled: no interrupt, data or not.
+        assert_eq!(iir(&mut serial), IIR_NO_INT);
+        serial.write(u64::from(IER), &[IER_RDI]);
+        assert_eq!(iir(&mut serial), IIR_RDI);
+        // A driver that stops reading part way (Linux's does after 256 bytes) is told
+        // again, however often it asks, until the FIFO is empty.
+        assert_eq!(rbr(&mut serial), b'a');
+        assert_eq!(iir(&mut serial), IIR_RDI);
+        assert_eq!(iir(&mut serial), IIR_RDI);
+        for want in *b"bcd" {
+            assert_eq!(rbr(&mut serial), want);
+        }
+        assert_eq!(iir(&mut serial), IIR_NO_INT);
+        // IER as seen through DLAB: the divisor latch's high byte is not IER.
+        serial.write(u64::from(LCR), &[LCR_DLAB]);
+        serial.write(u64::from(IER), &[0]);
+        serial.write(u64::from(LCR), &[0x03]);
+        serial.enqueue_input(b"e");
+        assert_eq!(iir(&mut serial), IIR_RDI);
+        serial.write(u64::from(IER), &[0]);
+        assert_eq!(iir(&mut serial), IIR_NO_INT);
     }
 
     #[test]

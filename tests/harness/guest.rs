@@ -696,6 +696,7 @@ impl Guest {
         let from = self.console.len();
         self.send_line(&format!("{id} {cmd}"));
         let marker = format!("\nVMMTEST-DONE {id} ");
+        let ack = acknowledgement(id);
         let result = self.console.wait(EXEC_TIMEOUT, |text| {
             let tail = text.get(from..)?;
             let at = tail.find(&marker)?;
@@ -704,9 +705,7 @@ impl Guest {
             let rc = rest[..end].trim().parse::<i32>().ok()?;
             let out = &tail[..at];
             // The agent's acknowledgement comes first; it is not the command's output.
-            let out = out
-                .strip_prefix(&format!("VMMTEST-GOT {id}\n"))
-                .unwrap_or(out);
+            let out = out.strip_prefix(&ack).unwrap_or(out);
             Some((rc, out.to_string()))
         });
         result.unwrap_or_else(|| {
@@ -728,7 +727,7 @@ impl Guest {
             Ok(n) => out += &format!("vmm's stdin pipe holds {n} unread bytes\n"),
             Err(e) => out += &format!("vmm's stdin pipe: {e}\n"),
         }
-        let got = format!("VMMTEST-GOT {id}\n");
+        let got = acknowledgement(id);
         let arrived = self
             .console
             .text()
@@ -821,6 +820,11 @@ impl Guest {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// The line the agent prints when command `id` has arrived whole.
+fn acknowledgement(id: u64) -> String {
+    format!("VMMTEST-GOT {id}\n")
 }
 
 impl Drop for Guest {

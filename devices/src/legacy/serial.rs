@@ -51,7 +51,9 @@ impl SerialEvents for InputReady {
 const IER: u8 = 1;
 const IIR: u8 = 2;
 const LCR: u8 = 3;
+const LSR: u8 = 5;
 const LCR_DLAB: u8 = 0x80;
+const LSR_DATA_READY: u8 = 0x01;
 const IER_RDI: u8 = 0x01;
 const IIR_NO_INT: u8 = 0x01;
 const IIR_RDI: u8 = 0x04;
@@ -69,11 +71,6 @@ const IIR_ID_MASK: u8 = 0x0f;
 /// interrupt.
 pub struct Serial {
     uart: Uart<EventFdTrigger, InputReady, Box<dyn Write + Send>>,
-    /// The guest's last IER value (vm-superio keeps its own; reading it back through the
-    /// register is not possible while DLAB is set).
-    ier: u8,
-    /// The receive FIFO's size (its free space when empty).
-    fifo_size: usize,
 }
 
 impl std::fmt::Debug for Serial {
@@ -85,17 +82,25 @@ impl std::fmt::Debug for Serial {
 impl Serial {
     /// A UART raising `interrupt`, signalling `input_ready`, writing to `out`.
     pub fn new(interrupt: EventFd, input_ready: EventFd, out: Box<dyn Write + Send>) -> Self {
-        let uart = Uart::with_events(EventFdTrigger(interrupt), InputReady(input_ready), out);
         Self {
-            fifo_size: uart.fifo_capacity(),
-            uart,
-            ier: 0,
+            uart: Uart::with_events(EventFdTrigger(interrupt), InputReady(input_ready), out),
         }
     }
 
     /// Free space in the receive FIFO.
     pub fn input_capacity(&self) -> usize {
         self.uart.fifo_capacity()
+    }
+
+    /// IER as the guest last wrote it: through the register while DLAB is clear (reading it
+    /// has no side effect); while DLAB is set, offset 1 is the divisor latch, and the
+    /// model's saved state says.
+    fn interrupt_enable(&mut self) -> u8 {
+        if self.uart.read(LCR) & LCR_DLAB == 0 {
+            self.uart.read(IER)
+        } else {
+            self.uart.state().interrupt_enable
+        }
     }
 
     /// Queues guest input; returns how many bytes fit (the rest must be offered again after
@@ -119,8 +124,8 @@ impl BusDevice for Serial {
         match (u8::try_from(offset), data) {
             (Ok(IIR), [byte]) => {
                 let iir = self.uart.read(IIR);
-                let rx_waiting =
-                    self.ier & IER_RDI != 0 && self.uart.fifo_capacity() < self.fifo_size;
+                let rx_waiting = self.uart.read(LSR) & LSR_DATA_READY != 0
+                    && self.interrupt_enable() & IER_RDI != 0;
                 *byte = if iir & IIR_NO_INT != 0 && rx_waiting {
                     (iir & !IIR_ID_MASK) | IIR_RDI
                 } else {
@@ -133,13 +138,9 @@ impl BusDevice for Serial {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        let (Ok(offset), [byte]) = (u8::try_from(offset), data) else {
-            return;
-        };
-        if offset == IER && self.uart.read(LCR) & LCR_DLAB == 0 {
-            self.ier = *byte;
-        }
-        if let Err(e) = self.uart.write(offset, *byte) {
+        if let (Ok(offset), [byte]) = (u8::try_from(offset), data)
+            && let Err(e) = self.uart.write(offset, *byte)
+        {
             log::debug!("serial: write failed: {e:?}");
         }
     }
@@ -234,6 +235,10 @@ mod tests {
         serial.write(u64::from(LCR), &[0x03]);
         serial.enqueue_input(b"e");
         assert_eq!(iir(&mut serial), IIR_RDI);
+        // Asked while DLAB is set, IIR still goes by IER, not by the divisor latch.
+        serial.write(u64::from(LCR), &[LCR_DLAB]);
+        assert_eq!(iir(&mut serial), IIR_RDI);
+        serial.write(u64::from(LCR), &[0x03]);
         serial.write(u64::from(IER), &[0]);
         assert_eq!(iir(&mut serial), IIR_NO_INT);
     }

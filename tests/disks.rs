@@ -190,11 +190,7 @@ testhost_test!(
         assert_eq!(guest.check("cat /seed/network-config"), "version: 2\n");
 
         // The API reports the disks and their counters.
-        let info = sh(&format!(
-            "curl -s --unix-socket {} http://localhost/v1/vm/info",
-            socket.display()
-        ));
-        let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+        let info = vmm_tests::vm_info(&socket);
         let disks = info["disks"].as_array().unwrap();
         assert_eq!(disks.len(), 5, "{info}");
         assert_eq!(disks[1]["format"], "qcow2");

@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use vmm_tests::guest::{Guest, Manifest};
-use vmm_tests::netns::{dns_server, sh};
+use vmm_tests::netns::{dns_server, peer_web_server, peer_web_server_on, sh};
 use vmm_tests::testhost_test;
 
 const EXIT: Duration = Duration::from_secs(60);
@@ -48,34 +48,6 @@ fn masquerade_manifest(name: &str, masquerade: &str) -> Manifest {
         &format!("    - name: pod\n      masquerade: {masquerade}\n"),
         "  - name: pod\n    pod: {}\n",
     )
-}
-
-/// A web server in the peer on 10.10.0.1:8000 serving `blob`, `size` random bytes; the
-/// md5 of the file.
-fn peer_web_server(size: usize) -> String {
-    peer_web_server_on("10.10.0.1", size)
-}
-
-/// As [`peer_web_server`], on `addr` (`fd00:10::1` serves IPv6).
-fn peer_web_server_on(addr: &str, size: usize) -> String {
-    let listening = if addr.contains(':') {
-        format!("[{addr}]:8000")
-    } else {
-        format!("{addr}:8000")
-    };
-    sh(&format!(
-        "mkdir -p /tmp/peer-www && head -c {size} /dev/urandom > /tmp/peer-www/blob
-        cd /tmp/peer-www
-        ip netns exec peer python3 -m http.server 8000 --bind {addr} >/dev/null 2>&1 &
-        for i in $(seq 100); do
-          ip netns exec peer ss -ltn | grep -qF '{listening}' && exit 0; sleep 0.2
-        done; echo the peer web server did not start; exit 1"
-    ));
-    sh("md5sum < /tmp/peer-www/blob")
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
 }
 
 testhost_test!(

@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use vmm_tests::guest::{Guest, Manifest};
-use vmm_tests::netns::sh;
-use vmm_tests::testhost_test;
+use vmm_tests::netns::{peer_web_server, sh};
+use vmm_tests::{testhost_test, vm_info};
 
 const EXIT: Duration = Duration::from_secs(60);
 
@@ -58,33 +58,6 @@ fn plain_pod_and_peer() {
          ip -n pod route add default via 10.10.0.1",
         "ip -n peer addr add 10.10.0.1/24 dev veth-peer",
     );
-}
-
-/// A web server in the peer namespace on 10.10.0.1:8000 serving `/blob`, `size` random
-/// bytes; their MD5 sum. Stopped with `kill $(cat /tmp/peer-www.pid)`.
-fn peer_web_server(size: usize) -> String {
-    sh(&format!(
-        "mkdir -p /tmp/peer-www && head -c {size} /dev/urandom > /tmp/peer-www/blob
-        cd /tmp/peer-www
-        ip netns exec peer python3 -m http.server 8000 --bind 10.10.0.1 >/dev/null 2>&1 &
-        echo $! > /tmp/peer-www.pid
-        for i in $(seq 100); do
-          ip netns exec peer ss -ltn | grep -q 10.10.0.1:8000 && exit 0; sleep 0.2
-        done; echo the peer web server did not start; exit 1"
-    ));
-    let sum = sh("md5sum < /tmp/peer-www/blob");
-    sum.split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// The API's `info` answer, from vmm's socket `socket`.
-fn vm_info(socket: &str) -> serde_json::Value {
-    let info = sh(&format!(
-        "curl -s -S --unix-socket {socket} http://localhost/v1/vm/info"
-    ));
-    serde_json::from_str(&info).expect("info is JSON")
 }
 
 fn pod_state() -> String {
@@ -255,8 +228,8 @@ testhost_test!(
     fn a_two_vcpu_guest_gets_a_queue_pair_per_vcpu() {
         plain_pod_and_peer();
         let dir = vmm_tests::TempDir::new("multiqueue");
-        let socket = dir.path().join("api.sock");
-        let socket = socket.to_str().unwrap();
+        let socket_path = dir.path().join("api.sock");
+        let socket = socket_path.to_str().unwrap();
         let manifest = bridge_manifest("multiqueue")
             .cpus(1, 2)
             .annotation("vmm.virtink.smartx.com/network-queue-pairs", "vcpus");
@@ -278,7 +251,7 @@ testhost_test!(
                 queues.split_whitespace().collect::<Vec<_>>(),
                 ["rx-0", "rx-1", "tx-0", "tx-1"]
             );
-            let info = vm_info(socket);
+            let info = vm_info(&socket_path);
             let nic = &info["interfaces"][0];
             assert_eq!(nic["queue_pairs"], 2, "{info}");
             let features = nic["features"].to_string();
@@ -320,8 +293,8 @@ testhost_test!(
         plain_pod_and_peer();
         let before = pod_state();
         let dir = vmm_tests::TempDir::new("vhost-net");
-        let socket = dir.path().join("api.sock");
-        let socket = socket.to_str().unwrap();
+        let socket_path = dir.path().join("api.sock");
+        let socket = socket_path.to_str().unwrap();
         let manifest =
             bridge_manifest("vhostnet").annotation("vmm.virtink.smartx.com/vhost-net", "true");
         let mut guest = Guest::boot_in_netns("pod", &manifest, &["--api-socket", socket]);
@@ -367,7 +340,7 @@ testhost_test!(
             let lease = guest.check("udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 5 -T 2");
             assert!(lease.contains("ip=10.10.0.2 mask=24"), "{round}: {lease}");
             assert_eq!(kernel_workers(), 1, "{round}: one vhost worker");
-            let info = vm_info(socket);
+            let info = vm_info(&socket_path);
             let nic = &info["interfaces"][0];
             let host = nic["host"].as_str().unwrap_or_default();
             assert!(
@@ -384,7 +357,7 @@ testhost_test!(
                 "{round}"
             );
             // The counters are the TAP's (across boots): at least the downloads so far in.
-            let info = vm_info(socket);
+            let info = vm_info(&socket_path);
             let nic = &info["interfaces"][0];
             let rx = nic["rx_bytes"].as_u64().unwrap_or_default();
             let tx = nic["tx_frames"].as_u64().unwrap_or_default();
@@ -476,8 +449,8 @@ testhost_test!(
         pod_with_net1();
         let before = pod_state();
         let dir = vmm_tests::TempDir::new("two-nics");
-        let socket = dir.path().join("api.sock");
-        let socket = socket.to_str().unwrap();
+        let socket_path = dir.path().join("api.sock");
+        let socket = socket_path.to_str().unwrap();
         let mut guest = Guest::boot_in_netns(
             "pod",
             &two_nic_manifest("two-nics"),
@@ -514,7 +487,7 @@ testhost_test!(
 
         // The API reports each NIC's host side, negotiated features and counters (kept
         // across the reboot: both boots' pings are in them).
-        let info = vm_info(socket);
+        let info = vm_info(&socket_path);
         let nics = info["interfaces"].as_array().expect("interfaces");
         assert_eq!(nics.len(), 2, "{info}");
         for (nic, link) in nics.iter().zip(["eth0", "net1"]) {

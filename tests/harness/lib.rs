@@ -79,6 +79,13 @@ pub fn http_unix(socket: &Path, method: &str, path: &str, extra: &[&str]) -> (u1
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
+/// The API's `info` answer, from vmm's socket `socket`.
+pub fn vm_info(socket: &Path) -> serde_json::Value {
+    let (status, body) = http_unix(socket, "GET", "/v1/vm/info", &[]);
+    assert_eq!(status, 200, "info: {body}");
+    serde_json::from_str(&body).expect("info is JSON")
+}
+
 /// The test guest image directory (`kernel.image` for the manifests).
 pub fn guest_image() -> PathBuf {
     let dir = std::env::var_os("VMM_IMAGES_OUT")

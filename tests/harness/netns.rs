@@ -17,6 +17,35 @@ pub fn sh(script: &str) -> String {
     text
 }
 
+/// A web server in namespace `peer` on 10.10.0.1:8000 serving `/blob`, `size` random
+/// bytes; their MD5 sum. Stopped with `kill $(cat /tmp/peer-www.pid)`.
+pub fn peer_web_server(size: usize) -> String {
+    peer_web_server_on("10.10.0.1", size)
+}
+
+/// As [`peer_web_server`], on `addr` (`fd00:10::1` serves IPv6).
+pub fn peer_web_server_on(addr: &str, size: usize) -> String {
+    let listening = if addr.contains(':') {
+        format!("[{addr}]:8000")
+    } else {
+        format!("{addr}:8000")
+    };
+    sh(&format!(
+        "mkdir -p /tmp/peer-www && head -c {size} /dev/urandom > /tmp/peer-www/blob
+        cd /tmp/peer-www
+        ip netns exec peer python3 -m http.server 8000 --bind {addr} >/dev/null 2>&1 &
+        echo $! > /tmp/peer-www.pid
+        for i in $(seq 100); do
+          ip netns exec peer ss -ltn | grep -qF '{listening}' && exit 0; sleep 0.2
+        done; echo the peer web server did not start; exit 1"
+    ));
+    sh("md5sum < /tmp/peer-www/blob")
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// A minimal DNS server (Python) answering every query with an A record of `answer`, on UDP
 /// `bind`:53 (an IPv4 or IPv6 address), started in namespace `netns` (or this one when
 /// empty) in the background.
